@@ -1,0 +1,1 @@
+"""MPPO — Multi-Party Payment Orchestrator: shared platform, contracts and tooling."""

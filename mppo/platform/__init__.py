@@ -1,0 +1,1 @@
+"""mppo/platform."""
