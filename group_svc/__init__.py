@@ -1,1 +1,1 @@
-"""group_svc."""
+"""Group service. Group orders: cart, members, split, lifecycle, expiry and fallback."""

@@ -1,1 +1,1 @@
-"""notification_svc."""
+"""Notification service. Invitations, reminders and outcome notices by e-mail and webhook."""

@@ -1,1 +1,1 @@
-"""order_svc."""
+"""Order service. Order placement saga with the merchant: validate, place, capture, compensate."""

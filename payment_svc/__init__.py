@@ -1,1 +1,1 @@
-"""payment_svc."""
+"""Payment service. Payment intents, provider adapters, verified webhooks and reconciliation."""

@@ -1,0 +1,73 @@
+# MPPO developer entry points. `make run` and `make test` install what they need first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+CODE := mppo group_svc payment_svc order_svc notification_svc gateway scripts tests
+PYTEST_ARGS ?=
+
+.PHONY: help install run gen check-gen fmt lint proto-lint typecheck test test-unit test-integration test-e2e clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BUF): package.json package-lock.json
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+install: $(VENV)/.installed $(BUF) ## create .venv and install Python and Node tooling
+
+run: install ## run the whole system in the foreground (Ctrl-C stops it)
+	$(VENV)/bin/mppo dev up
+
+gen: install ## regenerate Python stubs and the descriptor set from proto/
+	$(PY) scripts/gen_protos.py
+
+check-gen: install ## fail if committed generated files differ from a fresh build
+	$(PY) scripts/gen_protos.py --check
+
+fmt: install ## format Python and proto files
+	$(VENV)/bin/ruff format $(CODE)
+	$(VENV)/bin/ruff check --fix $(CODE)
+	$(BUF) format -w
+
+lint: install proto-lint typecheck ## ruff, mypy --strict, buf lint/format/breaking
+	$(VENV)/bin/ruff format --check $(CODE)
+	$(VENV)/bin/ruff check $(CODE)
+
+typecheck: install
+	$(VENV)/bin/mypy --strict $(CODE)
+
+proto-lint: install
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+	@tag=$$(git tag --list 'contracts-v*' --sort=-v:refname 2>/dev/null | head -n1); \
+	if [ -n "$$tag" ]; then echo "buf breaking against $$tag"; $(BUF) breaking --against ".git#tag=$$tag"; \
+	else echo "buf breaking: no contracts-v* tag yet, nothing to compare against"; fi
+
+test: lint check-gen ## every check and every test tier
+	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+
+test-unit: install ## fast tests with no servers
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install ## tests against real Postgres, Redis and NATS
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: install ## tests through the running services
+	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+clean: ## stop a detached dev stack and remove local state
+	-$(VENV)/bin/mppo dev down
+	rm -rf .mppo

@@ -1,0 +1,1 @@
+"""Adapters of the group service: database tables, repositories, clients."""

@@ -1,0 +1,1 @@
+"""Entry points of the group service: the gRPC servicer and event consumers."""

@@ -1,0 +1,1 @@
+"""Use cases of the group service: handlers and unit of work."""

@@ -1,0 +1,90 @@
+"""Typed configuration read from the environment once, at start, failing fast.
+
+Each service holds one frozen dataclass (its own `config.py`); the pieces every service
+shares live here. Variable names are listed in docs/conventions.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing or malformed."""
+
+
+DEFAULT_ADDRS: Mapping[str, str] = {
+    "group": "127.0.0.1:50051",
+    "payment": "127.0.0.1:50052",
+    "order": "127.0.0.1:50053",
+    "notification": "127.0.0.1:50054",
+    "gateway": "127.0.0.1:8080",
+}
+
+
+def require(env: Mapping[str, str], name: str) -> str:
+    """The value of `name`, or ConfigError naming the variable."""
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is not set (see docs/conventions.md)")
+    return value
+
+
+def service_addr(env: Mapping[str, str], service: str) -> str:
+    """`host:port` of `service`, from MPPO_<SERVICE>_ADDR or its default."""
+    name = f"MPPO_{service.upper()}_ADDR"
+    value = env.get(name, "").strip() or DEFAULT_ADDRS[service]
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}={value!r} is not host:port")
+    return value
+
+
+@dataclass(frozen=True)
+class InfraConfig:
+    """Where a service finds its own database, Redis and NATS."""
+
+    database_url: str
+    redis_url: str
+    nats_url: str
+    nats_prefix: str
+
+    @classmethod
+    def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> InfraConfig:
+        """Read MPPO_<SERVICE>_DATABASE_URL, MPPO_REDIS_URL, MPPO_NATS_URL, MPPO_NATS_PREFIX."""
+        source = os.environ if env is None else env
+        prefix = source.get("MPPO_NATS_PREFIX", "").strip()
+        if prefix and not prefix.replace("_", "").isalnum():
+            raise ConfigError(f"MPPO_NATS_PREFIX={prefix!r} must be letters, digits or _")
+        database_url = require(source, f"MPPO_{service.upper()}_DATABASE_URL")
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"MPPO_{service.upper()}_DATABASE_URL must be a postgresql:// URL")
+        return cls(
+            database_url=database_url,
+            redis_url=require(source, "MPPO_REDIS_URL"),
+            nats_url=require(source, "MPPO_NATS_URL"),
+            nats_prefix=prefix,
+        )
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What every gRPC service needs: its name, listen address and infrastructure."""
+
+    name: str
+    addr: str
+    infra: InfraConfig
+    log_level: str
+
+    @classmethod
+    def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
+        """Read the shared settings of `service` from the environment."""
+        source = os.environ if env is None else env
+        return cls(
+            name=service,
+            addr=service_addr(source, service),
+            infra=InfraConfig.from_env(service, source),
+            log_level=source.get("MPPO_LOG_LEVEL", "INFO").upper(),
+        )

@@ -1,0 +1,242 @@
+"""The life of one gRPC service process: serve, connect, report health, stop gracefully.
+
+A service describes itself with a `ServiceSpec` (name, migrations, how to register its
+servicers, which background workers to run) and calls `run_service()` from its `__main__`.
+The server listens at once and reports NOT_SERVING through the standard health service until
+its Postgres (migrated), Redis and NATS JetStream (streams provisioned) are connected; a
+watchdog flips it back to NOT_SERVING whenever one of them stops answering. SIGTERM or SIGINT
+stops accepting calls, lets running calls finish, stops the workers and closes connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mppo.platform import messaging
+from mppo.platform.config import ServiceConfig
+from mppo.platform.db import create_engine
+from mppo.platform.logs import configure_logging
+from mppo.platform.migrations import upgrade_head
+from mppo.platform.outbox import OutboxRelay
+from mppo.platform.telemetry import TracingServerInterceptor, configure_tracing
+
+logger = logging.getLogger(__name__)
+
+OVERALL = ""  # the health service's name for the server as a whole
+
+
+@dataclass
+class Infra:
+    """A service's live connections, handed to its registration and worker factories."""
+
+    config: ServiceConfig
+    engine: AsyncEngine
+    redis: aioredis.Redis
+    nats: NatsClient
+    js: JetStreamContext
+
+    async def check(self) -> list[str]:
+        """Names of the dependencies that do not answer right now (empty when all do)."""
+        failing: list[str] = []
+        try:
+            async with asyncio.timeout(2), self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            failing.append("postgres")
+        try:
+            async with asyncio.timeout(2):
+                await self.redis.ping()
+        except Exception:
+            failing.append("redis")
+        if not self.nats.is_connected:
+            failing.append("nats")
+        return failing
+
+    async def close(self) -> None:
+        """Close every connection; safe to call once at shutdown."""
+        with contextlib.suppress(Exception):
+            await self.nats.drain()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+
+class Worker(Protocol):
+    """A background loop (outbox relay, event consumer, scheduler)."""
+
+    async def run(self) -> None:
+        """Run until stop() is called."""
+
+    def stop(self) -> None:
+        """Ask run() to return soon."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What makes one service different from another."""
+
+    name: str
+    #: fully qualified gRPC service names, for health and reflection
+    grpc_services: Sequence[str]
+    #: the service's Alembic script directory
+    migrations: Path
+    #: adds the service's servicers to the server
+    register: Callable[[grpc.aio.Server, Infra], None]
+    #: builds the background workers (the outbox relay is added for every service)
+    workers: Callable[[Infra], Sequence[Worker]] = field(default=lambda infra: ())
+
+
+async def connect_infra(config: ServiceConfig, migrations: Path) -> Infra:
+    """Connect to Postgres (and migrate it), Redis and NATS (and provision the streams)."""
+    await upgrade_head(migrations, config.infra.database_url)
+    engine = create_engine(config.infra.database_url, application_name=f"mppo-{config.name}")
+    client = aioredis.Redis.from_url(
+        config.infra.redis_url, socket_timeout=2, socket_connect_timeout=2
+    )
+    await client.ping()
+    nats = await messaging.connect(config.infra.nats_url, name=f"mppo-{config.name}")
+    js = nats.jetstream()
+    await messaging.ensure_streams(js, config.infra.nats_prefix)
+    return Infra(config=config, engine=engine, redis=client, nats=nats, js=js)
+
+
+async def _connect_with_retry(
+    config: ServiceConfig, spec: ServiceSpec, stopping: asyncio.Event
+) -> Infra | None:
+    delay = 0.2
+    while not stopping.is_set():
+        try:
+            return await connect_infra(config, spec.migrations)
+        except Exception as exc:
+            logger.warning("dependencies not ready (%s: %s); retrying", type(exc).__name__, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            delay = min(delay * 2, 5.0)
+    return None
+
+
+async def _set_all(health: HealthServicer, names: Sequence[str], serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in (OVERALL, *names):
+        await health.set(name, status)
+
+
+async def _watchdog(
+    infra: Infra, health: HealthServicer, names: Sequence[str], stopping: asyncio.Event
+) -> None:
+    serving = True
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 2.0)
+        if stopping.is_set():
+            return
+        failing = await infra.check()
+        if bool(failing) == serving:
+            serving = not failing
+            logger.warning("health: %s", "SERVING" if serving else f"NOT_SERVING ({failing})")
+            await _set_all(health, names, serving)
+
+
+def build_server(spec: ServiceSpec) -> tuple[grpc.aio.Server, HealthServicer]:
+    """A server with tracing, the health service and reflection, before the service's own."""
+    server = grpc.aio.server(interceptors=[TracingServerInterceptor()])
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [
+            *spec.grpc_services,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    return server, health
+
+
+async def serve(spec: ServiceSpec, config: ServiceConfig, stopping: asyncio.Event) -> None:
+    """Run `spec` until `stopping` is set; returns after a graceful stop."""
+    server, health = build_server(spec)
+    await _set_all(health, spec.grpc_services, serving=False)
+    port = server.add_insecure_port(config.addr)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {config.addr}")
+    await server.start()
+    logger.info("%s listening on %s (NOT_SERVING until connected)", spec.name, config.addr)
+    infra = await _connect_with_retry(config, spec, stopping)
+    tasks: list[asyncio.Task[None]] = []
+    workers: list[Worker] = []
+    try:
+        if infra is not None:
+            spec.register(server, infra)
+            relay = OutboxRelay(infra.engine, infra.js, prefix=config.infra.nats_prefix)
+            workers = [relay, *spec.workers(infra)]
+            tasks = [asyncio.create_task(w.run(), name=type(w).__name__) for w in workers]
+            tasks.append(
+                asyncio.create_task(_watchdog(infra, health, spec.grpc_services, stopping))
+            )
+            await _set_all(health, spec.grpc_services, serving=True)
+            logger.info("%s SERVING on %s", spec.name, config.addr)
+            await _wait_until_stopped(stopping, tasks)
+    finally:
+        logger.info("%s stopping", spec.name)
+        await health.enter_graceful_shutdown()
+        await server.stop(grace=5)
+        for worker in workers:
+            worker.stop()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+        if infra is not None:
+            await infra.close()
+        logger.info("%s stopped", spec.name)
+
+
+async def _wait_until_stopped(stopping: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for the stop signal; a worker that dies unexpectedly stops the process too."""
+    stop_task = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not stop_task and task.exception() is not None:
+            logger.error("worker %s died", task.get_name(), exc_info=task.exception())
+    stopping.set()
+    stop_task.cancel()
+
+
+async def _main(spec: ServiceSpec, config: ServiceConfig) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await serve(spec, config, stopping)
+
+
+def run_service(spec: ServiceSpec, make_config: Callable[[], ServiceConfig]) -> None:
+    """Process entry point: configure logging and tracing, then serve on uvloop."""
+    import uvloop
+
+    config = make_config()
+    configure_logging(spec.name, config.log_level)
+    configure_tracing(spec.name)
+    uvloop.run(_main(spec, config))

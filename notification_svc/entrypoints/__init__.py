@@ -1,0 +1,1 @@
+"""Entry points of the notification service: the gRPC servicer and event consumers."""

@@ -1,0 +1,1 @@
+"""Use cases of the notification service: handlers and unit of work."""

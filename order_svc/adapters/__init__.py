@@ -1,0 +1,1 @@
+"""Adapters of the order service: database tables, repositories, clients."""

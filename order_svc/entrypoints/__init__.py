@@ -1,0 +1,1 @@
+"""Entry points of the order service: the gRPC servicer and event consumers."""

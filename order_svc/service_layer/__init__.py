@@ -1,0 +1,1 @@
+"""Use cases of the order service: handlers and unit of work."""

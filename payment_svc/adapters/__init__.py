@@ -1,0 +1,1 @@
+"""Adapters of the payment service: database tables, repositories, clients."""
