@@ -2,7 +2,7 @@
 
 One command for all generated code (STYLE.md §9):
 
-    python scripts/gen_protos.py          # write mppo/<area>/v1/*_pb2*.py(i), gateway/descriptors.binpb
+    python scripts/gen_protos.py          # write the stubs and gateway/descriptors.binpb
     python scripts/gen_protos.py --check  # fail if the committed files differ from a fresh build
 
 Stubs come from grpcio-tools' protoc with the mypy-protobuf plugins, so they type-check

