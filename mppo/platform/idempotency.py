@@ -1,0 +1,135 @@
+"""Idempotency keys for mutating calls (ARCHITECTURE.md §6).
+
+A key is claimed inside the same transaction as the call's effect: the first caller inserts
+the row and later stores its response with `complete()`; a concurrent duplicate blocks on the
+primary key until the first commits, then gets the stored response; had the first rolled
+back, the duplicate becomes the first. Reusing a key with different parameters is refused.
+Redis may front the table (`IdempotencyCache`), never replace it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from google.protobuf.message import Message
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from mppo.platform.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
+from mppo.platform.schema import idempotency_keys
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "idempotency-key"
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A key as used by one caller on one method, with the fingerprint of its request."""
+
+    scope: str
+    key: str
+    request_hash: str
+
+
+def fingerprint(request: Message) -> str:
+    """SHA-256 of the request's deterministic serialization."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+def key_for(
+    metadata: Sequence[tuple[str, Any]] | None, method: str, caller: str, request: Message
+) -> IdempotencyKey | None:
+    """The key sent in gRPC metadata for this call, scoped to method and caller (or None)."""
+    for name, value in metadata or ():
+        if name.lower() == METADATA_KEY and isinstance(value, str):
+            if not value or len(value) > MAX_KEY_LENGTH or not value.isprintable():
+                raise InvalidArgumentError(
+                    "invalid idempotency key",
+                    [FieldViolation(METADATA_KEY, f"1 to {MAX_KEY_LENGTH} printable characters")],
+                )
+            return IdempotencyKey(f"{method}:{caller}", value, fingerprint(request))
+    return None
+
+
+async def claim(conn: AsyncSession | AsyncConnection, key: IdempotencyKey) -> bytes | None:
+    """Claim `key` in the caller's transaction.
+
+    Returns None when this call is the first (do the work, then `complete()` before commit),
+    or the stored response of the first call. Raises FailedPreconditionError when the key
+    was used with different parameters.
+    """
+    inserted = await conn.execute(
+        insert(idempotency_keys)
+        .values(scope=key.scope, key=key.key, request_hash=key.request_hash, status="started")
+        .on_conflict_do_nothing(index_elements=["scope", "key"])
+        .returning(idempotency_keys.c.key)
+    )
+    if inserted.first() is not None:
+        return None
+    row = (
+        await conn.execute(
+            select(idempotency_keys.c.request_hash, idempotency_keys.c.response).where(
+                idempotency_keys.c.scope == key.scope, idempotency_keys.c.key == key.key
+            )
+        )
+    ).one()
+    if row.request_hash != key.request_hash:
+        raise FailedPreconditionError(
+            "this idempotency key was used with different parameters",
+            reason="IDEMPOTENCY_KEY_REUSED",
+            violations=[FieldViolation(METADATA_KEY, "send a new key for a different request")],
+        )
+    response: bytes | None = row.response
+    if response is None:
+        raise FailedPreconditionError(
+            "a request with this idempotency key has no stored result",
+            reason="IDEMPOTENCY_KEY_INCOMPLETE",
+        )
+    return response
+
+
+async def complete(
+    conn: AsyncSession | AsyncConnection, key: IdempotencyKey, response: bytes
+) -> None:
+    """Store the first call's response; commits with the caller's transaction."""
+    await conn.execute(
+        update(idempotency_keys)
+        .where(idempotency_keys.c.scope == key.scope, idempotency_keys.c.key == key.key)
+        .values(response=response, status="completed")
+    )
+
+
+class IdempotencyCache:
+    """Redis fast path for replays: response bytes keyed by scope, key and fingerprint."""
+
+    def __init__(self, client: aioredis.Redis, ttl_seconds: int = 24 * 3600) -> None:
+        self._client = client
+        self._ttl = ttl_seconds
+
+    @staticmethod
+    def _name(key: IdempotencyKey) -> str:
+        return f"idem:{key.scope}:{key.key}:{key.request_hash}"
+
+    async def get(self, key: IdempotencyKey) -> bytes | None:
+        """The cached response, or None (also when Redis is down: the table decides)."""
+        try:
+            value = await self._client.get(self._name(key))
+        except Exception as exc:
+            logger.warning("idempotency cache unavailable: %s", exc)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    async def put(self, key: IdempotencyKey, response: bytes) -> None:
+        """Remember a committed response."""
+        try:
+            await self._client.set(self._name(key), response, ex=self._ttl)
+        except Exception as exc:
+            logger.warning("idempotency cache unavailable: %s", exc)
