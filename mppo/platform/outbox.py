@@ -1,0 +1,166 @@
+"""Transactional outbox: write events with the state change, relay them to JetStream.
+
+:func:`add_to_outbox` inserts in the caller's transaction. :class:`OutboxRelay` claims unpublished
+rows with ``FOR UPDATE SKIP LOCKED`` (several relays may run; rows committed out of order are
+never skipped), publishes each with ``Nats-Msg-Id`` = event id and waits for the JetStream ack,
+then marks them published in the same transaction. A crash between publish and commit republishes
+the row later; JetStream de-duplication and the consumers' inbox absorb the repeat.
+
+Fault injection (tests only, off by default): ``MPPO_FAULT=<point>`` makes :func:`fault_point`
+end the process with ``os._exit(137)`` at that point. Points: ``relay_after_publish`` (here),
+``consumer_after_commit`` (inbox.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+from nats.js import JetStreamContext
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from mppo.platform.events import Event
+from mppo.platform.messaging import publish, subject_for
+from mppo.platform.schema import outbox
+
+logger = logging.getLogger(__name__)
+
+FAULT_ENV = "MPPO_FAULT"
+_MAX_ERROR_LENGTH = 2000
+
+
+def fault_point(name: str) -> None:
+    """Die abruptly here if ``MPPO_FAULT`` names this point (crash tests only)."""
+    if os.environ.get(FAULT_ENV) == name:
+        logger.critical("fault injection: exiting at %s", name)
+        os._exit(137)
+
+
+async def add_to_outbox(conn: AsyncSession | AsyncConnection, event: Event) -> None:
+    """Insert ``event`` into the outbox within the caller's open transaction."""
+    await conn.execute(
+        insert(outbox).values(
+            event_id=event.event_id,
+            event_type=event.event_type,
+            subject=event.event_type,
+            aggregate_id=event.aggregate_id,
+            payload=event.payload,
+            headers=event.to_headers(),
+            occurred_at=event.occurred_at,
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to JetStream; safe to run in every replica."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        js: JetStreamContext,
+        *,
+        prefix: str = "",
+        batch_size: int = 100,
+        poll_interval: float = 1.0,
+        publish_timeout: float = 2.0,
+        max_failures_per_batch: int = 3,
+    ) -> None:
+        self._engine = engine
+        self._js = js
+        self._prefix = prefix
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._publish_timeout = publish_timeout
+        self._max_failures = max_failures_per_batch
+        self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current batch."""
+        self._stopping.set()
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """Hint that rows were just committed (the poll interval is the guarantee)."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Relay until :meth:`stop`; database or broker outages are logged and retried."""
+        logger.info("outbox relay started (batch %s)", self._batch_size)
+        while not self._stopping.is_set():
+            try:
+                published = await self.run_once()
+            except Exception:
+                logger.exception("outbox relay round failed")
+                published = 0
+            if published >= self._batch_size:
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
+        logger.info("outbox relay stopped")
+
+    async def run_once(self) -> int:
+        """Claim up to ``batch_size`` unpublished rows, publish and mark them; return the count."""
+        async with self._engine.connect() as conn, conn.begin():
+            rows = (
+                await conn.execute(
+                    select(outbox.c.event_id, outbox.c.subject, outbox.c.aggregate_id)
+                    .add_columns(outbox.c.payload, outbox.c.headers)
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.occurred_at)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            published: list[str] = []
+            blocked: set[str] = set()
+            failures = 0
+            for row in rows:
+                if row.aggregate_id in blocked:
+                    continue  # keep per-aggregate order behind a failed row
+                try:
+                    await self._publish(row.subject, row.payload, row.headers)
+                except Exception as exc:
+                    failures += 1
+                    blocked.add(row.aggregate_id)
+                    await self._record_failure(conn, str(row.event_id), exc)
+                    if failures >= self._max_failures:
+                        break
+                    continue
+                fault_point("relay_after_publish")
+                published.append(str(row.event_id))
+            if published:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.event_id.in_(published))
+                    .values(
+                        published_at=func.now(),
+                        attempts=outbox.c.attempts + 1,
+                        last_error=None,
+                    )
+                )
+        if published:
+            logger.debug("outbox relay published %s events", len(published))
+        return len(published)
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, Any]) -> None:
+        await publish(
+            self._js,
+            subject_for(subject, self._prefix),
+            payload,
+            {str(k): str(v) for k, v in headers.items()},
+            ack_timeout=self._publish_timeout,
+        )
+
+    async def _record_failure(self, conn: AsyncConnection, event_id: str, exc: Exception) -> None:
+        logger.warning("outbox event %s not published: %r", event_id, exc)
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.event_id == event_id)
+            .values(attempts=outbox.c.attempts + 1, last_error=repr(exc)[:_MAX_ERROR_LENGTH])
+        )
