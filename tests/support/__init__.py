@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers: starting real service processes and waiting on them."""

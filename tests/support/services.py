@@ -1,0 +1,128 @@
+"""Start real service processes (`python -m <name>_svc`) against the test infrastructure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mppo.devstack.probes import free_port
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class ServiceProcess:
+    """A running service: its process, address and log file."""
+
+    name: str
+    addr: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        """Everything the service logged so far."""
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (SIGKILL after 15 s, returning -9, so a hang fails)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return -9
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def start_service(
+    name: str,
+    *,
+    database_url: str,
+    redis_url: str,
+    nats_url: str,
+    nats_prefix: str,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    addr: str | None = None,
+    module: str | None = None,
+) -> ServiceProcess:
+    """Start `python -m <module or name_svc>` on a free port (or `addr`)."""
+    addr = addr or f"127.0.0.1:{free_port()}"
+    full_env = {
+        **os.environ,
+        f"MPPO_{name.upper()}_DATABASE_URL": database_url,
+        f"MPPO_{name.upper()}_ADDR": addr,
+        "MPPO_REDIS_URL": redis_url,
+        "MPPO_NATS_URL": nats_url,
+        "MPPO_NATS_PREFIX": nats_prefix,
+        **(env or {}),
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}-{addr.rsplit(':', 1)[1]}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module or f"{name}_svc"],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return ServiceProcess(name=name, addr=addr, process=process, log=log)
+
+
+async def health_status(addr: str, service: str = "") -> int | None:
+    """The health status of `service` at `addr`, or None when nothing answers."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1
+            )
+        except grpc.aio.AioRpcError:
+            return None
+    return int(reply.status)
+
+
+async def wait_for_status(addr: str, service: str, wanted: int, within: float) -> int | None:
+    """Poll until the health status is `wanted` or `within` seconds pass; the last status seen."""
+    deadline = asyncio.get_running_loop().time() + within
+    status = None
+    while asyncio.get_running_loop().time() < deadline:
+        status = await health_status(addr, service)
+        if status == wanted:
+            return status
+        await asyncio.sleep(0.2)
+    return status
+
+
+async def wait_serving(proc: ServiceProcess, within: float = 30) -> None:
+    """Wait until `proc` reports SERVING; fail with its log otherwise."""
+    status = await wait_for_status(proc.addr, "", SERVING, within)
+    if status != SERVING:
+        raise AssertionError(f"{proc.name} not SERVING ({status}):\n{proc.log_text()}")
+
+
+@contextlib.contextmanager
+def stopped_at_exit(*procs: ServiceProcess) -> Iterator[None]:
+    """Stop every process when the block ends, whatever happens inside it."""
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.stop()
