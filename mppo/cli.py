@@ -1,0 +1,117 @@
+"""The ``mppo`` command: ``mppo dev up|down|status`` (later ``mppo token``, ``mppo demo``).
+
+Each command group registers itself with :func:`build_parser` through a ``register_*``
+function and sets ``handler`` on its sub-parser; :func:`main` calls it with the parsed
+arguments and a writer for user output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+Handler = Callable[[argparse.Namespace, TextIO], int]
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from mppo.devstack.stack import default_state_dir
+
+    return Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
+
+
+def _dev_up(args: argparse.Namespace, out: TextIO) -> int:
+    from mppo.devstack.infra import InfraPorts
+    from mppo.devstack.services import load_services
+    from mppo.devstack.stack import StackConfig, detach_up, run_stack
+
+    state_dir = _state_dir(args)
+    if args.detach:
+        forwarded = [a for a in args.raw_argv if a not in ("--detach", "-d")]
+        return detach_up(forwarded, state_dir, out)
+    config = StackConfig(
+        state_dir=state_dir,
+        ports=InfraPorts(args.pg_port, args.redis_port, args.nats_port),
+        services=load_services(args.services),
+        fsync=not args.no_fsync,
+        ephemeral=args.ephemeral,
+    )
+    try:
+        import uvloop
+
+        runner: Callable[..., int] = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    return runner(run_stack(config, out))
+
+
+def _dev_down(args: argparse.Namespace, out: TextIO) -> int:
+    from mppo.devstack.stack import down
+
+    return down(_state_dir(args), out, timeout=args.timeout, purge=args.purge)
+
+
+def _dev_status(args: argparse.Namespace, out: TextIO) -> int:
+    from mppo.devstack.stack import status
+
+    return status(_state_dir(args), out)
+
+
+def register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = commands.add_parser("dev", help="run the whole mesh locally on embedded infrastructure")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="COMMAND")
+
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state-dir", help="where state, data and logs live (default $MPPO_STATE_DIR or .mppo)"
+    )
+
+    up = dev_commands.add_parser(
+        "up", parents=[state], help="start infrastructure and services; Ctrl-C stops everything"
+    )
+    up.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    up.add_argument("--pg-port", type=int, default=5432, help="Postgres port (0: any free)")
+    up.add_argument("--redis-port", type=int, default=6379, help="Redis port (0: any free)")
+    up.add_argument("--nats-port", type=int, default=4222, help="NATS port (0: any free)")
+    up.add_argument(
+        "--services",
+        default=None,
+        help="service list: module:ATTR or a JSON file (default $MPPO_DEV_SERVICES or all)",
+    )
+    up.add_argument("--no-fsync", action="store_true", help="Postgres without fsync (tests)")
+    up.add_argument("--ephemeral", action="store_true", help="delete all data on stop")
+    up.set_defaults(handler=_dev_up)
+
+    dn = dev_commands.add_parser("down", parents=[state], help="stop a detached stack")
+    dn.add_argument("--purge", action="store_true", help="also delete databases and streams")
+    dn.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the stop")
+    dn.set_defaults(handler=_dev_down)
+
+    st = dev_commands.add_parser("status", parents=[state], help="show a running stack")
+    st.set_defaults(handler=_dev_status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mppo", description="MPPO developer tools")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register_dev(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
+    # what follows "dev up", for re-running it detached
+    args.raw_argv = raw[raw.index("up") + 1 :] if "up" in raw else []
+    handler: Handler = args.handler
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    return handler(args, out or sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
