@@ -1,0 +1,140 @@
+"""The one interface every payment provider adapter implements.
+
+Modelled as small, separately testable steps (STYLE.md, hyperswitch): money flows are one
+method each (checkout, capture, void, refund, fetch); an incoming webhook goes through
+`verify_webhook` (which header, which bytes, check the signature) and `parse_event` (which
+provider object it names and which of our states it maps to). A webhook arrives as one value,
+`WebhookRequest`, holding the method, path, headers and raw body untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class ProviderError(Exception):
+    """A provider call failed; `retryable` says whether the same call may succeed later."""
+
+    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
+
+
+class WebhookVerificationError(Exception):
+    """The webhook's signature, timestamp or shape is not acceptable; nothing may change."""
+
+
+class ProviderStatus(enum.Enum):
+    """A provider's payment state, in our vocabulary. States only move forward."""
+
+    REQUIRES_ACTION = "requires_action"
+    AUTHORIZED = "authorized"
+    CAPTURED = "captured"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+    VOIDED = "voided"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """An incoming webhook exactly as received: header names lower-cased, body raw bytes."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    """Ask the provider for a hosted payment page that authorizes `amount_minor`."""
+
+    payment_id: str
+    group_id: str
+    member_id: str
+    attempt: int
+    amount_minor: int
+    currency_code: str
+    description: str
+    return_url: str
+    #: sent as the provider's idempotency key, so a retried call creates nothing twice
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class CheckoutResult:
+    """The provider's id for the payment and the page the payer opens."""
+
+    provider_payment_id: str
+    payment_link: str
+    authorization_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProviderPaymentState:
+    """What the provider says about one payment right now."""
+
+    provider_payment_id: str
+    status: ProviderStatus
+    amount_authorized_minor: int = 0
+    amount_captured_minor: int = 0
+    amount_refunded_minor: int = 0
+    failure_reason: str = ""
+    authorization_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """A verified webhook, parsed: its id (for de-duplication) and what it says."""
+
+    event_id: str
+    event_type: str
+    provider_payment_id: str
+    #: the state the event reports, or None for events that move no payment
+    status: ProviderStatus | None
+    amount_minor: int = 0
+    failure_reason: str = ""
+    created_at: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+class PaymentProvider(Protocol):
+    """One payment service provider."""
+
+    #: name used in webhook paths and storage: "sandbox", "stripe", "razorpay", "paypal"
+    name: str
+    #: False where the provider cannot hold funds: it captures at once and we refund instead
+    can_authorize: bool
+
+    async def create_checkout(self, request: CheckoutRequest) -> CheckoutResult:
+        """Create the payment and its hosted page (idempotent on request.idempotency_key)."""
+
+    async def capture(
+        self, provider_payment_id: str, amount_minor: int, idempotency_key: str
+    ) -> ProviderPaymentState:
+        """Capture an authorization."""
+
+    async def void(self, provider_payment_id: str, idempotency_key: str) -> ProviderPaymentState:
+        """Release an authorization."""
+
+    async def refund(
+        self, provider_payment_id: str, amount_minor: int, idempotency_key: str
+    ) -> ProviderPaymentState:
+        """Refund captured money."""
+
+    async def fetch(self, provider_payment_id: str) -> ProviderPaymentState:
+        """Re-read the payment's state (reconciliation, out-of-order webhooks)."""
+
+    async def verify_webhook(self, request: WebhookRequest) -> None:
+        """Raise WebhookVerificationError unless the request is authentic and fresh."""
+
+    def parse_event(self, request: WebhookRequest) -> ProviderEvent:
+        """The verified request as a ProviderEvent (raises WebhookVerificationError if
+        malformed)."""
