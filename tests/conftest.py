@@ -15,8 +15,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mppo.devstack import FREE_PORTS, Infra, drop_database, start_infra
+from mppo.platform.telemetry import configure_tracing
 
 
 def _short_id() -> str:
@@ -70,3 +73,18 @@ def redis_url(infra: Infra) -> str:
 def redis_prefix() -> str:
     """A unique key prefix such as ``t3f9a2:`` for one test."""
     return f"t{_short_id()}:"
+
+
+@pytest.fixture(scope="session")
+def _session_span_exporter() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    configure_tracing("tests", extra=SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture
+def span_exporter(_session_span_exporter: InMemorySpanExporter) -> InMemorySpanExporter:
+    """Spans finished in this process during one test (the tracer provider is global, so it
+    is installed once per session and cleared per test)."""
+    _session_span_exporter.clear()
+    return _session_span_exporter

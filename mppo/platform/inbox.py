@@ -23,13 +23,16 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanKind
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mppo.platform.events import HEADER_EVENT_ID, HEADER_MSG_ID, Event, MalformedEventError
+from mppo.platform.logs import bind_ids
 from mppo.platform.messaging import dlq_subject, publish, stream_name, subject_for
 from mppo.platform.outbox import fault_point
 from mppo.platform.schema import inbox
+from mppo.platform.telemetry import tracer
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +153,18 @@ class EventConsumer:
             logger.info("consumer %s: duplicate event %s acked", self._durable, event.event_id)
 
     async def _apply(self, event: Event) -> bool:
+        with (
+            tracer().start_as_current_span(
+                f"consume {event.event_type}",
+                context=event.trace_context(),
+                kind=SpanKind.CONSUMER,
+                attributes={"messaging.consumer": self._durable, "mppo.event_id": event.event_id},
+            ),
+            bind_ids(event_id=event.event_id, aggregate_id=event.aggregate_id),
+        ):
+            return await self._apply_in_transaction(event)
+
+    async def _apply_in_transaction(self, event: Event) -> bool:
         async with self._sessions() as session, session.begin():
             recorded = await session.execute(
                 insert(inbox)

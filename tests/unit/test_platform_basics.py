@@ -11,14 +11,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from opentelemetry import trace
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mppo.platform.config import ConfigError, InfraConfig, ServiceConfig
 from mppo.platform.logs import JsonFormatter, bind_ids
 from mppo.platform.telemetry import (
     TracingServerInterceptor,
-    configure_tracing,
     traced_channel,
     tracer,
 )
@@ -85,9 +83,8 @@ def test_json_log_line_carries_bound_ids_and_extras() -> None:
     assert "group_id" not in second
 
 
-async def test_trace_context_crosses_a_real_grpc_call() -> None:
-    exporter = InMemorySpanExporter()
-    configure_tracing("test", extra=SimpleSpanProcessor(exporter))
+async def test_trace_context_crosses_a_real_grpc_call(span_exporter: InMemorySpanExporter) -> None:
+    exporter = span_exporter
     server = grpc.aio.server(interceptors=[TracingServerInterceptor()])
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
