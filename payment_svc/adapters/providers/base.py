@@ -103,6 +103,9 @@ class ProviderEvent:
     failure_reason: str = ""
     created_at: datetime | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    #: our payment_id as the provider echoes it back (metadata / notes / reference id), when
+    #: it does: lets the service find the payment before the provider id is mapped
+    merchant_reference: str = ""
 
 
 class PaymentProvider(Protocol):
