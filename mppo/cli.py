@@ -1,4 +1,4 @@
-"""The ``mppo`` command: ``mppo dev up|down|status`` (later ``mppo token``, ``mppo demo``).
+"""The ``mppo`` command: ``mppo dev up|down|status``, ``mppo token`` (later ``mppo demo``).
 
 Each command group registers itself with :func:`build_parser` through a ``register_*``
 function and sets ``handler`` on its sub-parser; :func:`main` calls it with the parsed
@@ -94,10 +94,41 @@ def register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     st.set_defaults(handler=_dev_status)
 
 
+def _token(args: argparse.Namespace, out: TextIO) -> int:
+    from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, mint_token
+
+    token = mint_token(
+        _state_dir(args),
+        args.sub,
+        ttl_seconds=args.ttl,
+        issuer=args.issuer or DEV_ISSUER,
+        audience=args.audience or DEV_AUDIENCE,
+    )
+    out.write(f"{token}\n")
+    return 0
+
+
+def register_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = commands.add_parser(
+        "token",
+        help="mint a development JWT (ES256) the gateway under `mppo dev up` accepts",
+        description="Signs with the dev key in <state dir>/jwt/ (generated on first use).",
+    )
+    token.add_argument("--sub", required=True, help="the user id (JWT subject)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--issuer", default=None, help="iss claim (default: the dev issuer)")
+    token.add_argument("--audience", default=None, help="aud claim (default: mppo-api)")
+    token.add_argument(
+        "--state-dir", help="where the dev keys live (default $MPPO_STATE_DIR or .mppo)"
+    )
+    token.set_defaults(handler=_token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mppo", description="MPPO developer tools")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_dev(commands)
+    register_token(commands)
     return parser
 
 

@@ -1,10 +1,119 @@
-"""Configuration of the notification service, read from the environment once at start."""
+"""Configuration of the notification service, read from the environment once at start.
+
+Besides the shared settings (docs/conventions.md):
+
+| variable | meaning | default |
+| --- | --- | --- |
+| `MPPO_SMTP_ADDR` | SMTP server `host:port` for e-mail | see below |
+| `MPPO_SMTP_SINK_ADDR` | HTTP API of the local SMTP sink (set by `mppo dev up`) | unset |
+| `MPPO_NOTIFY_FROM` | From: header | `MPPO <no-reply@mppo.local>` |
+| `MPPO_NOTIFY_WEBHOOK_URL` | client app's webhook endpoint; unset = no webhooks | unset |
+| `MPPO_NOTIFY_WEBHOOK_SECRET` | HMAC secret for `Mppo-Signature`; required with the URL | unset |
+| `MPPO_NOTIFY_MAX_ATTEMPTS` | delivery attempts before FAILED | `6` |
+| `MPPO_NOTIFY_RETRY_BASE_SECONDS` | first retry delay, doubling each time | `1.0` |
+| `MPPO_NOTIFY_RETRY_MAX_SECONDS` | longest retry delay | `300` |
+| `MPPO_NOTIFY_POLL_SECONDS` | how often the sender looks for due rows | `0.25` |
+| `MPPO_NOTIFY_SETTLE_SECONDS` | how long expiry notices wait for void/refund facts | `30` |
+| `MPPO_NOTIFY_SEND_TIMEOUT_SECONDS` | timeout of one SMTP or webhook delivery | `10` |
+
+Without `MPPO_SMTP_ADDR`, e-mail goes to the SMTP port the local sink announces at
+`GET http://$MPPO_SMTP_SINK_ADDR/info` (`mppo dev up` sets `MPPO_SMTP_SINK_ADDR`), else to
+`127.0.0.1:8025`.
+"""
 
 from __future__ import annotations
 
-from mppo.platform.config import ServiceConfig
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from mppo.platform.config import ConfigError, ServiceConfig, service_addr
+
+DEFAULT_SMTP_ADDR = "127.0.0.1:8025"
+DEFAULT_FROM = "MPPO <no-reply@mppo.local>"
 
 
-def load_config() -> ServiceConfig:
-    """The notification service's settings (docs/conventions.md lists the variables)."""
-    return ServiceConfig.from_env("notification")
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
+
+
+def _addr(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if value:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"{name}={value!r} is not host:port")
+    return value
+
+
+@dataclass(frozen=True)
+class NotificationConfig(ServiceConfig):
+    """The notification service's settings (see the module docstring for the variables)."""
+
+    group_addr: str = "127.0.0.1:50051"
+    smtp_addr: str = ""
+    smtp_sink_addr: str = ""
+    mail_from: str = DEFAULT_FROM
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    max_attempts: int = 6
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    poll_seconds: float = 0.25
+    settle_seconds: float = 30.0
+    send_timeout_seconds: float = 10.0
+
+    @property
+    def webhook_enabled(self) -> bool:
+        """Whether notifications also go to the client app's webhook."""
+        return bool(self.webhook_url)
+
+    @classmethod
+    def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> NotificationConfig:
+        """Read every setting; raises ConfigError on a malformed or inconsistent one."""
+        source = os.environ if env is None else env
+        base = ServiceConfig.from_env(service, source)
+        webhook_url = source.get("MPPO_NOTIFY_WEBHOOK_URL", "").strip()
+        webhook_secret = source.get("MPPO_NOTIFY_WEBHOOK_SECRET", "").strip()
+        if webhook_url:
+            parsed = urlparse(webhook_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ConfigError("MPPO_NOTIFY_WEBHOOK_URL must be an http(s) URL")
+            if not webhook_secret:
+                raise ConfigError("MPPO_NOTIFY_WEBHOOK_SECRET is required with the webhook URL")
+        max_attempts = int(_float(source, "MPPO_NOTIFY_MAX_ATTEMPTS", 6, minimum=1))
+        return cls(
+            name=base.name,
+            addr=base.addr,
+            infra=base.infra,
+            log_level=base.log_level,
+            group_addr=service_addr(source, "group"),
+            smtp_addr=_addr(source, "MPPO_SMTP_ADDR"),
+            smtp_sink_addr=_addr(source, "MPPO_SMTP_SINK_ADDR"),
+            mail_from=source.get("MPPO_NOTIFY_FROM", "").strip() or DEFAULT_FROM,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            max_attempts=max_attempts,
+            retry_base_seconds=_float(source, "MPPO_NOTIFY_RETRY_BASE_SECONDS", 1.0),
+            retry_max_seconds=_float(source, "MPPO_NOTIFY_RETRY_MAX_SECONDS", 300.0),
+            poll_seconds=_float(source, "MPPO_NOTIFY_POLL_SECONDS", 0.25, minimum=0.01),
+            settle_seconds=_float(source, "MPPO_NOTIFY_SETTLE_SECONDS", 30.0),
+            send_timeout_seconds=_float(
+                source, "MPPO_NOTIFY_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1
+            ),
+        )
+
+
+def load_config() -> NotificationConfig:
+    """The notification service's settings, from the process environment."""
+    return NotificationConfig.from_env("notification")

@@ -85,10 +85,15 @@ class ServiceDef:
 
 DEFAULT_SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef.grpc("group", "group_svc", 50051, database="group_db"),
+    ServiceDef.http("sandbox", "payment_svc.sandbox", 8090, health_path="/healthz"),
     ServiceDef.grpc("payment", "payment_svc", 50052, database="payment_db"),
+    ServiceDef.http("merchant", "order_svc.sandbox_merchant", 8091, health_path="/healthz"),
     ServiceDef.grpc("order", "order_svc", 50053, database="order_db"),
+    # SMTP sink: HTTP API on MPPO_SMTP_SINK_ADDR (8026), SMTP on 8025 (or a free port when that
+    # is taken, announced at GET /info, where the notification service looks it up).
+    ServiceDef.http("smtp-sink", "notification_svc.smtp_sink", 8026),
     ServiceDef.grpc("notification", "notification_svc", 50054, database="notification_db"),
-    # later: ServiceDef.http("gateway", "gateway", 8080),
+    ServiceDef("gateway", (PYTHON, "-m", "gateway"), 8080, "http", env={"MPPO_JWT_JWKS": "dev"}),
     # later: ServiceDef.http("stripe-sandbox", "...", 8090), ...("razorpay-sandbox", ..., 8091)
 )
 

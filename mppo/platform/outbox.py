@@ -19,8 +19,9 @@ import logging
 import os
 from typing import Any
 
+import asyncpg
 from nats.js import JetStreamContext
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from mppo.platform.events import Event
@@ -40,8 +41,16 @@ def fault_point(name: str) -> None:
         os._exit(137)
 
 
+NOTIFY_CHANNEL = "mppo_outbox"
+
+
 async def add_to_outbox(conn: AsyncSession | AsyncConnection, event: Event) -> None:
-    """Insert ``event`` into the outbox within the caller's open transaction."""
+    """Insert ``event`` into the outbox within the caller's open transaction.
+
+    Also queues a ``NOTIFY`` that Postgres delivers only if the transaction commits: a
+    wake-up hint for the relays (the poll interval stays the guarantee).
+    """
+    await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
     await conn.execute(
         insert(outbox).values(
             event_id=event.event_id,
@@ -88,10 +97,31 @@ class OutboxRelay:
         """Hint that rows were just committed (the poll interval is the guarantee)."""
         self._wakeup.set()
 
+    async def _listen(self) -> Any:
+        """A connection LISTENing for commits that added outbox rows, or None if unavailable."""
+        url = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            conn = await asyncpg.connect(url, timeout=5)
+            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wakeup.set())
+        except Exception as exc:
+            logger.warning("outbox relay: LISTEN unavailable (%s); polling only", exc)
+            return None
+        return conn
+
     async def run(self) -> None:
         """Relay until :meth:`stop`; database or broker outages are logged and retried."""
         logger.info("outbox relay started (batch %s)", self._batch_size)
+        listener = await self._listen()
+        try:
+            await self._loop()
+        finally:
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.close(timeout=2)
+
+    async def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._wakeup.clear()  # before the round: a NOTIFY during it is not lost
             try:
                 published = await self.run_once()
             except Exception:
@@ -99,7 +129,6 @@ class OutboxRelay:
                 published = 0
             if published >= self._batch_size:
                 continue
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
         logger.info("outbox relay stopped")

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 import redis.asyncio as aioredis
@@ -185,9 +185,66 @@ async def _watchdog(
             await _set_all(health, names, serving)
 
 
-def build_server(spec: ServiceSpec) -> tuple[grpc.aio.Server, HealthServicer]:
-    """A server with tracing, the health service and reflection, before the service's own."""
+class LateBoundHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """Routes calls to the service's own handlers, which exist only once it is connected.
+
+    gRPC wants every handler added before the server starts, but the server starts first so
+    that health checks can answer NOT_SERVING while dependencies connect. This handler is
+    added before the start; `register()` later fills it through `registrar()`. Until then the
+    service's methods answer UNAVAILABLE, never a misleading UNIMPLEMENTED.
+    """
+
+    def __init__(self, service_names: Sequence[str]) -> None:
+        self._prefixes = tuple(f"/{name}/" for name in service_names)
+        self._methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._generic: list[grpc.GenericRpcHandler[Any, Any]] = []
+        self.bound = False
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """The handler for a call, or None for methods that are not ours."""
+        method = handler_call_details.method
+        if method in self._methods:
+            return self._methods[method]
+        for handler in self._generic:
+            found = handler.service(handler_call_details)
+            if found is not None:
+                return found
+        if not self.bound and method.startswith(self._prefixes):
+            return grpc.unary_unary_rpc_method_handler(_not_ready)
+        return None
+
+    def registrar(self) -> grpc.aio.Server:
+        """A stand-in server whose add_* methods fill this handler (for generated code)."""
+        owner = self
+
+        class _Registrar:
+            def add_generic_rpc_handlers(
+                self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+            ) -> None:
+                owner._generic.extend(handlers)
+
+            def add_registered_method_handlers(
+                self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+            ) -> None:
+                for method, handler in handlers.items():
+                    owner._methods[f"/{service_name}/{method}"] = handler
+
+        return cast(grpc.aio.Server, _Registrar())
+
+
+async def _not_ready(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "service is starting; retry shortly")
+
+
+def build_server(
+    spec: ServiceSpec,
+) -> tuple[grpc.aio.Server, HealthServicer, LateBoundHandlers]:
+    """A server with tracing, health, reflection and a slot for the service's own handlers."""
     server = grpc.aio.server(interceptors=[TracingServerInterceptor()])
+    late = LateBoundHandlers(spec.grpc_services)
+    server.add_generic_rpc_handlers((late,))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -198,12 +255,12 @@ def build_server(spec: ServiceSpec) -> tuple[grpc.aio.Server, HealthServicer]:
         ],
         server,
     )
-    return server, health
+    return server, health, late
 
 
 async def serve(spec: ServiceSpec, config: ServiceConfig, stopping: asyncio.Event) -> None:
     """Run `spec` until `stopping` is set; returns after a graceful stop."""
-    server, health = build_server(spec)
+    server, health, late = build_server(spec)
     await _set_all(health, spec.grpc_services, serving=False)
     port = server.add_insecure_port(config.addr)
     if port == 0:
@@ -215,7 +272,8 @@ async def serve(spec: ServiceSpec, config: ServiceConfig, stopping: asyncio.Even
     workers: list[Worker] = []
     try:
         if infra is not None:
-            spec.register(server, infra)
+            spec.register(late.registrar(), infra)
+            late.bound = True
             relay = OutboxRelay(infra.engine, infra.js, prefix=config.infra.nats_prefix)
             workers = [relay, *spec.workers(infra)]
             tasks = [asyncio.create_task(w.run(), name=type(w).__name__) for w in workers]

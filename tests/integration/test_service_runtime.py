@@ -78,6 +78,7 @@ async def test_service_serves_after_connecting_and_stops_on_sigterm(
         code = proc.stop()
     assert code == 0, proc.log_text()
     assert "stopped" in proc.log_text()
+    assert "Cannot register" not in proc.log_text()  # handlers bound without late-add warnings
 
 
 async def test_service_is_not_serving_while_a_dependency_is_missing(
@@ -97,6 +98,12 @@ async def test_service_is_not_serving_while_a_dependency_is_missing(
         # still not serving a few seconds later: nothing pretends the dependency is there
         await asyncio.sleep(3)
         assert await health_status(proc.addr, SERVICES["group"]) == NOT_SERVING
+        # its own methods answer UNAVAILABLE meanwhile, not UNIMPLEMENTED
+        code, _, err = await grpcurl(
+            "-d", '{"group_id":"x"}', proc.addr, f"{SERVICES['group']}/GetGroup"
+        )
+        assert code != 0
+        assert "Unavailable" in err, err
     finally:
         code = proc.stop()
     assert code == 0, proc.log_text()

@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
@@ -28,6 +29,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from google.protobuf import descriptor_pb2
+
+from gateway.config import MAX_BODY_DEFAULT
+from gateway.descriptors import DEFAULT_DESCRIPTORS, Catalog
+from gateway.routing import MethodNotAllowedError, RouteNotFoundError, Router
+from gateway.table import RestCase, rest_table
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -64,6 +70,7 @@ REST_PREFIXES = {
     "/notifications": "notification_svc",
 }
 WEBHOOK_PREFIX = "/payments/webhook/"
+WEBHOOK_PATH = "/payments/webhook"
 
 HCM_TYPE = (
     "type.googleapis.com/"
@@ -201,15 +208,56 @@ def _http_filters(bootstrap: Any) -> dict[str, Any]:
     return {f.name: _unpack(f.typed_config) for f in _hcm(bootstrap).http_filters}
 
 
-def _routes(bootstrap: Any) -> list[tuple[str, str]]:
-    """(path prefix, cluster) for every route of every virtual host."""
-    routes: list[tuple[str, str]] = []
+@dataclass(frozen=True)
+class EnvoyRoute:
+    """One route: a prefix or exact path (plus an optional exact `:method`), and where it
+    goes: a cluster, or a direct response status (`cluster` None)."""
+
+    prefix: str
+    path: str
+    method: str | None
+    cluster: str | None
+    direct_status: int | None
+
+    def matches(self, verb: str, path: str) -> bool:
+        hit = path == self.path if self.path else path.startswith(self.prefix)
+        return hit and (self.method is None or self.method == verb)
+
+
+def _method_header(match: Any) -> str | None:
+    """The exact `:method` a route or JWT rule match requires (None: any)."""
+    method: str | None = None
+    for header in match.headers:
+        assert header.name == ":method", f"unexpected header match {header.name}"
+        assert header.string_match is not None, "only string_match exact is emulated"
+        assert header.string_match.exact, "only string_match exact is emulated"
+        method = str(header.string_match.exact)
+    return method
+
+
+def _envoy_routes(bootstrap: Any) -> list[EnvoyRoute]:
+    """Every route of every virtual host, in match order."""
+    routes: list[EnvoyRoute] = []
     for vhost in _hcm(bootstrap).route_config.virtual_hosts:
         for route in vhost.routes:
-            assert route.match.prefix, f"route without a prefix match: {route}"
-            assert route.route is not None, f"route without a cluster action: {route}"
-            routes.append((str(route.match.prefix), str(route.route.cluster)))
+            prefix, path = str(route.match.prefix or ""), str(route.match.path or "")
+            assert bool(prefix) != bool(path), f"route needs exactly one of prefix/path: {route}"
+            if route.direct_response is not None:
+                cluster, status = None, int(route.direct_response.status)
+            else:
+                assert route.route is not None, f"route without a cluster action: {route}"
+                cluster, status = str(route.route.cluster), None
+            routes.append(EnvoyRoute(prefix, path, _method_header(route.match), cluster, status))
     return routes
+
+
+def _routes(bootstrap: Any) -> list[tuple[str, str]]:
+    """(path prefix or exact path, cluster) for every route that forwards to a cluster."""
+    return [(r.prefix or r.path, r.cluster) for r in _envoy_routes(bootstrap) if r.cluster]
+
+
+def _first_route(routes: list[EnvoyRoute], verb: str, path: str) -> EnvoyRoute | None:
+    return next((r for r in routes if r.matches(verb, path)), None)
 
 
 def _clusters(bootstrap: Any) -> dict[str, Any]:
@@ -260,21 +308,15 @@ def _sample_path(template: str) -> str:
     return re.sub(r"\{[^}]*\}", "x", template)
 
 
-def _first_route_cluster(routes: list[tuple[str, str]], path: str) -> str | None:
-    return next((cluster for prefix, cluster in routes if path.startswith(prefix)), None)
-
-
 def _jwt_required(jwt: Any, verb: str, path: str) -> bool:
-    """Emulate jwt_authn's first-match rule selection (prefix + exact `:method` matches)."""
+    """Emulate jwt_authn's first-match rule selection (prefix or path + exact `:method`)."""
     for rule in jwt.rules:
-        if not path.startswith(str(rule.match.prefix)):
+        prefix, exact = str(rule.match.prefix or ""), str(rule.match.path or "")
+        assert bool(prefix) != bool(exact), f"JWT rule needs one of prefix/path: {rule}"
+        if not (path == exact if exact else path.startswith(prefix)):
             continue
-        header_ok = True
-        for header in rule.match.headers:
-            assert header.name == ":method", f"unexpected header match {header.name}"
-            assert header.string_match is not None, "only string_match exact is emulated"
-            header_ok = header_ok and header.string_match.exact == verb
-        if header_ok:
+        method = _method_header(rule.match)
+        if method is None or method == verb:
             return rule.requires is not None
     return False
 
@@ -538,15 +580,18 @@ def test_only_jwks_clusters_are_not_grpc_services(bootstrap: Any) -> None:
         assert _clusters(bootstrap)[name].transport_socket is not None, f"{name} must use TLS"
 
 
-def test_routes_cover_grpc_and_rest_paths(bootstrap: Any) -> None:
+def test_routes_cover_rest_prefixes_and_webhooks(bootstrap: Any) -> None:
     routes = _routes(bootstrap)
-    for _, _, grpc_service, cluster in SERVICES.values():
-        assert (f"/{grpc_service}/", cluster) in routes
     for prefix, cluster in REST_PREFIXES.items():
         assert (prefix, cluster) in routes
-    webhook_index = routes.index((WEBHOOK_PREFIX, "payment_svc"))
-    shadowing = [p for p, _ in routes[:webhook_index] if WEBHOOK_PREFIX.startswith(p)]
-    assert not shadowing, f"webhook route shadowed by {shadowing}"
+    envoy_routes = _envoy_routes(bootstrap)
+    for path in (f"{WEBHOOK_PREFIX}stripe", WEBHOOK_PATH):
+        first = _first_route(envoy_routes, "POST", path)
+        assert first is not None, path
+        assert first.cluster == "payment_svc", path
+        assert first.prefix == WEBHOOK_PREFIX or first.path == WEBHOOK_PATH, (
+            f"webhook {path} shadowed by {first}"
+        )
 
 
 def test_jwt_rules_exempt_only_webhooks(bootstrap: Any) -> None:
@@ -557,9 +602,12 @@ def test_jwt_rules_exempt_only_webhooks(bootstrap: Any) -> None:
         assert provider.remote_jwks is not None, f"provider {name} has no remote JWKS"
         claims = {(c.header_name, c.claim_name) for c in provider.claim_to_headers}
         assert ("x-mppo-user-id", "sub") in claims
-    rules = [(str(r.match.prefix), r.requires) for r in jwt.rules]
+    rules = [(str(r.match.prefix or r.match.path), r.requires) for r in jwt.rules]
     unauthenticated = [prefix for prefix, requires in rules if requires is None]
-    assert unauthenticated == [WEBHOOK_PREFIX]
+    assert unauthenticated == [WEBHOOK_PREFIX, WEBHOOK_PATH]
+    for rule in jwt.rules:
+        if rule.requires is None:
+            assert _method_header(rule.match) == "POST", "only POST webhooks skip the JWT"
     last_prefix, last_requires = rules[-1]
     assert last_prefix == "/", "the last rule must catch every other path"
     assert last_requires is not None, "everything but webhooks needs a JWT"
@@ -597,27 +645,104 @@ def test_transcoder_services_match_descriptor_set(bootstrap: Any) -> None:
     assert set(_transcoder(bootstrap).services) == set(_descriptor_bindings())
 
 
-def test_every_rest_binding_is_routed_and_authenticated(bootstrap: Any) -> None:
-    routes = _routes(bootstrap)
+@pytest.fixture(scope="module")
+def table() -> list[RestCase]:
+    _descriptor_bindings()  # skips when the descriptor set is not built
+    return rest_table(Catalog.load(DESCRIPTORS_FILE))
+
+
+def test_rest_table_walks_every_binding(table: list[RestCase]) -> None:
+    expected = {
+        (verb, template)
+        for bindings in _descriptor_bindings().values()
+        for verb, template in bindings
+    }
+    assert {(case.verb, case.template) for case in table} == expected
+    assert any(case.webhook for case in table), "no webhook binding found"
+    assert any(case.internal for case in table), "no internal binding found"
+
+
+def test_python_router_follows_the_table(table: list[RestCase]) -> None:
+    router = Router([case.binding for case in table])
+    for case in table:
+        if case.internal:
+            with pytest.raises((RouteNotFoundError, MethodNotAllowedError)):
+                router.match(case.verb, case.path)
+            continue
+        match = router.match(case.verb, case.path)
+        assert match.route.binding.grpc_path == case.grpc_path, f"{case.verb} {case.path}"
+    # Un-annotated (internal) RPCs have no REST path and the native gRPC path is not served.
+    with pytest.raises((RouteNotFoundError, MethodNotAllowedError)):
+        router.match("POST", "/mppo.payment.v1.PaymentService/CapturePayment")
+
+
+def test_envoy_routes_follow_the_table(bootstrap: Any, table: list[RestCase]) -> None:
+    routes = _envoy_routes(bootstrap)
     jwt = _http_filters(bootstrap)["envoy.filters.http.jwt_authn"]
     cluster_of = {grpc: cluster for _, _, grpc, cluster in SERVICES.values()}
-    for service, bindings in _descriptor_bindings().items():
-        for verb, template in bindings:
-            path = _sample_path(template)
-            assert _first_route_cluster(routes, path) == cluster_of[service], (
-                f"{verb} {template} ({service}) is not routed to {cluster_of[service]}"
+    for case in table:
+        service = case.grpc_path.split("/")[1]
+        rest = _first_route(routes, case.verb, case.path)
+        grpc_route = _first_route(routes, "POST", case.grpc_path)
+        if case.internal:
+            assert rest is not None, f"internal {case.verb} {case.template} has no route"
+            assert rest.direct_status == 404, (
+                f"internal {case.verb} {case.template} must be refused with 404 by Envoy"
             )
-            is_webhook = verb == "POST" and path.startswith(WEBHOOK_PREFIX)
-            assert _jwt_required(jwt, verb, path) is not is_webhook, (
-                f"{verb} {template}: JWT {'must not' if is_webhook else 'must'} be required"
-            )
-        # The native gRPC path of every service needs a JWT too.
-        assert _jwt_required(jwt, "POST", f"/{service}/AnyMethod")
+            assert grpc_route is None, f"internal {case.grpc_path} must have no route"
+            continue
+        assert rest is not None, f"{case.verb} {case.template} has no route"
+        assert rest.cluster == cluster_of[service], (
+            f"{case.verb} {case.template} ({service}) is not routed to {cluster_of[service]}"
+        )
+        # After transcoding, Envoy picks the route again by the gRPC path.
+        assert grpc_route is not None, f"no route for {case.grpc_path}"
+        assert grpc_route.path == case.grpc_path, (
+            f"add `- match: {{ path: {case.grpc_path} }}` -> {cluster_of[service]} to envoy.yaml"
+        )
+        assert grpc_route.cluster == cluster_of[service]
+        assert _jwt_required(jwt, case.verb, case.path) is not case.webhook, (
+            f"{case.verb} {case.template}: JWT {'must not' if case.webhook else 'must'} be required"
+        )
+        assert _jwt_required(jwt, "POST", case.grpc_path)
+
+
+def test_envoy_exposes_no_unannotated_rpc(bootstrap: Any, table: list[RestCase]) -> None:
+    routes = _envoy_routes(bootstrap)
+    public = {case.grpc_path for case in table if not case.internal}
+    catalog = Catalog.load(DESCRIPTORS_FILE)
+    checked = 0
+    for service_name in SERVICES.values():
+        service = catalog.pool.FindServiceByName(service_name[2])
+        for method in service.methods:
+            grpc_path = f"/{service.full_name}/{method.name}"
+            route = _first_route(routes, "POST", grpc_path)
+            if grpc_path in public:
+                assert route is not None, grpc_path
+                assert route.cluster is not None, grpc_path
+            else:
+                assert route is None or route.cluster is None, f"{grpc_path} is exposed by Envoy"
+                checked += 1
+    assert checked > 0, "expected internal RPCs (e.g. CapturePayment) to check"
+
+
+def test_descriptor_paths_and_body_limit_agree(bootstrap: Any) -> None:
+    gen_protos = importlib.import_module("scripts.gen_protos")
+    assert REPO / gen_protos.DESCRIPTOR_SET == DESCRIPTORS_FILE
+    assert DEFAULT_DESCRIPTORS == DESCRIPTORS_FILE
+    transcoder = _transcoder(bootstrap)
+    assert transcoder.max_request_body_size == MAX_BODY_DEFAULT
+    assert transcoder.request_validation_options.reject_unknown_method is True
+    mutations = _http_filters(bootstrap)["envoy.filters.http.header_mutation"].mutations
+    removed = {str(m.remove) for m in mutations.request_mutations}
+    assert {"x-mppo-user-id", "x-mppo-service"} <= removed
 
 
 def test_jwt_webhook_exemption_is_post_only(bootstrap: Any) -> None:
     jwt = _http_filters(bootstrap)["envoy.filters.http.jwt_authn"]
     assert not _jwt_required(jwt, "POST", f"{WEBHOOK_PREFIX}stripe")
     assert _jwt_required(jwt, "GET", f"{WEBHOOK_PREFIX}stripe")
-    assert _jwt_required(jwt, "GET", WEBHOOK_PREFIX.rstrip("/"))
+    assert not _jwt_required(jwt, "POST", WEBHOOK_PATH)
+    assert _jwt_required(jwt, "GET", WEBHOOK_PATH)
+    assert _jwt_required(jwt, "POST", f"{WEBHOOK_PATH}x")
     assert _jwt_required(jwt, "POST", "/group")

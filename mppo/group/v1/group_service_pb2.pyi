@@ -734,3 +734,53 @@ class GetGroupContactsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetGroupContactsResponse: _TypeAlias = GetGroupContactsResponse  # noqa: Y015
+
+@_typing.final
+class RetryPaymentRequest(_message.Message):
+    """RetryPaymentRequest names the member whose payment failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    group_id: _builtins.str
+    """The group id."""
+    member_id: _builtins.str
+    """The member id."""
+    def __init__(
+        self,
+        *,
+        group_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPaymentRequest: _TypeAlias = RetryPaymentRequest  # noqa: Y015
+
+@_typing.final
+class RetryPaymentResponse(_message.Message):
+    """RetryPaymentResponse returns the group with the new attempt's payment link."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def group(self) -> _group_pb2.GroupOrder:
+        """The group."""
+
+    def __init__(
+        self,
+        *,
+        group: _group_pb2.GroupOrder | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPaymentResponse: _TypeAlias = RetryPaymentResponse  # noqa: Y015

@@ -91,6 +91,11 @@ class GroupServiceStub:
                 request_serializer=mppo_dot_group_dot_v1_dot_group__service__pb2.GetGroupHistoryRequest.SerializeToString,
                 response_deserializer=mppo_dot_group_dot_v1_dot_group__service__pb2.GetGroupHistoryResponse.FromString,
                 _registered_method=True)
+        self.RetryPayment = channel.unary_unary(
+                '/mppo.group.v1.GroupService/RetryPayment',
+                request_serializer=mppo_dot_group_dot_v1_dot_group__service__pb2.RetryPaymentRequest.SerializeToString,
+                response_deserializer=mppo_dot_group_dot_v1_dot_group__service__pb2.RetryPaymentResponse.FromString,
+                _registered_method=True)
         self.GetGroupContacts = channel.unary_unary(
                 '/mppo.group.v1.GroupService/GetGroupContacts',
                 request_serializer=mppo_dot_group_dot_v1_dot_group__service__pb2.GetGroupContactsRequest.SerializeToString,
@@ -180,6 +185,14 @@ class GroupServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryPayment(self, request, context):
+        """Starts a fresh payment attempt for a member whose last payment failed (the member
+        themself or the host); returns the group with the member's new payment link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetGroupContacts(self, request, context):
         """Internal: the members' contact details for notifications. Not exposed over REST.
         """
@@ -244,6 +257,11 @@ def add_GroupServiceServicer_to_server(servicer, server):
                     servicer.GetGroupHistory,
                     request_deserializer=mppo_dot_group_dot_v1_dot_group__service__pb2.GetGroupHistoryRequest.FromString,
                     response_serializer=mppo_dot_group_dot_v1_dot_group__service__pb2.GetGroupHistoryResponse.SerializeToString,
+            ),
+            'RetryPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryPayment,
+                    request_deserializer=mppo_dot_group_dot_v1_dot_group__service__pb2.RetryPaymentRequest.FromString,
+                    response_serializer=mppo_dot_group_dot_v1_dot_group__service__pb2.RetryPaymentResponse.SerializeToString,
             ),
             'GetGroupContacts': grpc.unary_unary_rpc_method_handler(
                     servicer.GetGroupContacts,
@@ -550,6 +568,33 @@ class GroupService:
             '/mppo.group.v1.GroupService/GetGroupHistory',
             mppo_dot_group_dot_v1_dot_group__service__pb2.GetGroupHistoryRequest.SerializeToString,
             mppo_dot_group_dot_v1_dot_group__service__pb2.GetGroupHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mppo.group.v1.GroupService/RetryPayment',
+            mppo_dot_group_dot_v1_dot_group__service__pb2.RetryPaymentRequest.SerializeToString,
+            mppo_dot_group_dot_v1_dot_group__service__pb2.RetryPaymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,10 @@ class GroupServiceStub:
     """Cancels the group (host only); holds are voided and captures refunded."""
     GetGroupHistory: _grpc.UnaryUnaryMultiCallable[_group_service_pb2.GetGroupHistoryRequest, _group_service_pb2.GetGroupHistoryResponse]
     """Returns every status transition of a group, oldest first."""
+    RetryPayment: _grpc.UnaryUnaryMultiCallable[_group_service_pb2.RetryPaymentRequest, _group_service_pb2.RetryPaymentResponse]
+    """Starts a fresh payment attempt for a member whose last payment failed (the member
+    themself or the host); returns the group with the member's new payment link.
+    """
     GetGroupContacts: _grpc.UnaryUnaryMultiCallable[_group_service_pb2.GetGroupContactsRequest, _group_service_pb2.GetGroupContactsResponse]
     """Internal: the members' contact details for notifications. Not exposed over REST."""
 
@@ -89,6 +93,10 @@ class GroupServiceAsyncStub(GroupServiceStub):
     """Cancels the group (host only); holds are voided and captures refunded."""
     GetGroupHistory: _aio.UnaryUnaryMultiCallable[_group_service_pb2.GetGroupHistoryRequest, _group_service_pb2.GetGroupHistoryResponse]  # type: ignore[assignment]
     """Returns every status transition of a group, oldest first."""
+    RetryPayment: _aio.UnaryUnaryMultiCallable[_group_service_pb2.RetryPaymentRequest, _group_service_pb2.RetryPaymentResponse]  # type: ignore[assignment]
+    """Starts a fresh payment attempt for a member whose last payment failed (the member
+    themself or the host); returns the group with the member's new payment link.
+    """
     GetGroupContacts: _aio.UnaryUnaryMultiCallable[_group_service_pb2.GetGroupContactsRequest, _group_service_pb2.GetGroupContactsResponse]  # type: ignore[assignment]
     """Internal: the members' contact details for notifications. Not exposed over REST."""
 
@@ -184,6 +192,16 @@ class GroupServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_group_service_pb2.GetGroupHistoryResponse, _abc.Awaitable[_group_service_pb2.GetGroupHistoryResponse]]:
         """Returns every status transition of a group, oldest first."""
+
+    @_abc_1.abstractmethod
+    def RetryPayment(
+        self,
+        request: _group_service_pb2.RetryPaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_group_service_pb2.RetryPaymentResponse, _abc.Awaitable[_group_service_pb2.RetryPaymentResponse]]:
+        """Starts a fresh payment attempt for a member whose last payment failed (the member
+        themself or the host); returns the group with the member's new payment link.
+        """
 
     @_abc_1.abstractmethod
     def GetGroupContacts(

@@ -132,6 +132,9 @@ class Notification(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SENT_TIME_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
     notification_id: _builtins.str
     """Notification id."""
     group_id: _builtins.str
@@ -148,6 +151,14 @@ class Notification(_message.Message):
     """The event that caused it."""
     attempts: _builtins.int
     """Delivery attempts so far."""
+    event_type: _builtins.str
+    """The type of the event that caused it, e.g. "group.opened"."""
+    last_error: _builtins.str
+    """Why the last delivery attempt failed (empty when none failed). Never holds personal data."""
+    delivery_id: _builtins.str
+    """The stable id a delivery carries (SMTP Message-ID, webhook Mppo-Notification-Id), so a
+    repeated delivery can be recognised by its receiver.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -169,10 +180,13 @@ class Notification(_message.Message):
         attempts: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         sent_time: _timestamp_pb2.Timestamp | None = ...,
+        event_type: _builtins.str = ...,
+        last_error: _builtins.str = ...,
+        delivery_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "sent_time", b"sent_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel", b"channel", "create_time", b"create_time", "event_id", b"event_id", "group_id", b"group_id", "kind", b"kind", "member_id", b"member_id", "notification_id", b"notification_id", "sent_time", b"sent_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel", b"channel", "create_time", b"create_time", "delivery_id", b"delivery_id", "event_id", b"event_id", "event_type", b"event_type", "group_id", b"group_id", "kind", b"kind", "last_error", b"last_error", "member_id", b"member_id", "notification_id", b"notification_id", "sent_time", b"sent_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,16 +199,28 @@ class ListNotificationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GROUP_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     group_id: _builtins.str
     """The group whose notifications to list."""
+    member_id: _builtins.str
+    """Only notifications for this member (optional)."""
+    kind: Global___NotificationKind.ValueType
+    """Only notifications of this kind (optional)."""
+    channel: Global___NotificationChannel.ValueType
+    """Only notifications on this channel (optional)."""
     def __init__(
         self,
         *,
         group_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        kind: Global___NotificationKind.ValueType = ...,
+        channel: Global___NotificationChannel.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "group_id", b"group_id", "kind", b"kind", "member_id", b"member_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

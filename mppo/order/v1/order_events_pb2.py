@@ -27,7 +27,7 @@ from mppo.common.v1 import money_pb2 as mppo_dot_common_dot_v1_dot_money__pb2
 from mppo.order.v1 import order_pb2 as mppo_dot_order_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n mppo/order/v1/order_events.proto\x12\rmppo.order.v1\x1a\x1amppo/common/v1/event.proto\x1a\x1amppo/common/v1/money.proto\x1a\x19mppo/order/v1/order.proto\"\x80\x01\n\x0cOrderCreated\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.mppo.common.v1.Money:\x11\xca\xf3\x18\rorder.created\"\x8a\x01\n\x0eOrderConfirmed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x19\n\x11merchant_order_id\x18\x03 \x01(\t\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.mppo.common.v1.Money:\x13\xca\xf3\x18\x0forder.confirmed\"\x9b\x01\n\x0bOrderFailed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x31\n\x06reason\x18\x03 \x01(\x0e\x32!.mppo.order.v1.OrderFailureReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x13\n\x0bpayment_ids\x18\x05 \x03(\t:\x10\xca\xf3\x18\x0corder.failedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n mppo/order/v1/order_events.proto\x12\rmppo.order.v1\x1a\x1amppo/common/v1/event.proto\x1a\x1amppo/common/v1/money.proto\x1a\x19mppo/order/v1/order.proto\"\x80\x01\n\x0cOrderCreated\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.mppo.common.v1.Money:\x11\xca\xf3\x18\rorder.created\"\xb4\x01\n\x0eOrderConfirmed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x19\n\x11merchant_order_id\x18\x03 \x01(\t\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.mppo.common.v1.Money\x12\x13\n\x0bmerchant_id\x18\x05 \x01(\t\x12\x13\n\x0bpayment_ids\x18\x06 \x03(\t:\x13\xca\xf3\x18\x0forder.confirmed\"\xb0\x01\n\x0bOrderFailed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x31\n\x06reason\x18\x03 \x01(\x0e\x32!.mppo.order.v1.OrderFailureReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x13\n\x0bpayment_ids\x18\x05 \x03(\t\x12\x13\n\x0bmerchant_id\x18\x06 \x01(\t:\x10\xca\xf3\x18\x0corder.failedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERCREATED']._serialized_start=135
   _globals['_ORDERCREATED']._serialized_end=263
   _globals['_ORDERCONFIRMED']._serialized_start=266
-  _globals['_ORDERCONFIRMED']._serialized_end=404
-  _globals['_ORDERFAILED']._serialized_start=407
-  _globals['_ORDERFAILED']._serialized_end=562
+  _globals['_ORDERCONFIRMED']._serialized_end=446
+  _globals['_ORDERFAILED']._serialized_start=449
+  _globals['_ORDERFAILED']._serialized_end=625
 # @@protoc_insertion_point(module_scope)

@@ -68,15 +68,23 @@ class OrderConfirmed(_message.Message):
     GROUP_ID_FIELD_NUMBER: _builtins.int
     MERCHANT_ORDER_ID_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_IDS_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The order id."""
     group_id: _builtins.str
     """The group."""
     merchant_order_id: _builtins.str
     """The merchant's order id."""
+    merchant_id: _builtins.str
+    """The merchant."""
     @_builtins.property
     def total(self) -> _money_pb2.Money:
         """The total captured."""
+
+    @_builtins.property
+    def payment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The payment ids captured for the order."""
 
     def __init__(
         self,
@@ -85,10 +93,12 @@ class OrderConfirmed(_message.Message):
         group_id: _builtins.str = ...,
         merchant_order_id: _builtins.str = ...,
         total: _money_pb2.Money | None = ...,
+        merchant_id: _builtins.str = ...,
+        payment_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "merchant_order_id", b"merchant_order_id", "order_id", b"order_id", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "merchant_id", b"merchant_id", "merchant_order_id", b"merchant_order_id", "order_id", b"order_id", "payment_ids", b"payment_ids", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -107,6 +117,7 @@ class OrderFailed(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     PAYMENT_IDS_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The order id."""
     group_id: _builtins.str
@@ -115,6 +126,8 @@ class OrderFailed(_message.Message):
     """Why."""
     detail: _builtins.str
     """Human-readable detail."""
+    merchant_id: _builtins.str
+    """The merchant."""
     @_builtins.property
     def payment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The payment ids whose holds were voided or captures refunded."""
@@ -127,10 +140,11 @@ class OrderFailed(_message.Message):
         reason: _order_pb2.OrderFailureReason.ValueType = ...,
         detail: _builtins.str = ...,
         payment_ids: _abc.Iterable[_builtins.str] | None = ...,
+        merchant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "group_id", b"group_id", "order_id", b"order_id", "payment_ids", b"payment_ids", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "group_id", b"group_id", "merchant_id", b"merchant_id", "order_id", b"order_id", "payment_ids", b"payment_ids", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,21 +27,23 @@ from mppo.common.v1 import cart_pb2 as mppo_dot_common_dot_v1_dot_cart__pb2
 from mppo.common.v1 import money_pb2 as mppo_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mppo/order/v1/order.proto\x12\rmppo.order.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mppo/common/v1/cart.proto\x1a\x1amppo/common/v1/money.proto\"l\n\nOrderShare\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.mppo.common.v1.Money\x12\x10\n\x08\x63\x61ptured\x18\x04 \x01(\x08\"i\n\tOrderStep\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12-\n\tstep_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x04\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12\x19\n\x11merchant_order_id\x18\x04 \x01(\t\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.mppo.order.v1.OrderStatus\x12\x39\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\x0e\x32!.mppo.order.v1.OrderFailureReason\x12\'\n\x05items\x18\x07 \x03(\x0b\x32\x18.mppo.common.v1.LineItem\x12$\n\x05total\x18\x08 \x01(\x0b\x32\x15.mppo.common.v1.Money\x12)\n\x06shares\x18\t \x03(\x0b\x32\x19.mppo.order.v1.OrderShare\x12\'\n\x05steps\x18\n \x03(\x0b\x32\x18.mppo.order.v1.OrderStep\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nfees_minor\x18\r \x01(\x03\x12\x11\n\ttax_minor\x18\x0e \x01(\x03\x12\x11\n\ttip_minor\x18\x0f \x01(\x03*\xce\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_CREATED\x10\x01\x12\x1a\n\x16ORDER_STATUS_VALIDATED\x10\x02\x12\x17\n\x13ORDER_STATUS_PLACED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x04\x12\x1d\n\x19ORDER_STATUS_COMPENSATING\x10\x05\x12\x17\n\x13ORDER_STATUS_FAILED\x10\x06*\xb5\x02\n\x12OrderFailureReason\x12$\n ORDER_FAILURE_REASON_UNSPECIFIED\x10\x00\x12%\n!ORDER_FAILURE_REASON_OUT_OF_STOCK\x10\x01\x12*\n&ORDER_FAILURE_REASON_MERCHANT_REJECTED\x10\x02\x12\'\n#ORDER_FAILURE_REASON_CAPTURE_FAILED\x10\x03\x12\'\n#ORDER_FAILURE_REASON_PRICE_MISMATCH\x10\x04\x12%\n!ORDER_FAILURE_REASON_UNKNOWN_ITEM\x10\x05\x12-\n)ORDER_FAILURE_REASON_MERCHANT_UNAVAILABLE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mppo/order/v1/order.proto\x12\rmppo.order.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mppo/common/v1/cart.proto\x1a\x1amppo/common/v1/money.proto\"\x9d\x01\n\nOrderShare\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.mppo.common.v1.Money\x12\x10\n\x08\x63\x61ptured\x18\x04 \x01(\x08\x12/\n\x06status\x18\x05 \x01(\x0e\x32\x1f.mppo.order.v1.OrderShareStatus\"i\n\tOrderStep\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12-\n\tstep_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x04\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12\x19\n\x11merchant_order_id\x18\x04 \x01(\t\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.mppo.order.v1.OrderStatus\x12\x39\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\x0e\x32!.mppo.order.v1.OrderFailureReason\x12\'\n\x05items\x18\x07 \x03(\x0b\x32\x18.mppo.common.v1.LineItem\x12$\n\x05total\x18\x08 \x01(\x0b\x32\x15.mppo.common.v1.Money\x12)\n\x06shares\x18\t \x03(\x0b\x32\x19.mppo.order.v1.OrderShare\x12\'\n\x05steps\x18\n \x03(\x0b\x32\x18.mppo.order.v1.OrderStep\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nfees_minor\x18\r \x01(\x03\x12\x11\n\ttax_minor\x18\x0e \x01(\x03\x12\x11\n\ttip_minor\x18\x0f \x01(\x03\x12\x16\n\x0e\x66\x61ilure_detail\x18\x10 \x01(\t*\xce\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_CREATED\x10\x01\x12\x1a\n\x16ORDER_STATUS_VALIDATED\x10\x02\x12\x17\n\x13ORDER_STATUS_PLACED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x04\x12\x1d\n\x19ORDER_STATUS_COMPENSATING\x10\x05\x12\x17\n\x13ORDER_STATUS_FAILED\x10\x06*\xdd\x02\n\x12OrderFailureReason\x12$\n ORDER_FAILURE_REASON_UNSPECIFIED\x10\x00\x12%\n!ORDER_FAILURE_REASON_OUT_OF_STOCK\x10\x01\x12*\n&ORDER_FAILURE_REASON_MERCHANT_REJECTED\x10\x02\x12\'\n#ORDER_FAILURE_REASON_CAPTURE_FAILED\x10\x03\x12\'\n#ORDER_FAILURE_REASON_PRICE_MISMATCH\x10\x04\x12%\n!ORDER_FAILURE_REASON_UNKNOWN_ITEM\x10\x05\x12-\n)ORDER_FAILURE_REASON_MERCHANT_UNAVAILABLE\x10\x06\x12&\n\"ORDER_FAILURE_REASON_INVALID_ORDER\x10\x07*\xb7\x01\n\x10OrderShareStatus\x12\"\n\x1eORDER_SHARE_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aORDER_SHARE_STATUS_PENDING\x10\x01\x12\x1f\n\x1bORDER_SHARE_STATUS_CAPTURED\x10\x02\x12\x1d\n\x19ORDER_SHARE_STATUS_VOIDED\x10\x03\x12\x1f\n\x1bORDER_SHARE_STATUS_REFUNDED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mppo.order.v1.order_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=866
-  _globals['_ORDERSTATUS']._serialized_end=1072
-  _globals['_ORDERFAILUREREASON']._serialized_start=1075
-  _globals['_ORDERFAILUREREASON']._serialized_end=1384
-  _globals['_ORDERSHARE']._serialized_start=132
-  _globals['_ORDERSHARE']._serialized_end=240
-  _globals['_ORDERSTEP']._serialized_start=242
-  _globals['_ORDERSTEP']._serialized_end=347
-  _globals['_ORDER']._serialized_start=350
-  _globals['_ORDER']._serialized_end=863
+  _globals['_ORDERSTATUS']._serialized_start=940
+  _globals['_ORDERSTATUS']._serialized_end=1146
+  _globals['_ORDERFAILUREREASON']._serialized_start=1149
+  _globals['_ORDERFAILUREREASON']._serialized_end=1498
+  _globals['_ORDERSHARESTATUS']._serialized_start=1501
+  _globals['_ORDERSHARESTATUS']._serialized_end=1684
+  _globals['_ORDERSHARE']._serialized_start=133
+  _globals['_ORDERSHARE']._serialized_end=290
+  _globals['_ORDERSTEP']._serialized_start=292
+  _globals['_ORDERSTEP']._serialized_end=397
+  _globals['_ORDER']._serialized_start=400
+  _globals['_ORDER']._serialized_end=937
 # @@protoc_insertion_point(module_scope)

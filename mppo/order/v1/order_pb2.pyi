@@ -82,6 +82,8 @@ class _OrderFailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Or
     """An item is not in the merchant's catalogue."""
     ORDER_FAILURE_REASON_MERCHANT_UNAVAILABLE: _OrderFailureReason.ValueType  # 6
     """The merchant could not be reached within the retry budget."""
+    ORDER_FAILURE_REASON_INVALID_ORDER: _OrderFailureReason.ValueType  # 7
+    """The finalized group was inconsistent (totals, shares or currencies do not add up)."""
 
 class OrderFailureReason(_OrderFailureReason, metaclass=_OrderFailureReasonEnumTypeWrapper):
     """OrderFailureReason says why an order failed."""
@@ -100,7 +102,41 @@ ORDER_FAILURE_REASON_UNKNOWN_ITEM: OrderFailureReason.ValueType  # 5
 """An item is not in the merchant's catalogue."""
 ORDER_FAILURE_REASON_MERCHANT_UNAVAILABLE: OrderFailureReason.ValueType  # 6
 """The merchant could not be reached within the retry budget."""
+ORDER_FAILURE_REASON_INVALID_ORDER: OrderFailureReason.ValueType  # 7
+"""The finalized group was inconsistent (totals, shares or currencies do not add up)."""
 Global___OrderFailureReason: _TypeAlias = OrderFailureReason  # noqa: Y015
+
+class _OrderShareStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrderShareStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderShareStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORDER_SHARE_STATUS_UNSPECIFIED: _OrderShareStatus.ValueType  # 0
+    """Not set."""
+    ORDER_SHARE_STATUS_PENDING: _OrderShareStatus.ValueType  # 1
+    """Authorized (held) and not captured yet."""
+    ORDER_SHARE_STATUS_CAPTURED: _OrderShareStatus.ValueType  # 2
+    """Captured for the order."""
+    ORDER_SHARE_STATUS_VOIDED: _OrderShareStatus.ValueType  # 3
+    """The hold was voided because the order failed."""
+    ORDER_SHARE_STATUS_REFUNDED: _OrderShareStatus.ValueType  # 4
+    """The capture was refunded because the order failed."""
+
+class OrderShareStatus(_OrderShareStatus, metaclass=_OrderShareStatusEnumTypeWrapper):
+    """OrderShareStatus is where one share stands in the saga."""
+
+ORDER_SHARE_STATUS_UNSPECIFIED: OrderShareStatus.ValueType  # 0
+"""Not set."""
+ORDER_SHARE_STATUS_PENDING: OrderShareStatus.ValueType  # 1
+"""Authorized (held) and not captured yet."""
+ORDER_SHARE_STATUS_CAPTURED: OrderShareStatus.ValueType  # 2
+"""Captured for the order."""
+ORDER_SHARE_STATUS_VOIDED: OrderShareStatus.ValueType  # 3
+"""The hold was voided because the order failed."""
+ORDER_SHARE_STATUS_REFUNDED: OrderShareStatus.ValueType  # 4
+"""The capture was refunded because the order failed."""
+Global___OrderShareStatus: _TypeAlias = OrderShareStatus  # noqa: Y015
 
 @_typing.final
 class OrderShare(_message.Message):
@@ -112,12 +148,15 @@ class OrderShare(_message.Message):
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     CAPTURED_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     """The member."""
     payment_id: _builtins.str
     """The payment to capture."""
     captured: _builtins.bool
     """Whether it has been captured."""
+    status: Global___OrderShareStatus.ValueType
+    """Where the share stands (captured, voided, refunded, ...)."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The amount."""
@@ -129,10 +168,11 @@ class OrderShare(_message.Message):
         payment_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         captured: _builtins.bool = ...,
+        status: Global___OrderShareStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "captured", b"captured", "member_id", b"member_id", "payment_id", b"payment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "captured", b"captured", "member_id", b"member_id", "payment_id", b"payment_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,6 +235,7 @@ class Order(_message.Message):
     FEES_MINOR_FIELD_NUMBER: _builtins.int
     TAX_MINOR_FIELD_NUMBER: _builtins.int
     TIP_MINOR_FIELD_NUMBER: _builtins.int
+    FAILURE_DETAIL_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """Our order id."""
     group_id: _builtins.str
@@ -213,6 +254,8 @@ class Order(_message.Message):
     """Tax in minor units."""
     tip_minor: _builtins.int
     """Tip in minor units."""
+    failure_detail: _builtins.str
+    """Human-readable detail of the failure, when the order failed."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_cart_pb2.LineItem]:
         """Cart lines."""
@@ -255,10 +298,11 @@ class Order(_message.Message):
         fees_minor: _builtins.int = ...,
         tax_minor: _builtins.int = ...,
         tip_minor: _builtins.int = ...,
+        failure_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "total", b"total", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "failure_reason", b"failure_reason", "fees_minor", b"fees_minor", "group_id", b"group_id", "items", b"items", "merchant_id", b"merchant_id", "merchant_order_id", b"merchant_order_id", "order_id", b"order_id", "shares", b"shares", "status", b"status", "steps", b"steps", "tax_minor", b"tax_minor", "tip_minor", b"tip_minor", "total", b"total", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "failure_detail", b"failure_detail", "failure_reason", b"failure_reason", "fees_minor", b"fees_minor", "group_id", b"group_id", "items", b"items", "merchant_id", b"merchant_id", "merchant_order_id", b"merchant_order_id", "order_id", b"order_id", "shares", b"shares", "status", b"status", "steps", b"steps", "tax_minor", b"tax_minor", "tip_minor", b"tip_minor", "total", b"total", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

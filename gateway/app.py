@@ -1,0 +1,369 @@
+"""The aiohttp application: REST/JSON in, gRPC to the services, JSON (or raw) out.
+
+Per request, in this order: request id and trace context; CORS; `/healthz`, `/openapi.json`;
+per-IP rate limit; route (404 / 405 with `Allow`); JWT (not for webhooks; 401); per-caller rate
+limit (429 with `Retry-After`); body size (413); transcoding (400 naming the field); the gRPC
+call, whose status becomes the HTTP status and a JSON `google.rpc.Status` body.
+
+gRPC metadata sent upstream: `x-mppo-user-id` (JWT `sub`, never a client header),
+`idempotency-key`, `x-request-id`, `traceparent`, `tracestate`. Webhooks instead carry every
+request header except hop-by-hop ones and our identity headers, lower-cased, so the payment
+service can verify the provider's signature over the untouched body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from aiohttp import web
+from google.rpc import code_pb2, status_pb2
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.auth import AuthError, JwksSource, JwtVerifier
+from gateway.config import GatewayConfig
+from gateway.descriptors import Catalog
+from gateway.errors import http_status, make_status, status_from_rpc_error, status_json
+from gateway.openapi import build_openapi
+from gateway.ratelimit import Limit, RateLimiter
+from gateway.routing import Match, MethodNotAllowedError, RouteNotFoundError, Router
+from gateway.transcode import BadRequestError, Transcoder
+from gateway.upstream import Upstreams
+
+logger = logging.getLogger(__name__)
+
+USER_ID_KEY = "x-mppo-user-id"
+SERVICE_KEY = "x-mppo-service"
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Not hop-by-hop, but owned by HTTP/2 and gRPC themselves (gRPC refuses them as metadata);
+# the content type travels inside the HttpBody.
+TRANSPORT_HEADERS = frozenset({"host", "content-length", "content-type", "user-agent"})
+IDENTITY_HEADERS = frozenset({USER_ID_KEY, SERVICE_KEY})
+CORS_ALLOWED_HEADERS = "authorization, content-type, idempotency-key, x-request-id, traceparent"
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+\Z")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Gateway:
+    """The state behind the application: routes, verifier, limiter, upstream channels."""
+
+    def __init__(self, config: GatewayConfig, catalog: Catalog, redis: aioredis.Redis) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.router = Router(catalog.bindings)
+        self.transcoder = Transcoder(catalog)
+        self.verifier = JwtVerifier(JwksSource(config.jwks), config.issuer, config.audience)
+        self.limiter = RateLimiter(redis, config.rate_prefix)
+        self.redis = redis
+        self.upstreams = Upstreams(catalog, config.upstreams, config.upstream_timeout)
+        public = [r.binding for r in self.router.routes]
+        order = {id(b): i for i, b in enumerate(catalog.bindings)}
+        public.sort(key=lambda b: order[id(b)])
+        self.openapi = json.dumps(build_openapi(catalog, public)).encode()
+
+    # ------------------------------------------------------------------ responses
+
+    def error(
+        self,
+        code: int,
+        message: str,
+        *,
+        violations: tuple[tuple[str, str], ...] = (),
+        reason: str = "",
+        headers: dict[str, str] | None = None,
+        http: int | None = None,
+    ) -> web.Response:
+        status = make_status(code, message, field_violations=violations, reason=reason)
+        return self._status_response(status, headers=headers, http=http)
+
+    def _status_response(
+        self,
+        status: status_pb2.Status,
+        *,
+        headers: dict[str, str] | None = None,
+        http: int | None = None,
+    ) -> web.Response:
+        return web.Response(
+            status=http or http_status(status.code),
+            body=status_json(status),
+            content_type="application/json",
+            headers=headers,
+        )
+
+    # ------------------------------------------------------------------ handler
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Every request that is not /healthz or /openapi.json."""
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return self._preflight(request)
+        ip = request.remote or "unknown"
+        decision = await self.limiter.take(f"ip:{ip}", self.config.ip_limit)
+        if not decision.allowed:
+            return self._too_many(decision.retry_after)
+        try:
+            match = self.router.match(request.method, request.path)
+        except MethodNotAllowedError as exc:
+            return self.error(
+                code_pb2.UNIMPLEMENTED,
+                f"method {request.method} not allowed on {request.path}",
+                headers={"Allow": ", ".join(exc.allowed)},
+                http=405,
+            )
+        except RouteNotFoundError:
+            return self.error(code_pb2.NOT_FOUND, f"no route for {request.path}")
+        binding = match.route.binding
+        user_id = ""
+        if not binding.webhook:
+            try:
+                identity = await self.verifier.verify(request.headers.get("Authorization"))
+            except AuthError as exc:
+                return self.error(
+                    code_pb2.UNAUTHENTICATED,
+                    str(exc),
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
+            user_id = identity.user_id
+            request["user_id"] = user_id
+            decision = await self.limiter.take(f"user:{user_id}", self.config.caller_limit)
+            if not decision.allowed:
+                return self._too_many(decision.retry_after)
+        return await self._forward(request, match, user_id)
+
+    async def _forward(self, request: web.Request, match: Match, user_id: str) -> web.Response:
+        binding = match.route.binding
+        body = b""
+        if binding.body:
+            length = request.content_length
+            if length is not None and length > self.config.max_body:
+                return self._too_large()
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return self._too_large()
+        try:
+            message = self.transcoder.request(
+                binding,
+                match.variables,
+                list(request.query.items()),
+                body,
+                request.headers.get("Content-Type", ""),
+            )
+        except BadRequestError as exc:
+            return self.error(
+                code_pb2.INVALID_ARGUMENT,
+                str(exc),
+                violations=((exc.field, exc.description),),
+                reason="BAD_REQUEST_BODY",
+            )
+        metadata = self._metadata(request, user_id, webhook=binding.webhook)
+        if isinstance(metadata, web.Response):
+            return metadata
+        try:
+            reply = await self.upstreams.call(binding, message, metadata)
+        except grpc.aio.AioRpcError as exc:
+            status = status_from_rpc_error(exc)
+            if status.code == code_pb2.UNAVAILABLE and not status.details:
+                # Usually the channel, not the service: keep addresses out of the reply.
+                logger.warning("upstream %s unavailable: %s", binding.area, status.message)
+                status.message = f"the {binding.area} service is unavailable"
+            return self._status_response(status)
+        payload, content_type = self.transcoder.response(binding, reply)
+        response = web.Response(status=200, body=payload)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    def _metadata(
+        self, request: web.Request, user_id: str, *, webhook: bool
+    ) -> list[tuple[str, str]] | web.Response:
+        metadata: list[tuple[str, str]] = [
+            ("x-request-id", request["request_id"]),
+            ("traceparent", request["traceparent"]),
+        ]
+        tracestate = request.headers.get("tracestate", "")
+        if tracestate and _PRINTABLE.match(tracestate):
+            metadata.append(("tracestate", tracestate))
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            if not key.strip() or len(key) > 255 or not _PRINTABLE.match(key):
+                return self.error(
+                    code_pb2.INVALID_ARGUMENT,
+                    "Idempotency-Key must be 1-255 printable ASCII characters",
+                    violations=(("Idempotency-Key", "1-255 printable ASCII characters"),),
+                )
+            metadata.append(("idempotency-key", key.strip()))
+        if user_id:
+            metadata.append((USER_ID_KEY, user_id))
+        if webhook:
+            metadata.extend(_webhook_headers(request))
+        return metadata
+
+    def _preflight(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin", "")
+        if not self._origin_allowed(origin):
+            return self.error(code_pb2.PERMISSION_DENIED, "origin not allowed")
+        methods = self.router.allowed_methods(request.path)
+        if not methods:
+            return self.error(code_pb2.NOT_FOUND, f"no route for {request.path}")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": ", ".join(methods),
+                "Access-Control-Allow-Headers": CORS_ALLOWED_HEADERS,
+                "Access-Control-Max-Age": "600",
+            },
+        )
+
+    def _origin_allowed(self, origin: str) -> bool:
+        origins = self.config.cors_origins
+        return bool(origin) and ("*" in origins or origin in origins)
+
+    def _too_many(self, retry_after: int) -> web.Response:
+        return self.error(
+            code_pb2.RESOURCE_EXHAUSTED,
+            "rate limit exceeded",
+            reason="RATE_LIMITED",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    def _too_large(self) -> web.Response:
+        return self.error(
+            code_pb2.INVALID_ARGUMENT,
+            f"request body larger than {self.config.max_body} bytes",
+            reason="BODY_TOO_LARGE",
+            http=413,
+        )
+
+    # ------------------------------------------------------------------ middleware
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Request id, trace context, CORS headers and one access-log line per request."""
+        started = time.monotonic()
+        request_id = request.headers.get("X-Request-Id", "")
+        if not request_id or len(request_id) > 128 or not _PRINTABLE.match(request_id):
+            request_id = uuid.uuid4().hex
+        request["request_id"] = request_id
+        traceparent = request.headers.get("traceparent", "").strip().lower()
+        if not _TRACEPARENT.match(traceparent):
+            traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        request["traceparent"] = traceparent
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = self.error(code_pb2.UNKNOWN, exc.reason, http=exc.status)
+        except Exception:
+            logger.exception("request %s failed", request_id)
+            response = self.error(code_pb2.INTERNAL, "internal gateway error")
+        response.headers["X-Request-Id"] = request_id
+        origin = request.headers.get("Origin", "")
+        if self._origin_allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+            response.headers["Vary"] = "Origin"
+        logger.info(
+            "%s %s -> %s in %.1f ms",
+            request.method,
+            request.path,
+            response.status,
+            (time.monotonic() - started) * 1000,
+            extra={"request_id": request_id, "user_id": request.get("user_id", "")},
+        )
+        return response
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: the process serves HTTP and has its routes loaded."""
+        return web.json_response({"status": "SERVING", "routes": len(self.router.routes)})
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 document of the public REST API."""
+        return web.Response(body=self.openapi, content_type="application/json")
+
+    async def close(self) -> None:
+        """Close the upstream channels and Redis."""
+        await self.upstreams.close()
+        await self.redis.aclose()
+
+
+def _webhook_headers(request: web.Request) -> list[tuple[str, str]]:
+    connection_named = {
+        token.strip().lower() for token in request.headers.get("Connection", "").split(",")
+    }
+    forwarded: list[tuple[str, str]] = []
+    for name, value in request.headers.items():
+        key = name.lower()
+        if key in HOP_BY_HOP or key in connection_named or key in TRANSPORT_HEADERS:
+            continue
+        if key in IDENTITY_HEADERS or key.startswith(("grpc-", ":")) or key.endswith("-bin"):
+            continue
+        if key in ("x-request-id", "traceparent", "tracestate", "idempotency-key"):
+            continue  # already set from the checked values
+        if not _METADATA_KEY.match(key) or not _PRINTABLE.match(value):
+            logger.warning("webhook header %r not forwardable as gRPC metadata; dropped", key)
+            continue
+        forwarded.append((key, value))
+    return forwarded
+
+
+def build_app(config: GatewayConfig, catalog: Catalog | None = None) -> web.Application:
+    """The aiohttp application for `config`."""
+    catalog = catalog or Catalog.load(config.descriptors)
+    # No client-side retries: a limiter that waits seconds for Redis is worse than none.
+    redis = aioredis.Redis.from_url(
+        config.redis_url,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )
+    gateway = Gateway(config, catalog, redis)
+    app = web.Application(middlewares=[gateway.middleware], client_max_size=config.max_body)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/openapi.json", gateway.openapi_json)
+    app.router.add_route("*", "/{tail:.*}", gateway.handle)
+
+    async def on_cleanup(_: web.Application) -> None:
+        await gateway.close()
+
+    app.on_cleanup.append(on_cleanup)
+    app["gateway"] = gateway
+    return app
+
+
+def describe(config: GatewayConfig) -> dict[str, Any]:
+    """What the gateway serves, for the start-up log line."""
+    return {
+        "addr": f"{config.host}:{config.port}",
+        "upstreams": dict(config.upstreams),
+        "jwks": config.jwks,
+        "issuer": config.issuer,
+        "audience": config.audience,
+        "caller_limit": f"{config.caller_limit.rate}/{config.caller_limit.burst}",
+        "ip_limit": f"{config.ip_limit.rate}/{config.ip_limit.burst}",
+    }
+
+
+__all__ = ["Gateway", "Limit", "build_app", "describe"]

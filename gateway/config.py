@@ -1,0 +1,100 @@
+"""The gateway's settings, read from the environment once at start (failing fast).
+
+| variable | meaning | default |
+| --- | --- | --- |
+| `MPPO_GATEWAY_ADDR` | where the gateway listens | `127.0.0.1:8080` |
+| `MPPO_GROUP_ADDR`, `_PAYMENT_`, `_ORDER_`, `_NOTIFICATION_` | upstream gRPC services | 50051-4 |
+| `MPPO_REDIS_URL` | Redis for rate limiting | required |
+| `MPPO_JWT_JWKS` | JWKS file or URL; `dev`: the `mppo token` keys in the state dir | required |
+| `MPPO_JWT_ISSUER`, `MPPO_JWT_AUDIENCE` | accepted `iss` / `aud` | required (not with `dev`) |
+| `MPPO_GATEWAY_RATE_LIMIT` | per caller (JWT subject), `RATE/BURST` per second | `20/40` |
+| `MPPO_GATEWAY_IP_RATE_LIMIT` | per client IP, `RATE/BURST` | `100/200` |
+| `MPPO_GATEWAY_RATE_PREFIX` | Redis key prefix of the buckets | `mppo:gw:rl:` |
+| `MPPO_GATEWAY_CORS_ORIGINS` | comma-separated browser origins allowed (`*` for any) | none |
+| `MPPO_GATEWAY_MAX_BODY` | largest request body in bytes (413 above) | `1048576` (1 MiB) |
+| `MPPO_GATEWAY_DESCRIPTORS` | descriptor set to serve | `gateway/descriptors.binpb` |
+| `MPPO_GATEWAY_UPSTREAM_TIMEOUT` | seconds per upstream call | `15` |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.descriptors import DEFAULT_DESCRIPTORS
+from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, dev_keys
+from gateway.ratelimit import Limit
+from mppo.platform.config import ConfigError, require, service_addr
+
+UPSTREAMS = ("group", "payment", "order", "notification")
+MAX_BODY_DEFAULT = 1 << 20
+
+
+def _state_dir(env: Mapping[str, str]) -> Path:
+    from mppo.devstack.stack import default_state_dir
+
+    value = env.get("MPPO_STATE_DIR", "").strip()
+    return Path(value).resolve() if value else default_state_dir()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway process needs."""
+
+    host: str
+    port: int
+    upstreams: Mapping[str, str]
+    redis_url: str
+    jwks: str
+    issuer: str
+    audience: str
+    caller_limit: Limit
+    ip_limit: Limit
+    rate_prefix: str
+    cors_origins: frozenset[str]
+    max_body: int
+    descriptors: Path
+    upstream_timeout: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
+        """Read and check every setting."""
+        source = os.environ if env is None else env
+        host, _, port = service_addr(source, "gateway").rpartition(":")
+        jwks = require(source, "MPPO_JWT_JWKS")
+        if jwks == "dev":
+            jwks = str(dev_keys(_state_dir(source)).jwks_path)
+            issuer = source.get("MPPO_JWT_ISSUER", "").strip() or DEV_ISSUER
+            audience = source.get("MPPO_JWT_AUDIENCE", "").strip() or DEV_AUDIENCE
+        else:
+            issuer = require(source, "MPPO_JWT_ISSUER")
+            audience = require(source, "MPPO_JWT_AUDIENCE")
+        try:
+            caller_limit = Limit.parse(source.get("MPPO_GATEWAY_RATE_LIMIT", "20/40"))
+            ip_limit = Limit.parse(source.get("MPPO_GATEWAY_IP_RATE_LIMIT", "100/200"))
+            max_body = int(source.get("MPPO_GATEWAY_MAX_BODY", str(MAX_BODY_DEFAULT)))
+            timeout = float(source.get("MPPO_GATEWAY_UPSTREAM_TIMEOUT", "15"))
+        except ValueError as exc:
+            raise ConfigError(f"bad gateway setting: {exc}") from None
+        origins = source.get("MPPO_GATEWAY_CORS_ORIGINS", "")
+        descriptors = source.get("MPPO_GATEWAY_DESCRIPTORS", "").strip()
+        return cls(
+            host=host,
+            port=int(port),
+            upstreams={name: service_addr(source, name) for name in UPSTREAMS},
+            redis_url=require(source, "MPPO_REDIS_URL"),
+            jwks=jwks,
+            issuer=issuer,
+            audience=audience,
+            caller_limit=caller_limit,
+            ip_limit=ip_limit,
+            rate_prefix=source.get("MPPO_GATEWAY_RATE_PREFIX", "mppo:gw:rl:"),
+            cors_origins=frozenset(o.strip() for o in origins.split(",") if o.strip()),
+            max_body=max_body,
+            descriptors=Path(descriptors) if descriptors else DEFAULT_DESCRIPTORS,
+            upstream_timeout=timeout,
+            log_level=source.get("MPPO_LOG_LEVEL", "INFO").upper(),
+        )

@@ -1,0 +1,110 @@
+"""gRPC status -> HTTP status and a JSON `google.rpc.Status` body, as Envoy's transcoder does
+with `convert_grpc_status: true`.
+
+The HTTP status follows the standard mapping (google/rpc/code.proto, also used by Envoy and
+grpc-gateway). The body is the proto3 JSON form of the `google.rpc.Status` the service sent
+in `grpc-status-details-bin` (details keep their `@type`), or one built from the code and
+message when it sent none. Errors the gateway raises itself use the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, json_format
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+logger = logging.getLogger(__name__)
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+HTTP_STATUS: dict[int, int] = {
+    code_pb2.OK: 200,
+    code_pb2.CANCELLED: 499,
+    code_pb2.UNKNOWN: 500,
+    code_pb2.INVALID_ARGUMENT: 400,
+    code_pb2.DEADLINE_EXCEEDED: 504,
+    code_pb2.NOT_FOUND: 404,
+    code_pb2.ALREADY_EXISTS: 409,
+    code_pb2.PERMISSION_DENIED: 403,
+    code_pb2.RESOURCE_EXHAUSTED: 429,
+    code_pb2.FAILED_PRECONDITION: 400,
+    code_pb2.ABORTED: 409,
+    code_pb2.OUT_OF_RANGE: 400,
+    code_pb2.UNIMPLEMENTED: 501,
+    code_pb2.INTERNAL: 500,
+    code_pb2.UNAVAILABLE: 503,
+    code_pb2.DATA_LOSS: 500,
+    code_pb2.UNAUTHENTICATED: 401,
+}
+
+
+def http_status(code: int) -> int:
+    """The HTTP status for a google.rpc code (500 for unknown codes)."""
+    return HTTP_STATUS.get(code, 500)
+
+
+def status_json(status: status_pb2.Status) -> bytes:
+    """The proto3 JSON of a google.rpc.Status; details that cannot be decoded are dropped."""
+    try:
+        body: dict[str, Any] = json_format.MessageToDict(
+            status, always_print_fields_with_no_presence=True
+        )
+    except (TypeError, KeyError, json_format.Error):
+        logger.warning("status details of unknown types dropped from an error response")
+        body = {"code": status.code, "message": status.message, "details": []}
+    body["code"] = status.code
+    return json.dumps(body).encode()
+
+
+def make_status(
+    code: int,
+    message: str,
+    *,
+    field_violations: Sequence[tuple[str, str]] = (),
+    reason: str = "",
+    metadata: dict[str, str] | None = None,
+) -> status_pb2.Status:
+    """A google.rpc.Status with optional BadRequest and ErrorInfo details."""
+    status = status_pb2.Status(code=code, message=message)
+    if reason:
+        info = error_details_pb2.ErrorInfo(reason=reason, domain="mppo.dev")
+        info.metadata.update(metadata or {})
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        status.details.append(packed)
+    if field_violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in field_violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        status.details.append(packed)
+    return status
+
+
+def status_from_rpc_error(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The rich status a service sent, or one made of the code and details string."""
+    code = error.code().value[0]
+    rich = _details(error.trailing_metadata() or ())
+    if rich is not None and rich.code == code:
+        return rich
+    return status_pb2.Status(code=code, message=error.details() or "")
+
+
+def _details(metadata: Iterable[Any]) -> status_pb2.Status | None:
+    for item in metadata:
+        key, value = (item.key, item.value) if hasattr(item, "key") else item
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            try:
+                return status_pb2.Status.FromString(value)
+            except Exception:
+                logger.warning("undecodable %s trailer ignored", STATUS_DETAILS_KEY)
+    return None

@@ -1,0 +1,53 @@
+"""Generic unary gRPC calls to the upstream services: one channel per service.
+
+No generated stubs: each call uses the method's HTTP/2 path and the dynamic message classes
+of the descriptor set (`channel.unary_unary(path, serializer, deserializer)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grpc
+from google.protobuf.message import Message
+
+from gateway.descriptors import Catalog, HttpBinding
+
+
+class Upstreams:
+    """gRPC channels keyed by area (`group`, `payment`, ...)."""
+
+    def __init__(self, catalog: Catalog, addrs: Mapping[str, str], timeout: float) -> None:
+        self.catalog = catalog
+        self.timeout = timeout
+        self._addrs = dict(addrs)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _channel(self, area: str) -> grpc.aio.Channel:
+        channel = self._channels.get(area)
+        if channel is None:
+            addr = self._addrs.get(area)
+            if addr is None:
+                raise LookupError(f"no upstream address for service area {area!r}")
+            channel = grpc.aio.insecure_channel(addr)
+            self._channels[area] = channel
+        return channel
+
+    async def call(
+        self, binding: HttpBinding, request: Message, metadata: Sequence[tuple[str, str]]
+    ) -> Message:
+        """Call the binding's RPC; raises grpc.aio.AioRpcError with the service's status."""
+        response_class = self.catalog.message_class(binding.method.output_type)
+        rpc = self._channel(binding.area).unary_unary(
+            binding.grpc_path,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_class.FromString,
+        )
+        response: Message = await rpc(request, metadata=tuple(metadata), timeout=self.timeout)
+        return response
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()

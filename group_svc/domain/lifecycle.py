@@ -1,0 +1,53 @@
+"""The group state machine (ARCHITECTURE.md §3): which status may follow which.
+
+    DRAFT ──► OPEN ──► PENDING ──► CONFIRMED
+      │        │          │
+      │        ├──► EXPIRED (deadline passed; the fallback did not rescue it)
+      ├──► EXPIRED (deadline passed before the host opened the group)
+      └────────┴──────────┴──► CANCELLED (host cancel from DRAFT/OPEN; order failed from PENDING)
+
+CONFIRMED, EXPIRED and CANCELLED are terminal. Anything else is an illegal transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from mppo.platform.errors import FailedPreconditionError
+
+
+class GroupStatus(StrEnum):
+    """Lifecycle state of a group order."""
+
+    DRAFT = "DRAFT"
+    OPEN = "OPEN"
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"
+
+
+TRANSITIONS: Mapping[GroupStatus, frozenset[GroupStatus]] = {
+    GroupStatus.DRAFT: frozenset({GroupStatus.OPEN, GroupStatus.EXPIRED, GroupStatus.CANCELLED}),
+    GroupStatus.OPEN: frozenset({GroupStatus.PENDING, GroupStatus.EXPIRED, GroupStatus.CANCELLED}),
+    GroupStatus.PENDING: frozenset({GroupStatus.CONFIRMED, GroupStatus.CANCELLED}),
+    GroupStatus.CONFIRMED: frozenset(),
+    GroupStatus.EXPIRED: frozenset(),
+    GroupStatus.CANCELLED: frozenset(),
+}
+
+TERMINAL: frozenset[GroupStatus] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+
+def can_transition(source: GroupStatus, target: GroupStatus) -> bool:
+    """Whether `source → target` is a legal move."""
+    return target in TRANSITIONS[source]
+
+
+def check_transition(source: GroupStatus, target: GroupStatus) -> None:
+    """Raise FailedPreconditionError (reason ILLEGAL_TRANSITION) unless the move is legal."""
+    if not can_transition(source, target):
+        raise FailedPreconditionError(
+            f"a group in {source} cannot become {target}", reason="ILLEGAL_TRANSITION"
+        )

@@ -1,0 +1,617 @@
+"""The group order aggregate: cart, members, shares, payments and lifecycle.
+
+Pure Python. The service layer loads a `Group` (under a row lock), calls one method, saves it
+and turns what changed into events. Every status change goes through `Group.transition`, which
+checks the state machine and records a history entry.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from group_svc.domain.lifecycle import GroupStatus, check_transition
+from group_svc.domain.split import Line, ShareSpec, SplitMode, compute_shares
+from mppo.platform.errors import (
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+)
+
+#: Most members a group may have, the host included (documented limit; requests over it get
+#: INVALID_ARGUMENT).
+MAX_MEMBERS = 50
+
+
+class Role(StrEnum):
+    """Host or guest."""
+
+    HOST = "HOST"
+    GUEST = "GUEST"
+
+
+class MemberStatus(StrEnum):
+    """A member's invitation and payment state."""
+
+    INVITED = "INVITED"
+    JOINED = "JOINED"
+    AWAITING_PAYMENT = "AWAITING_PAYMENT"
+    PAID = "PAID"
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+    COVERED_BY_HOST = "COVERED_BY_HOST"
+
+
+class FallbackPolicy(StrEnum):
+    """What happens at the deadline without full payment."""
+
+    HOST_PAYS_REMAINING = "HOST_PAYS_REMAINING"
+    CANCEL = "CANCEL"
+
+
+class AttemptStatus(StrEnum):
+    """One payment attempt as the group sees it."""
+
+    REQUESTED = "REQUESTED"  # intent asked for (payment_id set once the payment service answered)
+    SUCCEEDED = "SUCCEEDED"  # secured and counted towards the member's share
+    FAILED = "FAILED"  # declined
+    SUPERSEDED = "SUPERSEDED"  # replaced by a newer attempt before it succeeded
+    REJECTED = "REJECTED"  # succeeded, but too late or not needed: it must be voided
+
+
+class FallbackOutcome(StrEnum):
+    """What the deadline fallback did."""
+
+    EXPIRED = "EXPIRED"
+    HOST_COVERS = "HOST_COVERS"
+
+
+class PaymentOutcome(StrEnum):
+    """What the group did with a `payment.succeeded`."""
+
+    ACCEPTED = "ACCEPTED"
+    DUPLICATE = "DUPLICATE"
+    REJECTED = "REJECTED"  # the caller must make sure the money is released
+
+
+@dataclass(frozen=True)
+class CartLine:
+    """A cart line."""
+
+    line_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price_minor: int
+
+    @property
+    def cost_minor(self) -> int:
+        """Quantity times unit price."""
+        return self.quantity * self.unit_price_minor
+
+
+@dataclass
+class Member:
+    """One participant."""
+
+    member_id: str
+    position: int
+    role: Role
+    display_name: str
+    email: str
+    phone: str
+    user_id: str
+    share_spec: ShareSpec
+    status: MemberStatus
+    invite_token: str
+    share_minor: int = 0
+    paid_minor: int = 0
+    required: bool = True
+    attempt: int = 0
+    joined_at: datetime | None = None
+    paid_at: datetime | None = None
+
+    @property
+    def secured(self) -> bool:
+        """The member owes nothing more."""
+        return self.paid_minor >= self.share_minor
+
+
+@dataclass
+class PaymentAttempt:
+    """One payment intent requested for a member."""
+
+    member_id: str
+    attempt: int
+    amount_minor: int
+    status: AttemptStatus = AttemptStatus.REQUESTED
+    payment_id: str = ""
+    payment_link: str = ""
+    captured: bool = False
+    row_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One status transition."""
+
+    from_status: GroupStatus | None
+    to_status: GroupStatus
+    reason: str
+    actor: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class NewMember:
+    """A member to add, as the request gave it."""
+
+    display_name: str
+    email: str
+    phone: str
+    user_id: str
+    share_spec: ShareSpec
+
+
+@dataclass
+class Group:
+    """A cart paid for by several people."""
+
+    group_id: str
+    host_user_id: str
+    merchant_id: str
+    currency_code: str
+    items: list[CartLine]
+    fees_minor: int
+    tax_minor: int
+    tip_minor: int
+    split_mode: SplitMode
+    fallback_policy: FallbackPolicy
+    deadline: datetime
+    created_at: datetime
+    updated_at: datetime
+    status: GroupStatus = GroupStatus.DRAFT
+    members: list[Member] = field(default_factory=list)
+    attempts: list[PaymentAttempt] = field(default_factory=list)
+    version: int = 0
+    frozen_at: datetime | None = None
+    order_id: str = ""
+    close_reason: str = ""
+    grace_deadline: datetime | None = None
+    fallback_at: datetime | None = None
+    fallback_notified_at: datetime | None = None
+    reminder_sent_at: datetime | None = None
+    new_history: list[HistoryEntry] = field(default_factory=list)
+    removed_member_ids: list[str] = field(default_factory=list)
+
+    # ---- reading -----------------------------------------------------------------------
+
+    @property
+    def total_minor(self) -> int:
+        """Items plus fees, tax and tip."""
+        items = sum(line.cost_minor for line in self.items)
+        return items + self.fees_minor + self.tax_minor + self.tip_minor
+
+    @property
+    def host(self) -> Member:
+        """The host's member entry."""
+        return next(m for m in self.members if m.role is Role.HOST)
+
+    def member(self, member_id: str) -> Member:
+        """The member with this id; NotFoundError otherwise."""
+        for m in self.members:
+            if m.member_id == member_id:
+                return m
+        raise NotFoundError(f"member {member_id} is not in group {self.group_id}")
+
+    def member_of_user(self, user_id: str) -> Member | None:
+        """The member bound to `user_id`, if any."""
+        if not user_id:
+            return None
+        return next((m for m in self.members if m.user_id == user_id), None)
+
+    def is_visible_to(self, user_id: str) -> bool:
+        """The host and bound members may see the group."""
+        return user_id == self.host_user_id or self.member_of_user(user_id) is not None
+
+    def current_attempt(self, member: Member) -> PaymentAttempt | None:
+        """The member's latest payment attempt."""
+        return self.attempt_of(member.member_id, member.attempt)
+
+    def attempt_of(self, member_id: str, attempt: int) -> PaymentAttempt | None:
+        """A given attempt of a member."""
+        return next(
+            (a for a in self.attempts if a.member_id == member_id and a.attempt == attempt), None
+        )
+
+    def attempt_by_payment(self, payment_id: str) -> PaymentAttempt | None:
+        """The attempt that holds `payment_id`."""
+        return next((a for a in self.attempts if a.payment_id == payment_id), None)
+
+    def attempts_missing_intent(self) -> list[PaymentAttempt]:
+        """Requested attempts the payment service has not answered yet."""
+        return [
+            a for a in self.attempts if a.status is AttemptStatus.REQUESTED and not a.payment_id
+        ]
+
+    @property
+    def amount_secured(self) -> int:
+        """Sum of the secured payments."""
+        return sum(a.amount_minor for a in self.attempts if a.status is AttemptStatus.SUCCEEDED)
+
+    @property
+    def fully_paid(self) -> bool:
+        """Every required share is secured."""
+        return all(m.secured for m in self.members if m.required)
+
+    @property
+    def unpaid_required(self) -> list[Member]:
+        """Required members who still owe something."""
+        return [m for m in self.members if m.required and not m.secured]
+
+    @property
+    def payment_ids(self) -> list[str]:
+        """Every payment id the group ever asked for."""
+        return [a.payment_id for a in self.attempts if a.payment_id]
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def transition(self, target: GroupStatus, reason: str, actor: str, now: datetime) -> None:
+        """Move to `target` (FailedPreconditionError if illegal) and record it."""
+        check_transition(self.status, target)
+        self.new_history.append(HistoryEntry(self.status, target, reason, actor, now))
+        self.status = target
+        self.updated_at = now
+
+    def _require_editable(self) -> None:
+        if self.status is not GroupStatus.DRAFT:
+            raise FailedPreconditionError(
+                f"the group is {self.status}; members and split change only in DRAFT",
+                reason="GROUP_NOT_DRAFT",
+            )
+        if self.frozen_at is not None:
+            raise FailedPreconditionError(
+                "the group is being opened; its shares are frozen", reason="GROUP_FROZEN"
+            )
+
+    def recompute_shares(self, labels: Sequence[str] | None = None) -> None:
+        """Apply the split calculator to the current members."""
+        lines = [Line(line.line_id, line.cost_minor) for line in self.items]
+        shares = compute_shares(
+            self.split_mode,
+            self.total_minor,
+            [m.share_spec for m in self.members],
+            lines,
+            labels,
+        )
+        for member, share in zip(self.members, shares, strict=True):
+            member.share_minor = share
+
+    def add_members(
+        self, new: Sequence[NewMember], now: datetime, field_name: str, recompute: bool = True
+    ) -> list[Member]:
+        """Add guests (DRAFT only); shares are recomputed (unless the caller does it)."""
+        self._require_editable()
+        check_member_list(
+            [*[(m.email, m.user_id) for m in self.members], *[(n.email, n.user_id) for n in new]],
+            skip=len(self.members),
+            field_name=field_name,
+        )
+        position = max((m.position for m in self.members), default=-1) + 1
+        added: list[Member] = []
+        for offset, spec in enumerate(new):
+            added.append(
+                Member(
+                    member_id=str(uuid.uuid4()),
+                    position=position + offset,
+                    role=Role.GUEST,
+                    display_name=spec.display_name,
+                    email=spec.email,
+                    phone=spec.phone,
+                    user_id=spec.user_id,
+                    share_spec=spec.share_spec,
+                    status=MemberStatus.INVITED,
+                    invite_token=secrets.token_urlsafe(24),
+                )
+            )
+        self.members.extend(added)
+        if recompute:
+            self.recompute_shares([f"members[{i}].share_spec" for i in range(len(self.members))])
+        self.updated_at = now
+        return added
+
+    def remove_member(self, member_id: str, now: datetime) -> Member:
+        """Remove a guest (DRAFT only); shares are recomputed."""
+        self._require_editable()
+        member = self.member(member_id)
+        if member.role is Role.HOST:
+            raise FailedPreconditionError("the host cannot be removed", reason="HOST_NOT_REMOVABLE")
+        self.members.remove(member)
+        self.removed_member_ids.append(member_id)
+        self.recompute_shares()
+        self.updated_at = now
+        return member
+
+    def update_split(
+        self, mode: SplitMode, specs: dict[str, ShareSpec], labels: dict[str, str], now: datetime
+    ) -> None:
+        """Change the split mode and parameters (DRAFT only)."""
+        self._require_editable()
+        unknown = [
+            member_id for member_id in specs if member_id not in {m.member_id for m in self.members}
+        ]
+        if unknown:
+            raise InvalidArgumentError(
+                "unknown members in the split",
+                [FieldViolation(labels[u], f"member {u} is not in the group") for u in unknown],
+            )
+        if mode is not SplitMode.EQUAL:
+            missing = [m for m in self.members if m.member_id not in specs]
+            if missing:
+                raise InvalidArgumentError(
+                    "every member needs a share parameter",
+                    [FieldViolation("shares", f"missing member {m.member_id}") for m in missing],
+                )
+        for m in self.members:
+            m.share_spec = specs.get(m.member_id, ShareSpec())
+        self.split_mode = mode
+        self.recompute_shares([labels.get(m.member_id, "shares") for m in self.members])
+        self.updated_at = now
+
+    def join(self, invite_token: str, user_id: str, now: datetime) -> Member:
+        """Bind `user_id` to the member slot holding `invite_token`."""
+        if self.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
+            raise FailedPreconditionError(f"the group is {self.status}", reason="GROUP_CLOSED")
+        member = next(
+            (m for m in self.members if secrets.compare_digest(m.invite_token, invite_token)), None
+        )
+        if member is None:
+            raise NotFoundError("no such invitation", reason="INVITATION_NOT_FOUND")
+        if member.user_id and member.user_id != user_id:
+            raise FailedPreconditionError(
+                "this invitation was accepted by someone else", reason="INVITATION_USED"
+            )
+        other = self.member_of_user(user_id)
+        if other is not None and other is not member:
+            raise FailedPreconditionError(
+                "you are already a member of this group", reason="ALREADY_MEMBER"
+            )
+        member.user_id = user_id
+        if member.joined_at is None:
+            member.joined_at = now
+        if member.status is MemberStatus.INVITED:
+            member.status = MemberStatus.JOINED
+        self.updated_at = now
+        return member
+
+    def freeze(self, now: datetime) -> None:
+        """Lock the shares and plan attempt 1 for every member who owes something."""
+        if self.frozen_at is not None:
+            return
+        self._require_editable()
+        if self.deadline <= now:
+            raise InvalidArgumentError(
+                "the deadline has passed", [FieldViolation("deadline", "must be in the future")]
+            )
+        self.recompute_shares()
+        for m in self.members:
+            m.required = m.share_minor > 0
+            if m.required:
+                self._new_attempt(m, m.share_minor)
+        self.frozen_at = now
+        self.updated_at = now
+
+    def _new_attempt(self, member: Member, amount: int) -> PaymentAttempt:
+        previous = self.current_attempt(member)
+        if previous is not None and previous.status is AttemptStatus.REQUESTED:
+            previous.status = AttemptStatus.SUPERSEDED
+        member.attempt += 1
+        attempt = PaymentAttempt(member.member_id, member.attempt, amount)
+        self.attempts.append(attempt)
+        return attempt
+
+    def attach_intent(self, member_id: str, attempt: int, payment_id: str, link: str) -> None:
+        """Record the payment service's answer for an attempt."""
+        found = self.attempt_of(member_id, attempt)
+        if found is not None and not found.payment_id:
+            found.payment_id = payment_id
+            found.payment_link = link
+
+    def open(self, actor: str, now: datetime) -> bool:
+        """DRAFT → OPEN once every planned intent exists; False while some are missing."""
+        if self.status is not GroupStatus.DRAFT or self.frozen_at is None:
+            return False
+        if self.attempts_missing_intent():
+            return False
+        self.transition(GroupStatus.OPEN, "shares frozen, payment links sent", actor, now)
+        for m in self.members:
+            if m.required:
+                m.status = MemberStatus.AWAITING_PAYMENT
+        return True
+
+    def retry_payment(self, member_id: str, now: datetime) -> PaymentAttempt:
+        """A fresh attempt for a member whose last payment failed (OPEN only)."""
+        if self.status is not GroupStatus.OPEN:
+            raise FailedPreconditionError(f"the group is {self.status}", reason="GROUP_NOT_OPEN")
+        member = self.member(member_id)
+        if member.status is not MemberStatus.PAYMENT_FAILED:
+            raise FailedPreconditionError(
+                f"the member's payment is {member.status}; only a failed payment can be retried",
+                reason="NOTHING_TO_RETRY",
+            )
+        attempt = self._new_attempt(member, member.share_minor - member.paid_minor)
+        member.status = MemberStatus.AWAITING_PAYMENT
+        self.updated_at = now
+        return attempt
+
+    # ---- payments ----------------------------------------------------------------------
+
+    def payment_succeeded(
+        self,
+        payment_id: str,
+        member_id: str,
+        attempt_no: int,
+        amount_minor: int,
+        captured: bool,
+        now: datetime,
+    ) -> PaymentOutcome:
+        """Count a secured payment, or say it must be released (late, superseded, surplus)."""
+        attempt = self.attempt_by_payment(payment_id)
+        if attempt is None:
+            attempt = self.attempt_of(member_id, attempt_no)
+            if attempt is not None and attempt.payment_id and attempt.payment_id != payment_id:
+                attempt = None
+        if attempt is not None and attempt.status in (
+            AttemptStatus.SUCCEEDED,
+            AttemptStatus.REJECTED,
+        ):
+            return PaymentOutcome.DUPLICATE
+        member = next((m for m in self.members if m.member_id == member_id), None)
+        acceptable = (
+            self.status is GroupStatus.OPEN
+            and attempt is not None
+            and member is not None
+            and attempt.member_id == member.member_id
+            and attempt.attempt == member.attempt
+            and attempt.status is AttemptStatus.REQUESTED
+            and member.status is not MemberStatus.COVERED_BY_HOST
+            and not member.secured
+            and amount_minor == attempt.amount_minor
+        )
+        if attempt is None:
+            attempt = PaymentAttempt(member_id, attempt_no, amount_minor, payment_id=payment_id)
+            self.attempts.append(attempt)
+        attempt.payment_id = attempt.payment_id or payment_id
+        attempt.captured = captured
+        if not acceptable or member is None:
+            attempt.status = AttemptStatus.REJECTED
+            self.updated_at = now
+            return PaymentOutcome.REJECTED
+        attempt.status = AttemptStatus.SUCCEEDED
+        member.paid_minor += amount_minor
+        if member.secured:
+            member.status = MemberStatus.PAID
+            member.paid_at = now
+        self.updated_at = now
+        return PaymentOutcome.ACCEPTED
+
+    def payment_failed(
+        self, payment_id: str, member_id: str, attempt_no: int, now: datetime
+    ) -> bool:
+        """Mark a declined attempt; True when it was the member's current one."""
+        attempt = self.attempt_by_payment(payment_id) or self.attempt_of(member_id, attempt_no)
+        if attempt is None or attempt.status is not AttemptStatus.REQUESTED:
+            return False
+        attempt.payment_id = attempt.payment_id or payment_id
+        attempt.status = AttemptStatus.FAILED
+        member = next((m for m in self.members if m.member_id == attempt.member_id), None)
+        current = member is not None and member.attempt == attempt.attempt
+        if (
+            member is not None
+            and current
+            and self.status is GroupStatus.OPEN
+            and not member.secured
+        ):
+            member.status = MemberStatus.PAYMENT_FAILED
+        self.updated_at = now
+        return current
+
+    def mark_pending(self, now: datetime) -> bool:
+        """OPEN → PENDING when every required share is secured."""
+        if self.status is not GroupStatus.OPEN or not self.fully_paid:
+            return False
+        self.transition(GroupStatus.PENDING, "all shares secured", "system:payments", now)
+        return True
+
+    # ---- deadline and fallback ---------------------------------------------------------
+
+    def apply_fallback(
+        self, actor: str, reason: str, grace: timedelta, now: datetime
+    ) -> FallbackOutcome:
+        """Deadline passed (or force-finalize): expire, or move what is uncovered to the host.
+
+        HOST_PAYS_REMAINING applies once; when it has already applied (the grace period
+        passed), the group expires.
+        """
+        if self.status is GroupStatus.DRAFT:
+            self.expire(reason, actor, now)
+            return FallbackOutcome.EXPIRED
+        if self.status is not GroupStatus.OPEN:
+            raise FailedPreconditionError(f"the group is {self.status}", reason="GROUP_NOT_OPEN")
+        if self.fallback_policy is FallbackPolicy.CANCEL or self.fallback_at is not None:
+            self.expire(reason, actor, now)
+            return FallbackOutcome.EXPIRED
+        host = self.host
+        uncovered = 0
+        for m in self.members:
+            if m is host or not m.required or m.secured:
+                continue
+            uncovered += m.share_minor - m.paid_minor
+            m.share_minor = m.paid_minor
+            m.required = m.paid_minor > 0
+            m.status = MemberStatus.COVERED_BY_HOST if m.paid_minor == 0 else MemberStatus.PAID
+            current = self.current_attempt(m)
+            if current is not None and current.status is AttemptStatus.REQUESTED:
+                current.status = AttemptStatus.SUPERSEDED
+        host.share_minor += uncovered
+        host.required = True
+        current = self.current_attempt(host)
+        keep = uncovered == 0 and current is not None and current.status is AttemptStatus.REQUESTED
+        if not keep:
+            self._new_attempt(host, host.share_minor - host.paid_minor)
+        host.status = MemberStatus.AWAITING_PAYMENT
+        self.fallback_at = now
+        self.grace_deadline = now + grace
+        self.updated_at = now
+        return FallbackOutcome.HOST_COVERS
+
+    def expire(self, reason: str, actor: str, now: datetime) -> None:
+        """OPEN/DRAFT → EXPIRED."""
+        self.transition(GroupStatus.EXPIRED, reason, actor, now)
+        self.close_reason = reason
+
+    def cancel(self, reason: str, actor: str, now: datetime) -> None:
+        """→ CANCELLED (host from DRAFT/OPEN; order failure from PENDING)."""
+        self.transition(GroupStatus.CANCELLED, reason, actor, now)
+        self.close_reason = reason
+
+    def confirm(self, order_id: str, now: datetime) -> None:
+        """PENDING → CONFIRMED."""
+        self.transition(GroupStatus.CONFIRMED, "order confirmed", "system:orders", now)
+        self.order_id = order_id
+
+
+def check_member_list(
+    people: Sequence[tuple[str, str]], skip: int = 0, field_name: str = "members"
+) -> None:
+    """Reject duplicates (same e-mail or user id) and lists over MAX_MEMBERS.
+
+    `people` are (email, user_id) pairs in join order; entries before `skip` already exist,
+    so violations name the new ones as ``<field_name>[i]``.
+    """
+    if len(people) > MAX_MEMBERS:
+        raise InvalidArgumentError(
+            f"a group has at most {MAX_MEMBERS} members",
+            [FieldViolation(field_name, f"at most {MAX_MEMBERS} members including the host")],
+            reason="TOO_MANY_MEMBERS",
+        )
+    seen_email: set[str] = set()
+    seen_user: set[str] = set()
+    bad: list[FieldViolation] = []
+    for i, (email, user_id) in enumerate(people):
+        label = f"{field_name}[{i - skip}]"
+        key = email.strip().lower()
+        if key and key in seen_email:
+            bad.append(FieldViolation(f"{label}.email", "duplicate member"))
+        if user_id and user_id in seen_user:
+            bad.append(FieldViolation(f"{label}.user_id", "duplicate member"))
+        if key:
+            seen_email.add(key)
+        if user_id:
+            seen_user.add(user_id)
+    if bad:
+        raise InvalidArgumentError("duplicate members", bad, reason="DUPLICATE_MEMBER")

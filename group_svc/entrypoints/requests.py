@@ -1,0 +1,126 @@
+"""Request validation: protobuf requests in, domain inputs out, INVALID_ARGUMENT with field
+violations for anything malformed."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from group_svc.adapters.proto_mapping import (
+    FALLBACK_FROM_PROTO,
+    SPLIT_FROM_PROTO,
+    from_timestamp,
+    spec_from_proto,
+)
+from group_svc.domain.currency import exponent
+from group_svc.domain.model import MAX_MEMBERS, CartLine, FallbackPolicy, NewMember
+from group_svc.domain.split import SplitMode
+from group_svc.service_layer.commands import CreateGroupInput
+from mppo.group.v1 import group_pb2, group_service_pb2
+from mppo.platform.errors import FieldViolation, InvalidArgumentError
+
+#: Largest group total accepted, in minor units (keeps every sum far inside int64).
+MAX_TOTAL_MINOR = 10**13
+MAX_QUANTITY = 10_000
+MAX_LINES = 200
+_PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+
+def member_input(
+    member: group_pb2.MemberInput, label: str, bad: list[FieldViolation], user_id: str = ""
+) -> NewMember:
+    """A MemberInput as a NewMember, collecting violations."""
+    if not member.display_name.strip():
+        bad.append(FieldViolation(f"{label}.display_name", "required"))
+    email = member.email.strip()
+    if email and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email)):
+        bad.append(FieldViolation(f"{label}.email", "not an e-mail address"))
+    phone = member.phone.strip()
+    if phone and not _PHONE.match(phone):
+        bad.append(FieldViolation(f"{label}.phone", "E.164, e.g. +14155550100"))
+    return NewMember(
+        display_name=member.display_name.strip(),
+        email=email,
+        phone=phone,
+        user_id=user_id or member.user_id.strip(),
+        share_spec=spec_from_proto(member.share_spec),
+    )
+
+
+def split_mode(value: group_pb2.SplitMode.ValueType, bad: list[FieldViolation]) -> SplitMode:
+    """The split mode, or a violation for an unset/unknown one."""
+    mode = SPLIT_FROM_PROTO.get(value)
+    if mode is None:
+        bad.append(FieldViolation("split_mode", "required"))
+        return SplitMode.EQUAL
+    return mode
+
+
+def create_group(
+    request: group_service_pb2.CreateGroupRequest, host_user_id: str, now: datetime
+) -> CreateGroupInput:
+    """Validate a CreateGroupRequest."""
+    bad: list[FieldViolation] = []
+    if not request.merchant_id.strip():
+        bad.append(FieldViolation("merchant_id", "required"))
+    try:
+        exponent(request.currency_code)
+    except InvalidArgumentError as exc:
+        bad.extend(exc.violations)
+    if not request.items:
+        bad.append(FieldViolation("items", "the cart is empty; at least one line"))
+    if len(request.items) > MAX_LINES:
+        bad.append(FieldViolation("items", f"at most {MAX_LINES} lines"))
+    seen: set[str] = set()
+    items: list[CartLine] = []
+    for i, line in enumerate(request.items):
+        label = f"items[{i}]"
+        if not line.line_id:
+            bad.append(FieldViolation(f"{label}.line_id", "required"))
+        elif line.line_id in seen:
+            bad.append(FieldViolation(f"{label}.line_id", "duplicate line id"))
+        seen.add(line.line_id)
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            bad.append(FieldViolation(f"{label}.quantity", f"1 to {MAX_QUANTITY}"))
+        if line.unit_price_minor <= 0:
+            bad.append(FieldViolation(f"{label}.unit_price_minor", "must be greater than zero"))
+        items.append(
+            CartLine(line.line_id, line.sku, line.name, line.quantity, line.unit_price_minor)
+        )
+    for name in ("fees_minor", "tax_minor", "tip_minor"):
+        if getattr(request, name) < 0:
+            bad.append(FieldViolation(name, "must not be negative"))
+    total = sum(max(i.cost_minor, 0) for i in items)
+    total += max(request.fees_minor, 0) + max(request.tax_minor, 0) + max(request.tip_minor, 0)
+    if total > MAX_TOTAL_MINOR:
+        bad.append(FieldViolation("items", f"the total exceeds {MAX_TOTAL_MINOR} minor units"))
+    mode = split_mode(request.split_mode, bad)
+    fallback = FALLBACK_FROM_PROTO.get(request.fallback_policy)
+    if fallback is None:
+        bad.append(FieldViolation("fallback_policy", "required"))
+    if not request.HasField("deadline"):
+        bad.append(FieldViolation("deadline", "required"))
+        deadline = now
+    else:
+        deadline = from_timestamp(request.deadline)
+        if deadline <= now:
+            bad.append(FieldViolation("deadline", "must be in the future"))
+    if len(request.members) + 1 > MAX_MEMBERS:
+        bad.append(FieldViolation("members", f"at most {MAX_MEMBERS} members including the host"))
+    host = member_input(request.host, "host", bad, user_id=host_user_id)
+    members = [member_input(m, f"members[{i}]", bad) for i, m in enumerate(request.members)]
+    if bad:
+        raise InvalidArgumentError("invalid group", bad)
+    return CreateGroupInput(
+        merchant_id=request.merchant_id.strip(),
+        currency_code=request.currency_code,
+        items=items,
+        fees_minor=request.fees_minor,
+        tax_minor=request.tax_minor,
+        tip_minor=request.tip_minor,
+        split_mode=mode,
+        fallback_policy=fallback or FallbackPolicy.CANCEL,
+        deadline=deadline,
+        host=host,
+        members=members,
+    )

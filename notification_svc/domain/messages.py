@@ -1,0 +1,148 @@
+"""Rendering: the e-mail text and the webhook body of each kind of notification.
+
+Rendering happens at delivery time from the notification's stored, non-personal facts
+(``params``) plus the recipient's display name, which is fetched for the delivery and never
+stored or logged here. Amounts are integer minor units formatted with their ISO 4217 exponent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from notification_svc.domain.model import Kind
+from notification_svc.domain.outcome import Outcome
+
+# ISO 4217 minor-unit exponents that are not 2.
+_EXPONENTS = {
+    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG"), 0),
+    **dict.fromkeys(("RWF", "UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+}
+
+
+@dataclass(frozen=True)
+class EmailContent:
+    """Subject and plain-text body of one e-mail."""
+
+    subject: str
+    body: str
+
+
+def format_money(amount_minor: int | str, currency: str) -> str:
+    """``1050, "USD"`` → ``"USD 10.50"``; integer arithmetic only."""
+    amount = int(amount_minor)
+    exponent = _EXPONENTS.get(currency.upper(), 2)
+    sign = "-" if amount < 0 else ""
+    whole, frac = divmod(abs(amount), 10**exponent)
+    text = f"{whole}.{frac:0{exponent}d}" if exponent else str(whole)
+    return f"{currency.upper()} {sign}{text}"
+
+
+def format_time(rfc3339: str) -> str:
+    """``2030-01-02T03:04:05.000000Z`` → ``2030-01-02 03:04 UTC`` (unparseable text kept)."""
+    try:
+        moment = datetime.fromisoformat(rfc3339)
+    except ValueError:
+        return rfc3339
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _money(params: Mapping[str, str], key: str = "amount_minor") -> str:
+    return format_money(params.get(key, "0") or "0", params.get("currency", ""))
+
+
+_OUTCOME_TEXT = {
+    Outcome.NOTHING_CHARGED: "You were not charged.",
+    Outcome.HOLD_RELEASED: "The hold on your payment of {amount} has been released.",
+    Outcome.REFUNDED: "Your payment of {amount} has been refunded.",
+    Outcome.HOLD_RELEASE_PENDING: "The hold on your payment of {amount} is being released.",
+    Outcome.REFUND_PENDING: "Your payment of {amount} is being refunded.",
+}
+
+
+def outcome_sentence(outcome: Outcome, params: Mapping[str, str]) -> str:
+    """The sentence that tells a member what happened to their money."""
+    return _OUTCOME_TEXT[outcome].format(amount=_money(params, "settled_minor"))
+
+
+def render_email(kind: Kind, params: Mapping[str, str], display_name: str) -> EmailContent:
+    """The e-mail for ``kind``; settlement kinds need ``params["outcome"]`` set."""
+    group = params.get("group_id", "")
+    hello = f"Hi {display_name}," if display_name else "Hello,"
+    match kind:
+        case Kind.INVITATION:
+            subject = f"You're invited to pay your share: {_money(params, 'share_minor')}"
+            lines = [
+                f"Your share of the group order is {_money(params, 'share_minor')} "
+                f"(group total {_money(params, 'total_minor')}).",
+                f"Pay here before {format_time(params.get('deadline', ''))}:",
+                params.get("payment_link", ""),
+                "Nothing is charged until the whole group has paid and the order is accepted.",
+            ]
+        case Kind.REMINDER:
+            subject = "Reminder: your share of the group order is still unpaid"
+            lines = [
+                f"The group pays by {format_time(params.get('deadline', ''))}.",
+                "Pay your share here:",
+                params.get("payment_link", ""),
+            ]
+        case Kind.PAYMENT_RECEIVED:
+            subject = f"Payment received: {_money(params)}"
+            remaining = params.get("remaining_members", "0")
+            lines = [
+                f"We received your payment of {_money(params)}. It is held, not charged, "
+                "until the order is confirmed.",
+                f"Members still to pay: {remaining}.",
+            ]
+        case Kind.GROUP_CONFIRMED:
+            subject = "Your group order is confirmed"
+            lines = [
+                "Everyone paid and the merchant accepted the order.",
+                f"Order reference: {params.get('order_id', '')}.",
+            ]
+        case Kind.GROUP_EXPIRED | Kind.GROUP_CANCELLED:
+            verb = "expired" if kind is Kind.GROUP_EXPIRED else "was cancelled"
+            subject = f"Your group order {verb}"
+            lines = [f"The group order {verb}."]
+            if params.get("reason"):
+                lines.append(f"Reason: {params['reason']}.")
+            lines.append(outcome_sentence(Outcome(params["outcome"]), params))
+        case Kind.HOST_FALLBACK:
+            subject = f"Please pay the remaining {_money(params)} of your group order"
+            lines = [
+                f"Not every member paid in time, so the remaining {_money(params)} moved to "
+                "you as the host.",
+                f"Pay here before {format_time(params.get('grace_deadline', ''))}:",
+                params.get("payment_link", ""),
+            ]
+    body = "\n\n".join([hello, *lines, f"Group: {group}", "-- MPPO"]) + "\n"
+    return EmailContent(subject=subject, body=body)
+
+
+def webhook_body(
+    *,
+    notification_id: str,
+    kind: Kind,
+    group_id: str,
+    member_id: str,
+    event_id: str,
+    event_type: str,
+    created_at: str,
+    params: Mapping[str, str],
+) -> bytes:
+    """The JSON a webhook carries: ids and non-personal facts only."""
+    document = {
+        "id": notification_id,
+        "type": f"notification.{kind.value.lower()}",
+        "kind": kind.value,
+        "group_id": group_id,
+        "member_id": member_id,
+        "event_id": event_id,
+        "event_type": event_type,
+        "created_at": created_at,
+        "data": dict(sorted(params.items())),
+    }
+    return json.dumps(document, separators=(",", ":")).encode()

@@ -1,0 +1,273 @@
+"""The sender: delivers committed notification rows, retrying with bounded backoff.
+
+Rows are claimed (``FOR UPDATE SKIP LOCKED``, then leased) in a short transaction and
+delivered outside it; the outcome is recorded in another. A process that dies after
+delivering but before recording delivers again when the lease runs out; the SMTP
+``Message-ID`` and the webhook ``Mppo-Notification-Id`` stay the same so receivers can tell.
+Expiry/cancellation notices wait (up to ``settle_seconds``) until the member's payments are
+voided or refunded, so they can say which happened. Logs carry ids only, never addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mppo.platform.db import create_sessionmaker
+from mppo.platform.errors import UnavailableError
+from mppo.platform.events import format_timestamp
+from mppo.platform.logs import bind_ids
+from notification_svc.adapters import repository
+from notification_svc.adapters.contacts import ContactDirectory
+from notification_svc.adapters.repository import NotificationRow
+from notification_svc.domain.messages import EmailContent, render_email, webhook_body
+from notification_svc.domain.model import SETTLEMENT_KINDS, Channel, Contact, DeliveryError
+from notification_svc.domain.outcome import SETTLED, outcome_for
+
+logger = logging.getLogger(__name__)
+
+
+class Mailer(Protocol):
+    """Sends one e-mail."""
+
+    async def send(
+        self,
+        *,
+        delivery_id: str,
+        to: str,
+        display_name: str,
+        content: EmailContent,
+        headers: dict[str, str],
+    ) -> None:
+        """Deliver or raise DeliveryError."""
+
+
+class Poster(Protocol):
+    """Posts one webhook."""
+
+    async def send(self, *, delivery_id: str, body: bytes) -> None:
+        """Deliver or raise DeliveryError."""
+
+
+@dataclass(frozen=True)
+class SenderPolicy:
+    """Retry budget and pacing."""
+
+    max_attempts: int = 6
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    poll_seconds: float = 0.25
+    settle_seconds: float = 30.0
+    batch: int = 20
+    lease_seconds: float = 60.0
+
+    def retry_delay(self, attempts: int) -> float:
+        """Seconds before the next try after ``attempts`` failed attempts."""
+        return float(
+            min(self.retry_base_seconds * 2 ** max(attempts - 1, 0), self.retry_max_seconds)
+        )
+
+
+class _NotSettledError(Exception):
+    """The row is not ready to be rendered yet (payments still settling)."""
+
+
+class Sender:
+    """Background worker delivering PENDING notifications."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        contacts: ContactDirectory,
+        mailer: Mailer,
+        poster: Poster | None,
+        policy: SenderPolicy,
+    ) -> None:
+        self._sessions = create_sessionmaker(engine)
+        self._contacts = contacts
+        self._mailer = mailer
+        self._poster = poster
+        self._policy = policy
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current batch."""
+        self._stopping.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Hint that new rows may be due (the poll finds them anyway)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until stopped; a database outage is waited out, not fatal."""
+        logger.info("notification sender started")
+        while not self._stopping.is_set():
+            try:
+                delivered = await self.run_once()
+            except Exception as exc:
+                logger.warning("notification sender: batch failed: %s", type(exc).__name__)
+                delivered = 0
+            if delivered == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._policy.poll_seconds)
+        logger.info("notification sender stopped")
+
+    async def run_once(self) -> int:
+        """Claim one batch of due rows and deliver them; returns how many were claimed."""
+        async with self._sessions() as session, session.begin():
+            rows = await repository.claim_due(
+                session,
+                limit=self._policy.batch,
+                lease=timedelta(seconds=self._policy.lease_seconds),
+            )
+        if not rows:
+            return 0
+        contacts = await self._load_contacts(rows)
+        await asyncio.gather(*(self._deliver(row, contacts) for row in rows))
+        return len(rows)
+
+    async def _load_contacts(
+        self, rows: Sequence[NotificationRow]
+    ) -> dict[str, dict[str, Contact] | None]:
+        """Contacts of each group with an e-mail to send (None where the lookup failed)."""
+        found: dict[str, dict[str, Contact] | None] = {}
+        for group_id in {r.group_id for r in rows if r.channel is Channel.EMAIL}:
+            try:
+                found[group_id] = {c.member_id: c for c in await self._contacts.contacts(group_id)}
+            except UnavailableError:
+                found[group_id] = None
+        return found
+
+    async def _deliver(
+        self, row: NotificationRow, contacts: dict[str, dict[str, Contact] | None]
+    ) -> None:
+        with bind_ids(
+            group_id=row.group_id,
+            member_id=row.member_id,
+            notification_id=row.notification_id,
+            event_id=row.event_id,
+        ):
+            try:
+                params = await self._params(row)
+                if row.channel is Channel.EMAIL:
+                    await self._send_email(row, params, contacts.get(row.group_id))
+                else:
+                    await self._send_webhook(row, params)
+            except _NotSettledError:
+                async with self._sessions() as session, session.begin():
+                    await repository.defer(
+                        session,
+                        row.notification_id,
+                        seconds=min(self._policy.poll_seconds * 2, 1.0),
+                    )
+                return
+            except DeliveryError as exc:
+                await self._failed(row, exc)
+                return
+            except Exception as exc:  # unexpected: retry, and log the type only
+                await self._failed(row, DeliveryError(f"unexpected {type(exc).__name__}"))
+                return
+            async with self._sessions() as session, session.begin():
+                await repository.mark_sent(session, row.notification_id)
+            logger.info(
+                "notification %s %s/%s sent (attempt %s)",
+                row.notification_id,
+                row.kind.value,
+                row.channel.value,
+                row.attempts + 1,
+            )
+
+    async def _params(self, row: NotificationRow) -> dict[str, str]:
+        params = dict(row.params)
+        if row.kind not in SETTLEMENT_KINDS:
+            return params
+        async with self._sessions() as session:
+            facts = await repository.payment_facts(session, row.group_id, row.member_id)
+        outcome = outcome_for(facts)
+        age = (datetime.now(UTC) - row.created_at).total_seconds()
+        if outcome not in SETTLED and age < self._policy.settle_seconds:
+            raise _NotSettledError
+        secured = [f for f in facts if f.secured or f.captured or f.refunded]
+        params["outcome"] = outcome.value
+        params["settled_minor"] = str(sum(f.amount_minor for f in secured))
+        if secured and not params.get("currency"):
+            params["currency"] = secured[0].currency
+        return params
+
+    async def _send_email(
+        self,
+        row: NotificationRow,
+        params: dict[str, str],
+        group_contacts: dict[str, Contact] | None,
+    ) -> None:
+        if group_contacts is None:
+            raise DeliveryError("group service unavailable for contacts")
+        contact = group_contacts.get(row.member_id)
+        if contact is None or not contact.email:
+            raise DeliveryError("recipient has no e-mail address", permanent=True)
+        content = render_email(row.kind, params, contact.display_name)
+        await self._mailer.send(
+            delivery_id=row.notification_id,
+            to=contact.email,
+            display_name=contact.display_name,
+            content=content,
+            headers={
+                "X-Mppo-Notification-Id": row.notification_id,
+                "X-Mppo-Group-Id": row.group_id,
+                "X-Mppo-Member-Id": row.member_id,
+                "X-Mppo-Kind": row.kind.value,
+            },
+        )
+
+    async def _send_webhook(self, row: NotificationRow, params: dict[str, str]) -> None:
+        if self._poster is None:
+            raise DeliveryError("webhook URL not configured", permanent=True)
+        body = webhook_body(
+            notification_id=row.notification_id,
+            kind=row.kind,
+            group_id=row.group_id,
+            member_id=row.member_id,
+            event_id=row.event_id,
+            event_type=row.event_type,
+            created_at=format_timestamp(row.created_at),
+            params=params,
+        )
+        await self._poster.send(delivery_id=row.notification_id, body=body)
+
+    async def _failed(self, row: NotificationRow, exc: DeliveryError) -> None:
+        attempts = row.attempts + 1
+        final = exc.permanent or attempts >= self._policy.max_attempts
+        retry_in = None if final else self._policy.retry_delay(attempts)
+        async with self._sessions() as session, session.begin():
+            await repository.mark_attempt_failed(
+                session, row.notification_id, error=exc.reason, retry_in=retry_in
+            )
+        if final:
+            logger.warning(
+                "notification %s %s/%s FAILED after %s attempts: %s",
+                row.notification_id,
+                row.kind.value,
+                row.channel.value,
+                attempts,
+                exc.reason,
+            )
+        else:
+            logger.info(
+                "notification %s %s/%s attempt %s failed (%s); retry in %.1fs",
+                row.notification_id,
+                row.kind.value,
+                row.channel.value,
+                attempts,
+                exc.reason,
+                retry_in,
+            )

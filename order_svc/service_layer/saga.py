@@ -1,0 +1,324 @@
+"""The order orchestrator: validate → reserve → place → capture each share → confirmed.
+
+One step at a time: an external call, then one transaction that saves the order, its
+`order_events` row and any outbox event. A crash between the call and the commit repeats the
+call on resume with the same idempotency key (merchant: ``<order>:reserve|place|cancel``;
+payment: ``<order>:capture|void|refund:<payment>``), so its effect happens once.
+
+Failures: a refusal (out of stock, rejected, declined) moves the order to COMPENSATING at once;
+a transient error is retried later with backoff, and after ``max_forward_attempts`` the order
+fails with MERCHANT_UNAVAILABLE / CAPTURE_FAILED. Compensation cancels whatever the merchant
+holds for us first (time-sensitive: stop fulfilment), then voids holds and refunds captures,
+retrying transient errors for as long as it takes, and finally publishes order.failed.
+
+Fault points (MPPO_FAULT, tests only): ``order_after_merchant_place`` (the merchant placed the
+order, we have not recorded it) and ``order_before_capture`` (placement recorded, no share
+captured yet).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mppo.platform.event_types import new_event
+from mppo.platform.logs import bind_ids
+from mppo.platform.outbox import add_to_outbox, fault_point
+from order_svc.adapters.redis_aids import OrderLocks, OrderStatusCache
+from order_svc.adapters.repository import OrderRepository
+from order_svc.domain.model import FailureReason, Order, OrderStatus, Share, ShareStatus
+from order_svc.domain.validator import check_against_catalogue, check_consistency
+from order_svc.service_layer.messages import confirmed_event, failed_event, to_proto
+from order_svc.service_layer.ports import (
+    MerchantClient,
+    MerchantDirectory,
+    MerchantRefusedError,
+    MerchantUnavailableError,
+    PaymentGateway,
+    PaymentRefusedError,
+    PaymentState,
+    PaymentUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+FAULT_AFTER_MERCHANT_PLACE = "order_after_merchant_place"
+FAULT_BEFORE_CAPTURE = "order_before_capture"
+
+_MONEY_FREE = {"VOIDED", "REFUNDED", "FAILED", "EXPIRED", "REQUIRES_ACTION"}
+_CAPTURED = {"CAPTURED", "PARTIALLY_REFUNDED"}
+
+
+@dataclass(frozen=True)
+class SagaSettings:
+    """Retry and lease tuning."""
+
+    lease_seconds: float = 30.0
+    max_forward_attempts: int = 5
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before the next try after `attempts` failed ones."""
+        return float(min(self.retry_base_seconds * 2**attempts, self.retry_max_seconds))
+
+
+class _TransientError(Exception):
+    """A step could not finish now; retry later (forward steps give up with `reason`)."""
+
+    def __init__(self, step: str, detail: str, reason: FailureReason | None) -> None:
+        super().__init__(detail)
+        self.step = step
+        self.detail = detail
+        self.reason = reason
+
+
+class OrderSaga:
+    """Drives one order to CONFIRMED or FAILED."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        merchants: MerchantDirectory,
+        payments: PaymentGateway,
+        locks: OrderLocks,
+        cache: OrderStatusCache,
+        settings: SagaSettings,
+        on_finished: Callable[[Order], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._merchants = merchants
+        self._payments = payments
+        self._locks = locks
+        self._cache = cache
+        self._settings = settings
+        self._on_finished = on_finished
+
+    async def advance(self, order_id: str) -> None:
+        """Run steps until the order is finished or must wait (the caller holds its lease)."""
+        token = await self._locks.acquire(order_id, self._settings.lease_seconds)
+        if token is None:
+            logger.info("order %s is being advanced elsewhere", order_id)
+            return
+        try:
+            with bind_ids(order_id=order_id):
+                await self._advance(order_id)
+        finally:
+            await self._locks.release(order_id, token)
+
+    async def _advance(self, order_id: str) -> None:
+        while True:
+            async with self._sessions() as session:
+                order = await OrderRepository(session).get(order_id)
+            if order is None or order.status.terminal:
+                return
+            with bind_ids(group_id=order.group_id):
+                events: list[Message] = []
+                try:
+                    await self._step(order, events)
+                except _TransientError as exc:
+                    if not await self._retry_later(order, exc):
+                        return
+                    events = []  # gave up on a forward step: commit the failure
+                await self._commit(order, events)
+                if order.status.terminal:
+                    await self._finished(order)
+                    return
+
+    async def _commit(self, order: Order, events: list[Message]) -> None:
+        async with self._sessions() as session, session.begin():
+            await OrderRepository(session).save(order, lease_seconds=self._settings.lease_seconds)
+            for message in events:
+                await add_to_outbox(session, new_event(order.order_id, message))
+        logger.info("order %s is %s (%s)", order.order_id, order.status, order.steps[-1].step)
+
+    async def _finished(self, order: Order) -> None:
+        async with self._sessions() as session, session.begin():
+            await OrderRepository(session).release(order.order_id)
+            final = await OrderRepository(session).get(order.order_id)
+        if final is not None:
+            await self._cache.put(order.order_id, to_proto(final).SerializeToString())
+        if self._on_finished is not None:
+            self._on_finished(order)
+
+    async def _retry_later(self, order: Order, exc: _TransientError) -> bool:
+        """Schedule a retry, or give up on a forward step (then True: commit the failure)."""
+        async with self._sessions() as session, session.begin():
+            repo = OrderRepository(session)
+            attempts = await repo.attempts(order.order_id)
+            forward = order.status is not OrderStatus.COMPENSATING
+            if forward and exc.reason and attempts + 1 >= self._settings.max_forward_attempts:
+                logger.warning("order %s: giving up on %s: %s", order.order_id, exc.step, exc)
+                order.fail(exc.reason, exc.detail, exc.step)
+                return True
+            delay = self._settings.backoff(attempts)
+            await repo.schedule_retry(order.order_id, delay)
+            await repo.add_step(order.order_id, exc.step, "retry", exc.detail)
+        logger.warning(
+            "order %s: %s not done (%s); retry %s in %.1fs",
+            order.order_id,
+            exc.step,
+            exc.detail,
+            attempts + 1,
+            delay,
+        )
+        return False
+
+    async def _step(self, order: Order, events: list[Message]) -> None:
+        merchant = self._merchants.client_for(order.merchant_id)
+        if order.status is OrderStatus.CREATED:
+            await self._validate(order, merchant)
+        elif order.status is OrderStatus.VALIDATED:
+            await self._place(order, merchant)
+        elif order.status is OrderStatus.PLACED:
+            await self._capture_next(order, events)
+        elif order.status is OrderStatus.COMPENSATING:
+            await self._compensate_next(order, merchant, events)
+
+    async def _validate(self, order: Order, merchant: MerchantClient) -> None:
+        problems = check_consistency(
+            order.lines,
+            order.shares,
+            currency=order.currency,
+            total_minor=order.total_minor,
+            fees_minor=order.fees_minor,
+            tax_minor=order.tax_minor,
+            tip_minor=order.tip_minor,
+        )
+        if problems:
+            order.fail(FailureReason.INVALID_ORDER, "; ".join(problems), "validate")
+            return
+        try:
+            catalogue = await merchant.catalogue()
+        except MerchantUnavailableError as exc:
+            raise _TransientError("validate", str(exc), FailureReason.MERCHANT_UNAVAILABLE) from exc
+        rejection = check_against_catalogue(order.lines, order.currency, catalogue)
+        if rejection is not None:
+            order.fail(rejection.reason, rejection.detail, "validate")
+            return
+        order.mark_validated()
+
+    async def _place(self, order: Order, merchant: MerchantClient) -> None:
+        step = "place" if order.reservation_id else "reserve"
+        try:
+            if not order.reservation_id:
+                reservation_id = await merchant.reserve(
+                    reference=order.order_id,
+                    lines=order.lines,
+                    currency=order.currency,
+                    idempotency_key=f"{order.order_id}:reserve",
+                )
+                order.mark_reserved(reservation_id)
+                return
+            placement = await merchant.place(
+                reference=order.order_id,
+                reservation_id=order.reservation_id,
+                total_minor=order.total_minor,
+                currency=order.currency,
+                idempotency_key=f"{order.order_id}:place",
+            )
+        except MerchantRefusedError as exc:
+            order.fail(exc.reason, exc.detail, step)
+            return
+        except MerchantUnavailableError as exc:
+            raise _TransientError(step, str(exc), FailureReason.MERCHANT_UNAVAILABLE) from exc
+        fault_point(FAULT_AFTER_MERCHANT_PLACE)
+        order.mark_placed(placement.merchant_order_id)
+
+    async def _capture_next(self, order: Order, events: list[Message]) -> None:
+        pending = order.pending_shares
+        if not pending:
+            order.mark_confirmed()
+            events.append(confirmed_event(order))
+            return
+        if len(pending) == len(order.shares):
+            fault_point(FAULT_BEFORE_CAPTURE)
+        share = pending[0]
+        try:
+            state = await self._payments.capture(
+                share.payment_id,
+                share.amount_minor,
+                order.currency,
+                f"{order.order_id}:capture:{share.payment_id}",
+            )
+        except PaymentRefusedError as exc:
+            state = await self._reread(order, share, "capture")
+            if not (state.status in _CAPTURED and state.captured_minor >= share.amount_minor):
+                order.fail(FailureReason.CAPTURE_FAILED, f"{share.payment_id}: {exc}", "capture")
+                return
+        except PaymentUnavailableError as exc:
+            raise _TransientError("capture", str(exc), FailureReason.CAPTURE_FAILED) from exc
+        if state.status not in _CAPTURED:
+            order.fail(
+                FailureReason.CAPTURE_FAILED,
+                f"{share.payment_id} is {state.status} after capture",
+                "capture",
+            )
+            return
+        order.mark_captured(share.payment_id)
+
+    async def _reread(self, order: Order, share: Share, step: str) -> PaymentState:
+        try:
+            return await self._payments.get(share.payment_id)
+        except (PaymentUnavailableError, PaymentRefusedError) as exc:
+            raise _TransientError(step, f"re-reading {share.payment_id}: {exc}", None) from exc
+
+    async def _compensate_next(
+        self, order: Order, merchant: MerchantClient, events: list[Message]
+    ) -> None:
+        if order.merchant_touched and not order.merchant_cancelled:
+            try:
+                result = await merchant.cancel(
+                    reference=order.order_id, idempotency_key=f"{order.order_id}:cancel"
+                )
+            except MerchantRefusedError as exc:
+                # The merchant will not cancel (e.g. already fulfilled): record it and still
+                # return the money; the merchant's refusal is for people to follow up.
+                logger.error("order %s: merchant refused to cancel: %s", order.order_id, exc)
+                order.mark_merchant_cancelled(f"refused: {exc.detail}", outcome="refused")
+                return
+            except MerchantUnavailableError as exc:
+                raise _TransientError("cancel_merchant_order", str(exc), None) from exc
+            order.mark_merchant_cancelled(result)
+            return
+        unreleased = order.unreleased_shares
+        if not unreleased:
+            order.mark_failed()
+            events.append(failed_event(order))
+            return
+        await self._release(order, unreleased[0])
+
+    async def _release(self, order: Order, share: Share) -> None:
+        """Void the hold or refund the capture of one share."""
+        pid = share.payment_id
+        reason = f"order {order.order_id} failed: {order.failure_reason}"
+        try:
+            if share.status is ShareStatus.CAPTURED:
+                state = await self._payments.refund(pid, reason, f"{order.order_id}:refund:{pid}")
+            else:
+                state = await self._payments.void(pid, reason, f"{order.order_id}:void:{pid}")
+        except PaymentRefusedError as exc:
+            logger.info(
+                "order %s: release of %s refused (%s); re-reading", order.order_id, pid, exc
+            )
+            state = await self._reread(order, share, "release")
+        except PaymentUnavailableError as exc:
+            raise _TransientError("release", f"{pid}: {exc}", None) from exc
+        if state.status in _CAPTURED:
+            # captured although we had not recorded it (a crash after capture): refund it
+            try:
+                state = await self._payments.refund(pid, reason, f"{order.order_id}:refund:{pid}")
+            except (PaymentRefusedError, PaymentUnavailableError) as exc:
+                raise _TransientError("refund", f"{pid}: {exc}", None) from exc
+        if state.status not in _MONEY_FREE:
+            raise _TransientError("release", f"{pid} is still {state.status}", None)
+        released = (
+            ShareStatus.REFUNDED
+            if state.status == "REFUNDED" or share.status is ShareStatus.CAPTURED
+            else ShareStatus.VOIDED
+        )
+        order.mark_released(pid, released, state.status)

@@ -1,0 +1,344 @@
+"""Stripe through the official ``stripe`` SDK, for both real Stripe and the sandbox provider.
+
+One ``StripeClient`` instance per adapter (no global SDK state), the asynchronous aiohttp
+transport, and the API base URL pointing at Stripe or at the sandbox. Payments are Checkout
+Sessions whose PaymentIntent captures manually; every mutating call sends a Stripe
+``Idempotency-Key``. Webhooks are verified with ``stripe.Webhook.construct_event`` (HMAC-SHA256
+over ``t.body`` with a 300 s tolerance: ``verify_header`` without a tolerance would skip the
+replay check).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+
+from mppo.platform.backoff import RetryPolicy, retry_async
+from payment_svc.adapters.providers.base import (
+    CheckoutRequest,
+    CheckoutResult,
+    ProviderError,
+    ProviderEvent,
+    ProviderPaymentState,
+    ProviderStatus,
+    WebhookRequest,
+    WebhookVerificationError,
+)
+
+SIGNATURE_HEADER = "stripe-signature"
+TOLERANCE_SECONDS = 300
+
+_EVENT_STATUS: Mapping[str, ProviderStatus] = {
+    "payment_intent.amount_capturable_updated": ProviderStatus.AUTHORIZED,
+    "payment_intent.succeeded": ProviderStatus.CAPTURED,
+    "payment_intent.canceled": ProviderStatus.VOIDED,
+    "payment_intent.payment_failed": ProviderStatus.FAILED,
+    "checkout.session.expired": ProviderStatus.EXPIRED,
+}
+_RETRYABLE = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(value), UTC) if value else None
+
+
+def _get(obj: Any, *path: str) -> Any:
+    """``obj[a][b]…`` for dicts and StripeObjects, None when any step is missing."""
+    for key in path:
+        if obj is None:
+            return None
+        try:
+            obj = obj[key]
+        except (KeyError, TypeError, AttributeError):
+            return None
+    return obj
+
+
+def _provider_error(exc: stripe.StripeError) -> ProviderError:
+    retryable = isinstance(exc, _RETRYABLE) or (exc.http_status or 0) >= 500
+    if isinstance(exc, stripe.IdempotencyError):
+        retryable = False
+    message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    return ProviderError(message, retryable=retryable, code=str(exc.code or type(exc).__name__))
+
+
+def intent_state(intent: Any) -> ProviderPaymentState:
+    """A PaymentIntent (``latest_charge`` expanded or not) in our vocabulary."""
+    status = str(intent["status"])
+    charge = _get(intent, "latest_charge")
+    charge = charge if isinstance(charge, Mapping) else None
+    captured = int(intent.get("amount_received") or 0)
+    refunded = int(_get(charge, "amount_refunded") or 0)
+    error = _get(intent, "last_payment_error")
+    reason = str(_get(error, "code") or _get(error, "message") or "")
+    ours: ProviderStatus
+    if status == "requires_capture":
+        ours = ProviderStatus.AUTHORIZED
+    elif status == "succeeded":
+        if refunded and refunded >= captured:
+            ours = ProviderStatus.REFUNDED
+        elif refunded:
+            ours = ProviderStatus.PARTIALLY_REFUNDED
+        else:
+            ours = ProviderStatus.CAPTURED
+    elif status == "canceled":
+        ours = ProviderStatus.VOIDED
+    elif status == "requires_payment_method" and error:
+        ours = ProviderStatus.FAILED
+    else:
+        ours = ProviderStatus.REQUIRES_ACTION
+    authorized = int(intent.get("amount_capturable") or 0) or (
+        int(intent["amount"]) if ours is not ProviderStatus.REQUIRES_ACTION else 0
+    )
+    return ProviderPaymentState(
+        provider_payment_id=str(intent["id"]),
+        status=ours,
+        amount_authorized_minor=authorized if ours is not ProviderStatus.FAILED else 0,
+        amount_captured_minor=captured,
+        amount_refunded_minor=refunded,
+        failure_reason=reason,
+        authorization_expires_at=_timestamp(
+            _get(charge, "payment_method_details", "card", "capture_before")
+        ),
+    )
+
+
+class StripeProvider:
+    """Stripe's API (or the sandbox's copy of it) behind the PaymentProvider interface."""
+
+    can_authorize = True
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        api_key: str,
+        webhook_secret: str,
+        api_base: str | None = None,
+        success_url: str = "",
+        timeout: float = 10.0,
+        tolerance: int = TOLERANCE_SECONDS,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.name = name
+        self._retry = retry or RetryPolicy()
+        self._webhook_secret = webhook_secret
+        self._success_url = success_url
+        self._tolerance = tolerance
+        base: Any = {"api": api_base.rstrip("/")} if api_base else {}
+        self._http = stripe.AIOHTTPClient(timeout=timeout)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses=base,
+            http_client=self._http,
+            max_network_retries=0,  # our retry loop resends with the same idempotency key
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    async def create_checkout(self, request: CheckoutRequest) -> CheckoutResult:
+        """A Checkout Session whose PaymentIntent captures manually."""
+        metadata = {
+            "payment_id": request.payment_id,
+            "group_id": request.group_id,
+            "member_id": request.member_id,
+            "attempt": str(request.attempt),
+        }
+        success = request.return_url or self._success_url
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "client_reference_id": request.payment_id,
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": request.currency_code.lower(),
+                        "unit_amount": request.amount_minor,
+                        "product_data": {"name": request.description or "Group order share"},
+                    },
+                }
+            ],
+            "payment_intent_data": {
+                "capture_method": "manual",
+                "metadata": metadata,
+                "description": request.description or "Group order share",
+            },
+            "metadata": metadata,
+            "success_url": success,
+            "cancel_url": success,
+        }
+        session: Any = await self._call(
+            "create checkout",
+            lambda: self._client.v1.checkout.sessions.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": request.idempotency_key},
+            ),
+        )
+        intent = session.get("payment_intent")
+        provider_id = str(_get(intent, "id") or intent or session["id"])
+        return CheckoutResult(provider_payment_id=provider_id, payment_link=str(session["url"]))
+
+    async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
+        """``op`` with bounded exponential backoff on retryable errors (network, 429, 5xx);
+        the request inside carries the same idempotency key on every attempt."""
+
+        async def attempt(_: int) -> Any:
+            try:
+                result = await op()
+            except stripe.StripeError as exc:
+                raise _provider_error(exc) from exc
+            # plain dicts from here on (StripeObject is not a Mapping in SDK 16)
+            return result.to_dict() if isinstance(result, stripe.StripeObject) else result
+
+        return await retry_async(
+            attempt,
+            self._retry,
+            is_retryable=lambda exc: isinstance(exc, ProviderError) and exc.retryable,
+            what=f"{self.name} {what}",
+        )
+
+    async def _session(self, session_id: str) -> Any:
+        return await self._call(
+            "retrieve checkout",
+            lambda: self._client.v1.checkout.sessions.retrieve_async(session_id),
+        )
+
+    async def _intent_id(self, provider_payment_id: str) -> str:
+        """PaymentIntent ids pass through; a session id resolves to its intent (real Stripe
+        creates the intent only when the payer confirms)."""
+        if not provider_payment_id.startswith("cs_"):
+            return provider_payment_id
+        intent = (await self._session(provider_payment_id)).get("payment_intent")
+        if not intent:
+            raise ProviderError("checkout has no payment yet", retryable=False, code="no_intent")
+        return str(_get(intent, "id") or intent)
+
+    async def capture(
+        self, provider_payment_id: str, amount_minor: int, idempotency_key: str
+    ) -> ProviderPaymentState:
+        """Capture ``amount_minor`` of the hold."""
+        intent_id = await self._intent_id(provider_payment_id)
+        intent = await self._call(
+            "capture",
+            lambda: self._client.v1.payment_intents.capture_async(
+                intent_id,
+                {"amount_to_capture": amount_minor, "expand": ["latest_charge"]},
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return intent_state(intent)
+
+    async def void(self, provider_payment_id: str, idempotency_key: str) -> ProviderPaymentState:
+        """Cancel the PaymentIntent (releases a hold, or closes an unpaid checkout)."""
+        intent_id = await self._intent_id(provider_payment_id)
+        intent = await self._call(
+            "cancel",
+            lambda: self._client.v1.payment_intents.cancel_async(
+                intent_id, {"expand": ["latest_charge"]}, {"idempotency_key": idempotency_key}
+            ),
+        )
+        return intent_state(intent)
+
+    async def refund(
+        self, provider_payment_id: str, amount_minor: int, idempotency_key: str
+    ) -> ProviderPaymentState:
+        """Refund ``amount_minor`` of the captured money, then re-read the payment."""
+        intent_id = await self._intent_id(provider_payment_id)
+        await self._call(
+            "refund",
+            lambda: self._client.v1.refunds.create_async(
+                {"payment_intent": intent_id, "amount": amount_minor},
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return await self.fetch(intent_id)
+
+    async def fetch(self, provider_payment_id: str) -> ProviderPaymentState:
+        """The PaymentIntent now (or the checkout session, before the payer confirmed)."""
+        if provider_payment_id.startswith("cs_"):
+            session = await self._session(provider_payment_id)
+            intent_ref = session.get("payment_intent")
+            if not intent_ref:
+                expired = session.get("status") == "expired"
+                return ProviderPaymentState(
+                    provider_payment_id=provider_payment_id,
+                    status=ProviderStatus.EXPIRED if expired else ProviderStatus.REQUIRES_ACTION,
+                )
+            provider_payment_id = str(_get(intent_ref, "id") or intent_ref)
+        intent_id = provider_payment_id
+        intent = await self._call(
+            "retrieve",
+            lambda: self._client.v1.payment_intents.retrieve_async(
+                intent_id, {"expand": ["latest_charge"]}
+            ),
+        )
+        return intent_state(intent)
+
+    async def verify_webhook(self, request: WebhookRequest) -> None:
+        """Check ``Stripe-Signature`` (HMAC-SHA256 of ``t.body``, 300 s tolerance)."""
+        header = request.headers.get(SIGNATURE_HEADER)
+        if not header:
+            raise WebhookVerificationError("missing Stripe-Signature header")
+        try:
+            stripe.Webhook.construct_event(
+                request.body, header, self._webhook_secret, tolerance=self._tolerance
+            )
+        except stripe.SignatureVerificationError as exc:
+            raise WebhookVerificationError(f"bad Stripe signature: {exc}") from exc
+        except ValueError as exc:
+            raise WebhookVerificationError(f"malformed Stripe event: {exc}") from exc
+
+    def parse_event(self, request: WebhookRequest) -> ProviderEvent:
+        """Which PaymentIntent the event names and the state it reports."""
+        try:
+            event = json.loads(request.body)
+            event_id, event_type = str(event["id"]), str(event["type"])
+            obj = event["data"]["object"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WebhookVerificationError(f"malformed Stripe event: {exc}") from exc
+        kind = obj.get("object")
+        metadata = obj.get("metadata") or {}
+        reference = str(metadata.get("payment_id") or obj.get("client_reference_id") or "")
+        status: ProviderStatus | None = _EVENT_STATUS.get(event_type)
+        amount = 0
+        reason = ""
+        if kind == "checkout.session":
+            provider_id = str(obj.get("payment_intent") or obj.get("id") or "")
+            amount = int(obj.get("amount_total") or 0)
+            if event_type == "checkout.session.completed":
+                paid = obj.get("payment_status") == "paid"
+                status = ProviderStatus.CAPTURED if paid else ProviderStatus.AUTHORIZED
+        elif kind == "payment_intent":
+            provider_id = str(obj.get("id") or "")
+            if status is ProviderStatus.AUTHORIZED:
+                amount = int(obj.get("amount_capturable") or obj.get("amount") or 0)
+            elif status is ProviderStatus.CAPTURED:
+                amount = int(obj.get("amount_received") or 0)
+            error = obj.get("last_payment_error") or {}
+            reason = str(error.get("code") or error.get("message") or "")
+        elif kind == "charge":
+            provider_id = str(obj.get("payment_intent") or "")
+            if event_type == "charge.refunded":
+                amount = int(obj.get("amount_refunded") or 0)
+                full = amount >= int(obj.get("amount_captured") or 0)
+                status = ProviderStatus.REFUNDED if full else ProviderStatus.PARTIALLY_REFUNDED
+        else:
+            provider_id = str(obj.get("id") or "")
+            status = None
+        return ProviderEvent(
+            event_id=event_id,
+            event_type=event_type,
+            provider_payment_id=provider_id,
+            status=status,
+            amount_minor=amount,
+            failure_reason=reason,
+            created_at=_timestamp(event.get("created")),
+            raw=event,
+            merchant_reference=reference,
+        )

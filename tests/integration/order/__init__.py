@@ -1,0 +1,1 @@
+"""Integration tests of the order service and the sandbox merchant."""

@@ -1,0 +1,175 @@
+"""The main path against real processes: intent → hosted page → signed webhook → AUTHORIZED →
+CAPTURED or VOIDED on command, with the sandbox's ledger proving where the money is."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import pytest
+
+from mppo.common.v1.money_pb2 import Money
+from mppo.payment.v1 import payment_pb2, payment_service_pb2
+from tests.integration.payment.conftest import METADATA, PaymentStack
+from tests.support.sandbox import CARD_CAPTURE_FAILS, CARD_DECLINE
+
+T = TypeVar("T")
+P = payment_pb2
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], ok: Callable[[T], bool], within: float = 15
+) -> T:
+    """Poll ``check`` until ``ok`` holds (bounded); the last value."""
+    deadline = asyncio.get_running_loop().time() + within
+    value = await check()
+    while not ok(value) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+        value = await check()
+    assert ok(value), value
+    return value
+
+
+async def authorized(stack: PaymentStack, amount: int = 1250) -> payment_pb2.Payment:
+    payment = await stack.create(amount)
+    outcome = await stack.sandbox.pay(payment.payment_link)
+    assert outcome["outcome"] == "requires_capture", outcome
+    return await eventually(
+        lambda: stack.get(payment.payment_id), lambda p: p.status == P.PAYMENT_STATUS_AUTHORIZED
+    )
+
+
+async def test_intent_is_idempotent_and_links_to_the_hosted_page(stack: PaymentStack) -> None:
+    first = await stack.create(990, group_id="g-idem-1")
+    again = await stack.create(990, group_id="g-idem-1")
+    assert first.payment_id == again.payment_id
+    assert first.payment_link == again.payment_link
+    assert first.status == P.PAYMENT_STATUS_REQUIRES_ACTION
+    assert first.payment_link.startswith(stack.sandbox.url + "/checkout/cs_test_")
+    assert first.provider == P.PROVIDER_SANDBOX
+    assert first.provider_payment_id.startswith("pi_")
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stack.create(991, group_id="g-idem-1")
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    listed = await stack.stub.ListPayments(
+        payment_service_pb2.ListPaymentsRequest(group_id="g-idem-1"), timeout=10
+    )
+    assert [p.payment_id for p in listed.payments] == [first.payment_id]
+    assert await stack.events_of(first.payment_id) == ["payment.requested"]
+
+
+async def test_concurrent_creates_make_one_payment(stack: PaymentStack) -> None:
+    results = await asyncio.gather(*(stack.create(500, group_id="g-race-1") for _ in range(8)))
+    assert len({p.payment_id for p in results}) == 1
+    rows = await stack.query("SELECT count(*) AS n FROM payments WHERE group_id = 'g-race-1'")
+    assert rows[0]["n"] == 1
+
+
+async def test_authorize_through_page_then_capture(stack: PaymentStack) -> None:
+    payment = await authorized(stack, 2500)
+    ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
+    assert ledger["held"] == 2500
+    assert ledger["kept"] == 0
+    captured = await stack.stub.CapturePayment(
+        payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id),
+        metadata=METADATA,
+        timeout=20,
+    )
+    assert captured.payment.status == P.PAYMENT_STATUS_CAPTURED
+    assert captured.payment.amount_captured.amount_minor == 2500
+    again = await stack.stub.CapturePayment(
+        payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id), timeout=20
+    )
+    assert again.payment.status == P.PAYMENT_STATUS_CAPTURED
+    ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
+    assert ledger["totals"]["capture"] == 2500
+    assert ledger["held"] == 0
+    await eventually(
+        lambda: stack.events_of(payment.payment_id),
+        lambda e: e == ["payment.requested", "payment.succeeded", "payment.captured"],
+    )
+
+
+async def test_authorize_then_void_keeps_no_money(stack: PaymentStack) -> None:
+    payment = await authorized(stack, 700)
+    voided = await stack.stub.VoidPayment(
+        payment_service_pb2.VoidPaymentRequest(payment_id=payment.payment_id, reason="test"),
+        timeout=20,
+    )
+    assert voided.payment.status == P.PAYMENT_STATUS_VOIDED
+    ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
+    assert ledger["held"] == 0
+    assert ledger["kept"] == 0
+    assert ledger["totals"]["release"] == 700
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stack.stub.CapturePayment(
+            payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id), timeout=20
+        )
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_partial_and_full_refunds(stack: PaymentStack) -> None:
+    payment = await authorized(stack, 1000)
+    await stack.stub.CapturePayment(
+        payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id), timeout=20
+    )
+    part = await stack.stub.RefundPayment(
+        payment_service_pb2.RefundPaymentRequest(
+            payment_id=payment.payment_id, amount=Money(amount_minor=300, currency_code="USD")
+        ),
+        metadata=(("idempotency-key", "refund-1"),),
+        timeout=20,
+    )
+    assert part.payment.status == P.PAYMENT_STATUS_PARTIALLY_REFUNDED
+    replay = await stack.stub.RefundPayment(
+        payment_service_pb2.RefundPaymentRequest(
+            payment_id=payment.payment_id, amount=Money(amount_minor=300, currency_code="USD")
+        ),
+        metadata=(("idempotency-key", "refund-1"),),
+        timeout=20,
+    )
+    assert replay.payment.amount_refunded.amount_minor == 300
+    rest = await stack.stub.RefundPayment(
+        payment_service_pb2.RefundPaymentRequest(payment_id=payment.payment_id), timeout=20
+    )
+    assert rest.payment.status == P.PAYMENT_STATUS_REFUNDED
+    assert rest.payment.amount_refunded.amount_minor == 1000
+    ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
+    assert ledger["kept"] == 0
+    assert ledger["totals"]["refund"] == 1000
+
+
+async def test_declined_card_fails_the_payment(stack: PaymentStack) -> None:
+    payment = await stack.create(400)
+    outcome = await stack.sandbox.pay(payment.payment_link, CARD_DECLINE)
+    assert outcome["outcome"] == "declined"
+    failed = await eventually(
+        lambda: stack.get(payment.payment_id), lambda p: p.status == P.PAYMENT_STATUS_FAILED
+    )
+    assert failed.failure_reason == "card_declined"
+    await eventually(
+        lambda: stack.events_of(payment.payment_id),
+        lambda e: e == ["payment.requested", "payment.failed"],
+    )
+
+
+async def test_capture_declined_leaves_the_hold_to_void(stack: PaymentStack) -> None:
+    payment = await stack.create(600)
+    await stack.sandbox.pay(payment.payment_link, CARD_CAPTURE_FAILS)
+    await eventually(
+        lambda: stack.get(payment.payment_id), lambda p: p.status == P.PAYMENT_STATUS_AUTHORIZED
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stack.stub.CapturePayment(
+            payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id), timeout=20
+        )
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await stack.get(payment.payment_id)).status == P.PAYMENT_STATUS_AUTHORIZED
+    await stack.stub.VoidPayment(
+        payment_service_pb2.VoidPaymentRequest(payment_id=payment.payment_id), timeout=20
+    )
+    ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
+    assert ledger["held"] == 0
+    assert ledger["kept"] == 0

@@ -1,0 +1,66 @@
+"""Gateway settings from the environment, and `mppo token` minting a dev token the dev
+configuration accepts."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from gateway.auth import JwksSource, JwtVerifier
+from gateway.config import GatewayConfig
+from mppo.cli import main
+from mppo.devstack.services import DEFAULT_SERVICES
+from mppo.platform.config import ConfigError
+
+
+def test_config_requires_jwks_and_redis() -> None:
+    with pytest.raises(ConfigError, match="MPPO_JWT_JWKS"):
+        GatewayConfig.from_env({"MPPO_REDIS_URL": "redis://x"})
+    with pytest.raises(ConfigError, match="MPPO_JWT_ISSUER"):
+        GatewayConfig.from_env({"MPPO_REDIS_URL": "redis://x", "MPPO_JWT_JWKS": "/k.json"})
+
+
+def test_config_reads_everything(tmp_path: Path) -> None:
+    config = GatewayConfig.from_env(
+        {
+            "MPPO_REDIS_URL": "redis://r:6379",
+            "MPPO_JWT_JWKS": "https://idp/jwks.json",
+            "MPPO_JWT_ISSUER": "https://idp/",
+            "MPPO_JWT_AUDIENCE": "api",
+            "MPPO_GATEWAY_ADDR": "0.0.0.0:9000",
+            "MPPO_PAYMENT_ADDR": "payment:50052",
+            "MPPO_GATEWAY_RATE_LIMIT": "5/10",
+            "MPPO_GATEWAY_CORS_ORIGINS": "https://a.example, https://b.example",
+        }
+    )
+    assert (config.host, config.port) == ("0.0.0.0", 9000)
+    assert config.upstreams["payment"] == "payment:50052"
+    assert config.upstreams["group"] == "127.0.0.1:50051"
+    assert (config.caller_limit.rate, config.caller_limit.burst) == (5.0, 10)
+    assert config.cors_origins == {"https://a.example", "https://b.example"}
+    assert config.max_body == 1 << 20
+
+
+async def test_mppo_token_is_accepted_by_the_dev_configuration(tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert main(["token", "--sub", "dana", "--ttl", "120", "--state-dir", str(tmp_path)], out) == 0
+    token = out.getvalue().strip()
+    config = GatewayConfig.from_env(
+        {"MPPO_REDIS_URL": "redis://x", "MPPO_JWT_JWKS": "dev", "MPPO_STATE_DIR": str(tmp_path)}
+    )
+    assert Path(config.jwks) == tmp_path / "jwt" / "jwks.json"
+    verifier = JwtVerifier(JwksSource(config.jwks), config.issuer, config.audience)
+    identity = await verifier.verify(f"Bearer {token}")
+    assert identity.user_id == "dana"
+    assert identity.claims["exp"] - identity.claims["iat"] == 120
+
+
+def test_dev_up_runs_the_gateway_with_dev_keys() -> None:
+    (gateway,) = [s for s in DEFAULT_SERVICES if s.name == "gateway"]
+    assert gateway.port == 8080
+    assert gateway.readiness == "http"
+    assert gateway.health_path == "/healthz"
+    assert gateway.env["MPPO_JWT_JWKS"] == "dev"
+    assert gateway.argv()[1:] == ["-m", "gateway"]

@@ -1,0 +1,109 @@
+"""gRPC status -> HTTP mapping and JSON bodies; the OpenAPI document from the annotations."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from google.rpc import code_pb2
+
+from gateway.descriptors import Catalog
+from gateway.errors import http_status, make_status, status_json
+from gateway.openapi import build_openapi
+from gateway.routing import Router
+from gateway.table import rest_table
+
+
+@pytest.mark.parametrize(
+    ("code", "http"),
+    [
+        (code_pb2.OK, 200),
+        (code_pb2.CANCELLED, 499),
+        (code_pb2.INVALID_ARGUMENT, 400),
+        (code_pb2.FAILED_PRECONDITION, 400),
+        (code_pb2.OUT_OF_RANGE, 400),
+        (code_pb2.UNAUTHENTICATED, 401),
+        (code_pb2.PERMISSION_DENIED, 403),
+        (code_pb2.NOT_FOUND, 404),
+        (code_pb2.ALREADY_EXISTS, 409),
+        (code_pb2.ABORTED, 409),
+        (code_pb2.RESOURCE_EXHAUSTED, 429),
+        (code_pb2.UNKNOWN, 500),
+        (code_pb2.INTERNAL, 500),
+        (code_pb2.DATA_LOSS, 500),
+        (code_pb2.UNIMPLEMENTED, 501),
+        (code_pb2.UNAVAILABLE, 503),
+        (code_pb2.DEADLINE_EXCEEDED, 504),
+    ],
+)
+def test_grpc_code_to_http(code: int, http: int) -> None:
+    assert http_status(code) == http
+
+
+def test_status_body_has_typed_details() -> None:
+    status = make_status(
+        code_pb2.INVALID_ARGUMENT,
+        "bad",
+        field_violations=[("items[0].quantity", "must be positive")],
+        reason="INVALID",
+    )
+    body = json.loads(status_json(status))
+    assert body["code"] == 3
+    assert body["message"] == "bad"
+    types = [d["@type"] for d in body["details"]]
+    assert types == [
+        "type.googleapis.com/google.rpc.ErrorInfo",
+        "type.googleapis.com/google.rpc.BadRequest",
+    ]
+    assert body["details"][1]["fieldViolations"][0]["field"] == "items[0].quantity"
+
+
+def _refs(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        for value in node.values():
+            found |= _refs(value)
+        return found
+    if isinstance(node, list):
+        return set().union(*(_refs(v) for v in node)) if node else set()
+    return set()
+
+
+@pytest.mark.parametrize("which", ["mppo", "library"])
+def test_openapi_covers_public_bindings_and_resolves(
+    which: str, mppo: Catalog, library: Catalog
+) -> None:
+    catalog = mppo if which == "mppo" else library
+    public = [r.binding for r in Router(catalog.bindings).routes]
+    doc = build_openapi(catalog, public)
+    assert doc["openapi"].startswith("3.1")
+    ops = {
+        (verb.upper(), path): op for path, item in doc["paths"].items() for verb, op in item.items()
+    }
+    methods = {op["x-grpc-method"] for op in ops.values()}
+    expected = {c.grpc_path for c in rest_table(catalog) if not c.internal}
+    assert methods == expected
+    assert len({op["operationId"] for op in ops.values()}) == len(ops)
+    for ref in _refs(doc):
+        name = ref.removeprefix("#/components/schemas/")
+        assert name in doc["components"]["schemas"], ref
+    if which == "mppo":
+        assert ("POST", "/order") not in ops, "internal route leaked into OpenAPI"
+        webhook = ops[("POST", "/payments/webhook/{provider}")]
+        assert webhook["security"] == []
+        assert "*/*" in webhook["requestBody"]["content"]
+        create = ops[("POST", "/group")]
+        assert create["summary"].startswith("Creates a group order")
+    else:
+        search = ops[("GET", "/v1/shelves/{shelf}/books:search")]
+        names = {p["name"] for p in search["parameters"]}
+        assert {"shelf", "words", "filter.genres", "filter.max_price_minor", "after"} <= names
+        book = doc["components"]["schemas"]["test.library.v1.Book"]
+        assert book["description"] == "A book."
+        assert book["properties"]["priceMinor"]["type"] == ["string", "integer"]
+        assert book["properties"]["published"]["format"] == "date-time"
+        update = ops[("PATCH", "/v1/{book.name}")]
+        assert update["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/test.library.v1.Book"
+        }

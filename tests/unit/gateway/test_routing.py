@@ -1,0 +1,92 @@
+"""Path templates and the router: variables, nested fields, wildcards, verbs, 404 and 405."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.descriptors import Catalog
+from gateway.routing import (
+    MethodNotAllowedError,
+    RouteNotFoundError,
+    Router,
+    TemplateError,
+    compile_template,
+)
+from gateway.table import rest_table, sample_path
+
+
+def test_single_segment_variable_is_fully_decoded() -> None:
+    template = compile_template("/group/{group_id}/members/{member_id}")
+    assert template.match("/group/g%2F1/members/m%20x") == {"group_id": "g/1", "member_id": "m x"}
+    assert template.match("/group/g1/members") is None
+    assert template.match("/group/g1/members/m1/extra") is None
+
+
+def test_multi_segment_variable_keeps_encoded_slashes() -> None:
+    template = compile_template("/v1/{name=shelves/*/books/*}")
+    assert template.match("/v1/shelves/s1/books/b%2F2") == {"name": "shelves/s1/books/b%2F2"}
+    assert template.match("/v1/shelves/s1/books") is None
+    assert template.match("/v1/racks/s1/books/b1") is None
+
+
+def test_nested_field_path_and_deep_wildcard_and_verb() -> None:
+    nested = compile_template("/v1/{book.name=shelves/*}")
+    assert nested.match("/v1/shelves/s1") == {"book.name": "shelves/s1"}
+    deep = compile_template("/files/{path=**}")
+    assert deep.match("/files/a/b/c") == {"path": "a/b/c"}
+    verb = compile_template("/v1/shelves/{shelf}/books:search")
+    assert verb.match("/v1/shelves/s1/books:search") == {"shelf": "s1"}
+    assert verb.match("/v1/shelves/s1/books") is None
+
+
+@pytest.mark.parametrize(
+    "template", ["group", "/group/{", "/group/{1bad}", "/a/{x}/{x}", "/a//b", "/a/{x=b=c}"]
+)
+def test_bad_templates_are_rejected(template: str) -> None:
+    with pytest.raises(TemplateError):
+        compile_template(template)
+
+
+def test_most_literal_template_wins(mppo: Catalog) -> None:
+    router = Router(mppo.bindings)
+    match = router.match("GET", "/order/by-group/g1")
+    assert match.route.binding.full_method == "mppo.order.v1.OrderService.GetOrderByGroup"
+    assert match.variables == {"group_id": "g1"}
+    assert router.match("GET", "/order/o1").route.binding.method.name == "GetOrder"
+
+
+def test_unknown_path_and_wrong_method(library: Catalog) -> None:
+    router = Router(library.bindings)
+    with pytest.raises(RouteNotFoundError):
+        router.match("GET", "/v2/nothing")
+    with pytest.raises(MethodNotAllowedError) as info:
+        router.match("DELETE", "/v1/shelves/s/books/b")
+    assert info.value.allowed == ["GET", "PATCH"]
+    assert router.allowed_methods("/v1/shelves/s/books/b") == ["GET", "PATCH"]
+
+
+def test_additional_bindings_route_to_the_same_rpc(library: Catalog) -> None:
+    router = Router(library.bindings)
+    a = router.match("GET", "/v1/shelves/s1/books/b1")
+    b = router.match("GET", "/v1/books/b1")
+    assert a.route.binding.grpc_path == b.route.binding.grpc_path
+    assert a.route.binding.grpc_path == "/test.library.v1.LibraryService/GetBook"
+    assert b.variables == {"name": "b1"}
+
+
+def test_internal_rest_bindings_are_not_routed(mppo: Catalog) -> None:
+    router = Router(mppo.bindings)
+    internal = [c for c in rest_table(mppo) if c.internal]
+    assert [c.grpc_path for c in internal] == ["/mppo.order.v1.OrderService/CreateOrder"]
+    with pytest.raises(RouteNotFoundError):
+        router.match("POST", "/order")
+
+
+def test_every_sample_path_routes_to_its_own_rpc(library: Catalog, mppo: Catalog) -> None:
+    for catalog in (library, mppo):
+        router = Router(catalog.bindings)
+        for case in rest_table(catalog):
+            if not case.internal:
+                found = router.match(case.verb, case.path).route.binding
+                assert found.grpc_path == case.grpc_path, case.template
+    assert sample_path("/v1/{name=shelves/*/books/*}:get") == "/v1/shelves/x1/books/x1:get"

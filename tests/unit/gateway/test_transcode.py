@@ -1,0 +1,138 @@
+"""REST -> protobuf request and protobuf -> JSON, per the proto3 JSON mapping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.descriptors import Catalog
+from gateway.routing import Router
+from gateway.transcode import BadRequestError, Transcoder
+
+
+def _request(
+    catalog: Catalog,
+    verb: str,
+    path: str,
+    query: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    ctype: str = "application/json",
+) -> object:
+    match = Router(catalog.bindings).match(verb, path)
+    return Transcoder(catalog).request(
+        match.route.binding, match.variables, query or [], body, ctype
+    )
+
+
+def test_named_body_field_with_nested_path_variable(library: Catalog) -> None:
+    msg = _request(
+        library,
+        "PATCH",
+        "/v1/shelves/s1/books/b1",
+        query=[("validateOnly", "true")],
+        body=b'{"name": "ignored", "title": "Dune", "priceMinor": "1999", '
+        b'"genre": "GENRE_FICTION"}',
+    )
+    assert str(msg.book.name) == "shelves/s1/books/b1"  # type: ignore[attr-defined]
+    assert msg.book.title == "Dune"  # type: ignore[attr-defined]
+    assert msg.book.price_minor == 1999  # type: ignore[attr-defined]
+    assert msg.book.genre == 1  # type: ignore[attr-defined]
+    assert msg.validate_only is True  # type: ignore[attr-defined]
+
+
+def test_query_parameters_repeated_nested_enum_int64_timestamp(library: Catalog) -> None:
+    msg = _request(
+        library,
+        "GET",
+        "/v1/shelves/s1/books:search",
+        query=[
+            ("words", "a"),
+            ("words", "b"),
+            ("filter.genres", "GENRE_POETRY"),
+            ("filter.genres", "1"),
+            ("filter.max_price_minor", "9007199254740993"),
+            ("after", "2024-01-02T03:04:05Z"),
+        ],
+    )
+    assert list(msg.words) == ["a", "b"]  # type: ignore[attr-defined]
+    assert list(msg.filter.genres) == [2, 1]  # type: ignore[attr-defined]
+    assert msg.filter.max_price_minor == 9007199254740993  # type: ignore[attr-defined]
+    assert msg.after.seconds == 1704164645  # type: ignore[attr-defined]
+    assert msg.shelf == "s1"  # type: ignore[attr-defined]
+
+
+def test_body_star_accepts_int64_as_number_or_string_and_path_wins(library: Catalog) -> None:
+    for price in (b"12", b'"12"'):
+        msg = _request(
+            library,
+            "POST",
+            "/v1/shelves/s1/books",
+            body=b'{"shelf": "other", "book": {"priceMinor": ' + price + b"}}",
+        )
+        assert msg.book.price_minor == 12  # type: ignore[attr-defined]
+        assert msg.shelf == "s1"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"book": {"priceMinor": "twelve"}}', "book.priceMinor"),
+        (b'{"book": {"title": 5}}', "book.title"),
+        (b'{"book": {"genre": "GENRE_NOPE"}}', "book.genre"),
+        (b'{"book": {"colour": "red"}}', "book.colour"),
+        (b'{"book": ', "body"),
+        (b"[1, 2]", "body"),
+    ],
+)
+def test_bad_json_names_the_field(library: Catalog, body: bytes, field: str) -> None:
+    with pytest.raises(BadRequestError) as info:
+        _request(library, "POST", "/v1/shelves/s1/books", body=body)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ([("nope", "1")], "nope"),
+        ([("filter", "x")], "filter"),
+        ([("filter.max_price_minor", "cheap")], "filter.max_price_minor"),
+    ],
+)
+def test_bad_query_names_the_parameter(
+    library: Catalog, query: list[tuple[str, str]], field: str
+) -> None:
+    with pytest.raises(BadRequestError) as info:
+        _request(library, "GET", "/v1/shelves/s1/books:search", query=query)
+    assert info.value.field == field
+
+
+def test_body_star_refuses_query_parameters(library: Catalog) -> None:
+    with pytest.raises(BadRequestError) as info:
+        _request(library, "POST", "/v1/shelves/s1/books", query=[("shelf", "x")], body=b"{}")
+    assert info.value.field == "shelf"
+
+
+def test_http_body_takes_raw_bytes_and_content_type(mppo: Catalog) -> None:
+    raw = b'{"id": "evt_1",  "amount": 1.50}\n'
+    msg = _request(
+        mppo, "POST", "/payments/webhook/stripe", body=raw, ctype="application/json; charset=utf-8"
+    )
+    assert msg.provider == "stripe"  # type: ignore[attr-defined]
+    assert msg.body.data == raw  # type: ignore[attr-defined]
+    assert msg.body.content_type == "application/json; charset=utf-8"  # type: ignore[attr-defined]
+
+
+def test_response_json_prints_defaults_and_int64_as_string(library: Catalog) -> None:
+    binding = Router(library.bindings).match("GET", "/v1/books/b1").route.binding
+    book_cls = library.message_class(binding.method.output_type)
+    book = book_cls(name="b1", price_minor=2**53 + 1)
+    payload, ctype = Transcoder(library).response(binding, book)
+    assert ctype == "application/json"
+    data = json.loads(payload)
+    assert data == {
+        "name": "b1",
+        "title": "",
+        "priceMinor": str(2**53 + 1),
+        "genre": "GENRE_UNSPECIFIED",
+    }
