@@ -26,9 +26,15 @@ $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $@
 
-install: $(VENV)/.installed $(BUF) ## create .venv and install Python and Node tooling
+CHROMIUM := /usr/bin/chromium
 
-run: install ## run the whole system in the foreground (Ctrl-C stops it)
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "need Debian's chromium at $(CHROMIUM) for browser tests"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+install: $(VENV)/.installed $(BUF) $(CHROMIUM) ## create .venv, install Python and Node tooling and chromium
+
+run: $(VENV)/.installed ## run the whole system in the foreground (Ctrl-C stops it)
 	$(VENV)/bin/mppo dev up
 
 gen: install ## regenerate Python stubs and the descriptor set from proto/
