@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mppo.platform.config import ConfigError, ServiceConfig
+from mppo.platform.config import ConfigError, ServiceConfig, service_addr
 from payment_svc.sandbox.config import DEFAULT_ADDR as SANDBOX_DEFAULT_ADDR
 from payment_svc.sandbox.config import DEV_API_KEY, DEV_WEBHOOK_SECRET
 
@@ -89,7 +89,7 @@ class PaymentSettings:
             ),
             stripe=stripe,
             return_url=source.get("MPPO_PAYMENT_RETURN_URL", "").strip()
-            or "http://127.0.0.1:8080/payments/return",
+            or f"http://{service_addr(source, 'gateway')}/payments/return",
             provider_timeout=number("MPPO_PAYMENT_PROVIDER_TIMEOUT", 10.0),
             retry_attempts=int(number("MPPO_PAYMENT_RETRY_ATTEMPTS", 4)),
             retry_backoff=number("MPPO_PAYMENT_RETRY_BACKOFF", 0.2),

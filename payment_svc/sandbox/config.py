@@ -14,6 +14,14 @@ DEFAULT_ADDR = "127.0.0.1:8090"
 DEV_API_KEY = "sk_test_mppo_sandbox"
 DEV_WEBHOOK_SECRET = "whsec_mppo_sandbox_dev_only"
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8080/payments/webhook/sandbox"
+WEBHOOK_PATH = "/payments/webhook/sandbox"
+
+
+def default_webhook_url(env: Mapping[str, str]) -> str:
+    """The gateway's webhook endpoint: ``http://$MPPO_GATEWAY_ADDR/payments/webhook/sandbox``
+    (``mppo dev up`` announces the gateway's address to every process), else the default."""
+    gateway = env.get("MPPO_GATEWAY_ADDR", "").strip()
+    return f"http://{gateway}{WEBHOOK_PATH}" if gateway else DEFAULT_WEBHOOK_URL
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,8 @@ class SandboxConfig:
             api_key=source.get("MPPO_SANDBOX_API_KEY", "").strip() or DEV_API_KEY,
             webhook_secret=source.get("MPPO_SANDBOX_WEBHOOK_SECRET", "").strip()
             or DEV_WEBHOOK_SECRET,
-            webhook_url=source.get("MPPO_SANDBOX_WEBHOOK_URL", "").strip() or DEFAULT_WEBHOOK_URL,
+            webhook_url=source.get("MPPO_SANDBOX_WEBHOOK_URL", "").strip()
+            or default_webhook_url(source),
             state_file=Path(state) if state and state != ":memory:" else None,
             webhook_attempts=int(source.get("MPPO_SANDBOX_WEBHOOK_ATTEMPTS", "8")),
             webhook_backoff=float(source.get("MPPO_SANDBOX_WEBHOOK_BACKOFF", "0.5")),
