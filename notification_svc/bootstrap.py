@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 
 from mppo.notification.v1 import notification_service_pb2, notification_service_pb2_grpc
+from mppo.platform.config import service_addr
 from mppo.platform.db import create_sessionmaker
+from mppo.platform.membership import GroupAccess
 from mppo.platform.runtime import Infra, ServiceSpec, Worker
 from notification_svc.adapters.contacts import GrpcContactDirectory
 from notification_svc.adapters.mailer import SmtpMailer
@@ -32,7 +35,11 @@ def _config(infra: Infra) -> NotificationConfig:
 def register(server: grpc.aio.Server, infra: Infra) -> None:
     """Add the notification service's servicers to `server`."""
     notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
-        NotificationServiceServicer(create_sessionmaker(infra.engine)), server
+        NotificationServiceServicer(
+            create_sessionmaker(infra.engine),
+            GroupAccess(service_addr(os.environ, "group"), "notification"),
+        ),
+        server,
     )
 
 

@@ -8,6 +8,7 @@ payment gateway, Redis aids, saga and runner — and `workers()` returns the run
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,10 @@ from pathlib import Path
 import grpc
 
 from mppo.order.v1 import order_service_pb2, order_service_pb2_grpc
+from mppo.platform.config import service_addr
 from mppo.platform.db import create_sessionmaker
 from mppo.platform.inbox import EventConsumer
+from mppo.platform.membership import GroupAccess
 from mppo.platform.runtime import Infra, ServiceSpec, Worker
 from order_svc.adapters.merchant_http import (
     HttpMerchantClient,
@@ -93,7 +96,12 @@ def build_app(infra: Infra) -> OrderApp:
         handler=group_finalized_handler(runner.wake),
         prefix=prefix,
     )
-    servicer = OrderServiceServicer(sessions, OrderQueries(sessions, cache), runner.wake)
+    servicer = OrderServiceServicer(
+        sessions,
+        OrderQueries(sessions, cache),
+        runner.wake,
+        GroupAccess(service_addr(os.environ, "group"), "order"),
+    )
     return OrderApp(servicer=servicer, workers=[runner, consumer, _Closer(merchants, payments)])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,9 @@ from pathlib import Path
 import grpc
 
 from mppo.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
+from mppo.platform.config import service_addr
 from mppo.platform.db import create_sessionmaker
+from mppo.platform.membership import GroupAccess
 from mppo.platform.runtime import Infra, ServiceSpec, Worker
 from payment_svc.adapters.cache import IntentCache
 from payment_svc.adapters.providers.registry import build_providers, close_providers
@@ -55,7 +58,11 @@ def container(infra: Infra) -> Container:
 def register(server: grpc.aio.Server, infra: Infra) -> None:
     """Add the payment service's servicers to ``server``."""
     payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(
-        PaymentServiceServicer(container(infra).service), server
+        PaymentServiceServicer(
+            container(infra).service,
+            GroupAccess(service_addr(os.environ, "group"), "payment"),
+        ),
+        server,
     )
 
 

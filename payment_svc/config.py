@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mppo.platform.config import ConfigError, ServiceConfig, service_addr
+from mppo.platform.config import ConfigError, ServiceConfig
 from payment_svc.sandbox.config import DEFAULT_ADDR as SANDBOX_DEFAULT_ADDR
 from payment_svc.sandbox.config import DEV_API_KEY, DEV_WEBHOOK_SECRET
 
@@ -88,8 +88,9 @@ class PaymentSettings:
                 f"http://{sandbox_addr}",
             ),
             stripe=stripe,
-            return_url=source.get("MPPO_PAYMENT_RETURN_URL", "").strip()
-            or f"http://{service_addr(source, 'gateway')}/payments/return",
+            # where the hosted page's "Continue" goes: the client app's page. Unset, the
+            # sandbox page simply ends on its result (real Stripe requires it to be set).
+            return_url=source.get("MPPO_PAYMENT_RETURN_URL", "").strip(),
             provider_timeout=number("MPPO_PAYMENT_PROVIDER_TIMEOUT", 10.0),
             retry_attempts=int(number("MPPO_PAYMENT_RETRY_ATTEMPTS", 4)),
             retry_backoff=number("MPPO_PAYMENT_RETRY_BACKOFF", 0.2),

@@ -11,7 +11,7 @@ A round:
    the host and a new intent is requested for the host (`group.host_fallback` once it exists).
 2. fallbacks whose host intent is still missing (payment service was down): retried.
 3. reminders — once per group, `group.reminder_due` for each unpaid member when the deadline
-   is within MPPO_GROUP_REMINDER_LEAD_SECONDS.
+   is within MPPO_GROUP_REMINDER_LEAD_SECONDS and half of the payment window has passed.
 4. payments to release (late / superseded / surplus): VoidPayment, or RefundPayment when the
    provider captured already.
 """
@@ -154,6 +154,11 @@ class ExpiryScheduler:
                             group_orders.c.fallback_at.is_(None),
                             group_orders.c.deadline <= now + deps.settings.reminder_lead,
                             group_orders.c.deadline > now,
+                            # never right after the invitation: not before half of the
+                            # payment window has passed (short deadlines)
+                            group_orders.c.frozen_at
+                            + (group_orders.c.deadline - group_orders.c.frozen_at) / 2
+                            <= now,
                         )
                         .limit(BATCH)
                         .with_for_update(skip_locked=True)

@@ -6,7 +6,6 @@ identity. Calls between our services identify themselves with `x-mppo-service`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +29,14 @@ class Caller:
         return f"user:{self.user_id}" if self.user_id else f"service:{self.service}"
 
 
-def _value(metadata: Sequence[tuple[str, Any]] | None, name: str) -> str:
+def _value(metadata: Any, name: str) -> str:
     for key, value in metadata or ():
         if key.lower() == name and isinstance(value, str):
             return value.strip()
     return ""
 
 
-def caller_from(metadata: Sequence[tuple[str, Any]] | None) -> Caller:
+def caller_from(metadata: Any) -> Caller:
     """The caller named in `metadata`; UnauthenticatedError when there is none."""
     user_id, service = _value(metadata, USER_ID_KEY), _value(metadata, SERVICE_KEY)
     if not user_id and not service:

@@ -1,7 +1,9 @@
 """The NotificationService gRPC servicer: thin, proto in, query out, proto back.
 
 ``ListNotifications`` needs a caller identity (a user via the gateway, or one of our
-services); it returns ids, kinds, channels and delivery states only, never addresses.
+services): the host of a group sees all of its notifications, a member only their own,
+anyone else none (the group service decides who is who). It returns ids, kinds, channels and
+delivery states only, never addresses.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from mppo.notification.v1 import notification_service_pb2 as pb
 from mppo.notification.v1 import notification_service_pb2_grpc
 from mppo.platform.errors import FieldViolation, InvalidArgumentError, grpc_errors
 from mppo.platform.identity import caller_from
+from mppo.platform.membership import GroupAccess
 from notification_svc.adapters import repository
 from notification_svc.adapters.mailer import message_id
 from notification_svc.adapters.repository import NotificationRow
@@ -65,19 +68,21 @@ def to_proto(row: NotificationRow) -> pb.Notification:
 class NotificationServiceServicer(notification_service_pb2_grpc.NotificationServiceServicer):
     """Serves mppo.notification.v1.NotificationService."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], access: GroupAccess) -> None:
         self._sessions = sessions
+        self._access = access
 
     @grpc_errors
     async def ListNotifications(  # noqa: N802 (gRPC method name)
         self, request: pb.ListNotificationsRequest, context: Context
     ) -> pb.ListNotificationsResponse:
         """A group's notifications, oldest first, optionally by member, kind and channel."""
-        caller_from(tuple(context.invocation_metadata() or ()))
+        caller = caller_from(context.invocation_metadata())
         if not request.group_id:
             raise InvalidArgumentError(
                 "group_id is required", [FieldViolation("group_id", "required")]
             )
+        view = await self._access.view(caller, request.group_id)
         kind = next((k for k, v in _KINDS.items() if v == request.kind), None)
         channel = next((c for c, v in _CHANNELS.items() if v == request.channel), None)
         async with self._sessions() as session:
@@ -88,4 +93,6 @@ class NotificationServiceServicer(notification_service_pb2_grpc.NotificationServ
                 kind=kind,
                 channel=channel,
             )
-        return pb.ListNotificationsResponse(notifications=[to_proto(r) for r in rows])
+        return pb.ListNotificationsResponse(
+            notifications=[to_proto(r) for r in rows if view.may_see_member(r.member_id)]
+        )

@@ -22,6 +22,7 @@ from mppo.platform.errors import (
     grpc_errors,
 )
 from mppo.platform.identity import caller_from
+from mppo.platform.membership import GroupAccess
 from order_svc.domain.validator import check_consistency
 from order_svc.service_layer.messages import new_order
 from order_svc.service_layer.orders import OrderQueries, create_order
@@ -77,10 +78,12 @@ class OrderServiceServicer(order_service_pb2_grpc.OrderServiceServicer):
         sessions: async_sessionmaker[AsyncSession],
         queries: OrderQueries,
         wake: Callable[[], None],
+        access: GroupAccess,
     ) -> None:
         self._sessions = sessions
         self._queries = queries
         self._wake = wake
+        self._access = access
 
     @grpc_errors
     async def CreateOrder(  # noqa: N802 (gRPC method name)
@@ -112,23 +115,26 @@ class OrderServiceServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: order_service_pb2.GetOrderRequest, context: Context
     ) -> order_service_pb2.GetOrderResponse:
         """One order with its steps."""
-        caller_from(_metadata(context))
+        caller = caller_from(_metadata(context))
         if not request.order_id:
             raise InvalidArgumentError(
                 "order_id required", [FieldViolation("order_id", "required")]
             )
-        return order_service_pb2.GetOrderResponse(order=await self._queries.get(request.order_id))
+        order = await self._queries.get(request.order_id)
+        await self._access.view(caller, order.group_id)  # members of the group only
+        return order_service_pb2.GetOrderResponse(order=order)
 
     @grpc_errors
     async def GetOrderByGroup(  # noqa: N802
         self, request: order_service_pb2.GetOrderByGroupRequest, context: Context
     ) -> order_service_pb2.GetOrderByGroupResponse:
         """The group's order."""
-        caller_from(_metadata(context))
+        caller = caller_from(_metadata(context))
         if not request.group_id:
             raise InvalidArgumentError(
                 "group_id required", [FieldViolation("group_id", "required")]
             )
+        await self._access.view(caller, request.group_id)  # members of the group only
         return order_service_pb2.GetOrderByGroupResponse(
             order=await self._queries.get_by_group(request.group_id)
         )

@@ -8,9 +8,16 @@ import grpc
 
 from mppo.payment.v1 import payment_service_pb2 as pb
 from mppo.payment.v1 import payment_service_pb2_grpc
-from mppo.platform.errors import FieldViolation, InvalidArgumentError, grpc_errors
+from mppo.platform.errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    grpc_errors,
+)
 from mppo.platform.idempotency import METADATA_KEY
-from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY
+from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY, caller_from
+from mppo.platform.membership import GroupAccess
 from payment_svc.service_layer.messages import PROVIDER_NAME, to_proto
 from payment_svc.service_layer.payments import NewIntent, PaymentService
 
@@ -95,14 +102,18 @@ def _amount(request: pb.CapturePaymentRequest | pb.RefundPaymentRequest) -> int 
 class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
     """Serves mppo.payment.v1.PaymentService."""
 
-    def __init__(self, service: PaymentService) -> None:
+    def __init__(self, service: PaymentService, access: GroupAccess) -> None:
         self._service = service
+        self._access = access
 
     @grpc_errors
     async def CreatePaymentIntent(  # noqa: N802
         self, request: pb.CreatePaymentIntentRequest, context: Context
     ) -> pb.CreatePaymentIntentResponse:
-        """Create (or replay) the payment of one member attempt."""
+        """Create (or replay) the payment of one member attempt (our services only: members
+        get their intents through the group service, which owns the shares)."""
+        if not caller_from(context.invocation_metadata()).service:
+            raise PermissionDeniedError("payment intents are created by the group service")
         intent = _validated_intent(request, self._service.settings.default_provider)
         payment = await self._service.create_intent(intent)
         return pb.CreatePaymentIntentResponse(payment=to_proto(payment))
@@ -112,7 +123,11 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: pb.GetPaymentRequest, context: Context
     ) -> pb.GetPaymentResponse:
         """One payment."""
+        caller = caller_from(context.invocation_metadata())
         payment = await self._service.get(_payment_id(request.payment_id))
+        view = await self._access.view(caller, payment.group_id)
+        if not view.may_see_member(payment.member_id):
+            raise NotFoundError("payment not found")
         return pb.GetPaymentResponse(payment=to_proto(payment))
 
     @grpc_errors
@@ -124,8 +139,12 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
             raise InvalidArgumentError(
                 "group_id is required", [FieldViolation("group_id", "required")]
             )
+        caller = caller_from(context.invocation_metadata())
+        view = await self._access.view(caller, request.group_id)
         found = await self._service.list_group(request.group_id)
-        return pb.ListPaymentsResponse(payments=[to_proto(p) for p in found])
+        return pb.ListPaymentsResponse(
+            payments=[to_proto(p) for p in found if view.may_see_member(p.member_id)]
+        )
 
     @grpc_errors
     async def HandleWebhook(  # noqa: N802

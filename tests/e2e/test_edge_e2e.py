@@ -145,41 +145,54 @@ async def test_people_only_reach_their_own_groups(api: Api) -> None:
     await api.call("POST", f"{path}/cancel", order.host.user, {})
 
 
-async def test_a_payment_made_outside_the_group_does_not_count(api: Api) -> None:
-    """``POST /payments/intents`` is a public REST path: a member can make an intent of their
-    own (here for one cent) and pay it, but the group pays no attention to a payment it did
-    not ask for and the payment service releases its hold."""
-    guest = Person.new("Gus")
-    order = GroupOrder(api, Person.new("Hana"), [guest])
+async def test_payments_orders_and_notifications_follow_group_membership(api: Api) -> None:
+    """The payment, order and notification services ask the group service who may see what:
+    a stranger sees nothing of a group, a member only their own payments and notifications,
+    the host everything; nobody but our services may create a payment intent."""
+    guest, other, stranger = Person.new("Gus"), Person.new("Olga"), Person.new("Stan")
+    order = GroupOrder(api, Person.new("Hana"), [guest, other])
     await order.create(create_body(order.host, cart((PIZZA, 1))))
     await order.open()
-    own = await api.call(
+    gid = order.group_id
+
+    everything = await api.payments(gid, order.host.user)
+    assert len(everything) == 3
+    mine = await api.payments(gid, guest.user)
+    assert [p["memberId"] for p in mine] == [order.member_ids[guest.user]]
+    theirs = next(p for p in everything if p["memberId"] == order.member_ids[other.user])
+    assert (await api.call("GET", f"/payments/{theirs['paymentId']}", guest.user)).status == 404
+    own = await api.call("GET", f"/payments/{mine[0]['paymentId']}", guest.user)
+    assert own.ok()["payment"]["paymentLink"] == mine[0]["paymentLink"]
+
+    for path, params in (
+        ("/payments", {"group_id": gid}),
+        ("/notifications", {"group_id": gid}),
+        (f"/order/by-group/{gid}", None),
+        (f"/payments/{theirs['paymentId']}", None),
+    ):
+        reply = await api.call("GET", path, stranger.user, params=params)
+        assert reply.status == 404, (path, reply)
+
+    await eventually(
+        lambda: api.notifications(gid, order.host.user),
+        lambda found: len(found) >= 3,
+        what="an invitation per member",
+    )
+    guest_notes = await api.notifications(gid, guest.user)
+    assert guest_notes
+    assert {n["memberId"] for n in guest_notes} == {order.member_ids[guest.user]}
+
+    sneaky = await api.call(
         "POST",
         "/payments/intents",
         guest.user,
         {
-            "groupId": order.group_id,
+            "groupId": gid,
             "memberId": order.member_ids[guest.user],
             "attempt": 2,
             "amount": {"amountMinor": "1", "currencyCode": "USD"},
         },
     )
-    sneaky = own.ok()["payment"]
-    outcome = await api.pay(sneaky["paymentLink"])
-    assert outcome["outcome"] == "requires_capture", outcome
-    voided = await eventually(
-        lambda: payment_status(order, sneaky["paymentId"]),
-        lambda status: status == "PAYMENT_STATUS_VOIDED",
-        what="the unasked-for payment voided",
-    )
-    assert voided == "PAYMENT_STATUS_VOIDED"
-    ledger = await order.ledger()
-    assert ledger["held"] == 0, ledger
-    assert ledger["kept"] == 0, ledger
-    group = await order.get()
-    member = order.member(group, guest)
-    assert member["status"] == "MEMBER_STATUS_AWAITING_PAYMENT"
-    assert member["amountPaid"]["amountMinor"] == "0"
-    assert member["attempt"] == 1
-    assert group["amountSecured"]["amountMinor"] == "0"
-    await api.call("POST", f"/group/{order.group_id}/cancel", order.host.user, {})
+    assert sneaky.status == 403, sneaky
+    assert len(await api.payments(gid, order.host.user)) == 3  # nothing was created
+    await api.call("POST", f"/group/{gid}/cancel", order.host.user, {})

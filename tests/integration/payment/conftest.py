@@ -58,7 +58,9 @@ class PaymentStack:
     async def get(self, payment_id: str) -> payment_pb2.Payment:
         """The payment now."""
         reply = await self.stub.GetPayment(
-            payment_service_pb2.GetPaymentRequest(payment_id=payment_id), timeout=10
+            payment_service_pb2.GetPaymentRequest(payment_id=payment_id),
+            metadata=METADATA,
+            timeout=10,
         )
         return reply.payment
 

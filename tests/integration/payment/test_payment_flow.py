@@ -54,7 +54,9 @@ async def test_intent_is_idempotent_and_links_to_the_hosted_page(stack: PaymentS
         await stack.create(991, group_id="g-idem-1")
     assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     listed = await stack.stub.ListPayments(
-        payment_service_pb2.ListPaymentsRequest(group_id="g-idem-1"), timeout=10
+        payment_service_pb2.ListPaymentsRequest(group_id="g-idem-1"),
+        metadata=METADATA,
+        timeout=10,
     )
     assert [p.payment_id for p in listed.payments] == [first.payment_id]
     assert await stack.events_of(first.payment_id) == ["payment.requested"]

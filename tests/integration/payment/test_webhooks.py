@@ -235,7 +235,9 @@ async def test_group_cancelled_voids_every_hold_and_refunds_captures(
 
     async def statuses() -> dict[str, int]:
         listed = await stack.stub.ListPayments(
-            payment_service_pb2.ListPaymentsRequest(group_id=group), timeout=10
+            payment_service_pb2.ListPaymentsRequest(group_id=group),
+            metadata=METADATA,
+            timeout=10,
         )
         return {p.member_id: p.status for p in listed.payments}
 

@@ -1,6 +1,7 @@
 """The sandbox provider and the payment service find the gateway where ``mppo dev up`` put it:
-webhooks and the hosted page's return link follow ``MPPO_GATEWAY_ADDR`` (announced to every
-process), not a fixed 127.0.0.1:8080; an explicit URL still wins."""
+webhooks follow ``MPPO_GATEWAY_ADDR`` (announced to every process), not a fixed
+127.0.0.1:8080; an explicit URL still wins. The hosted page's return link is the client app's
+page, so there is none unless configured (no link into a JSON API the payer can't use)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def test_sandbox_webhook_url_defaults_and_overrides() -> None:
     assert explicit.webhook_url == "http://h:1/x"
 
 
-def test_payment_return_url_follows_the_gateway() -> None:
-    settings = PaymentSettings.from_env({"MPPO_GATEWAY_ADDR": "127.0.0.1:41234"})
-    assert settings.return_url == "http://127.0.0.1:41234/payments/return"
-    assert PaymentSettings.from_env({}).return_url == "http://127.0.0.1:8080/payments/return"
+def test_payment_return_url_is_the_client_apps_when_configured() -> None:
+    assert PaymentSettings.from_env({"MPPO_GATEWAY_ADDR": "127.0.0.1:41234"}).return_url == ""
+    settings = PaymentSettings.from_env({"MPPO_PAYMENT_RETURN_URL": "https://app.example/done"})
+    assert settings.return_url == "https://app.example/done"
