@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ import aiohttp
 
 from mppo.devstack.probes import free_port
 from payment_svc.sandbox.config import DEV_API_KEY, DEV_WEBHOOK_SECRET
+from tests.support.services import ChildProcess
 
 CARD_SUCCESS = "4242424242424242"
 CARD_DECLINE = "4000000000000002"
@@ -24,12 +24,10 @@ CARD_CAPTURE_FAILS = "4000000000000341"
 
 
 @dataclass
-class SandboxProcess:
+class SandboxProcess(ChildProcess):
     """A running sandbox: its process, address and log."""
 
     addr: str
-    process: subprocess.Popen[bytes]
-    log: Path
     webhook_secret: str = DEV_WEBHOOK_SECRET
     api_key: str = DEV_API_KEY
 
@@ -37,21 +35,6 @@ class SandboxProcess:
     def url(self) -> str:
         """Its base URL."""
         return f"http://{self.addr}"
-
-    def log_text(self) -> str:
-        """What it logged."""
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit code (SIGKILL after 10 s)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            return -9
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         async with (

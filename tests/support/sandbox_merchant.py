@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,34 +13,20 @@ from typing import Any
 import aiohttp
 
 from mppo.devstack.probes import free_port
+from tests.support.services import ChildProcess
 
 TEST_SECRET = "test-merchant-secret"
 
 
 @dataclass
-class MerchantProcess:
+class MerchantProcess(ChildProcess):
     """A running sandbox merchant."""
 
     addr: str
-    process: subprocess.Popen[bytes]
-    log: Path
 
     @property
     def base_url(self) -> str:
         return f"http://{self.addr}"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM and the exit code (SIGKILL after 10 s)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
 
     async def control(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """POST (with a body) or GET a /_control endpoint."""

@@ -22,24 +22,23 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass
-class ServiceProcess:
-    """A running service: its process, address and log file."""
+class ChildProcess:
+    """A process a test started: its Popen and log file, and how to end it."""
 
-    name: str
-    addr: str
     process: subprocess.Popen[bytes]
     log: Path
 
     def log_text(self) -> str:
-        """Everything the service logged so far."""
+        """Everything the process logged so far."""
         return self.log.read_text(errors="replace")
 
-    def stop(self) -> int:
-        """SIGTERM, then the exit code (SIGKILL after 15 s, returning -9, so a hang fails)."""
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM, then the exit code (SIGKILL after `timeout`, returning -9, so a hang
+        fails the test)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout=15)
+            return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -50,6 +49,14 @@ class ServiceProcess:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+
+
+@dataclass
+class ServiceProcess(ChildProcess):
+    """A running service: its process, address and log file."""
+
+    name: str
+    addr: str
 
 
 def start_service(

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from gateway.descriptors import Catalog
 from gateway.devkeys import jwks_for
 from mppo.devstack.probes import free_port
+from tests.support.services import ChildProcess
 
 ISSUER = "https://issuer.gateway-test/"
 AUDIENCE = "mppo-api"
@@ -74,25 +74,10 @@ class Issuer:
 
 
 @dataclass
-class GatewayProcess:
+class GatewayProcess(ChildProcess):
     """A running `python -m gateway`."""
 
     url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            return -9
 
 
 def gateway_env(
@@ -122,7 +107,7 @@ def _spawn_gateway(env: Mapping[str, str], log_dir: Path) -> GatewayProcess:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway"], env=full_env, stdout=out, stderr=subprocess.STDOUT
         )
-    return GatewayProcess(f"http://127.0.0.1:{port}", process, log)
+    return GatewayProcess(process=process, log=log, url=f"http://127.0.0.1:{port}")
 
 
 async def start_gateway(env: Mapping[str, str], log_dir: Path) -> GatewayProcess:
