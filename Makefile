@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
-CODE := mppo group_svc payment_svc order_svc notification_svc gateway scripts tests
+CODE := mppo group_svc payment_svc order_svc notification_svc gateway scripts tests bench
 PYTEST_ARGS ?=
 
 .PHONY: help install run gen check-gen fmt lint proto-lint typecheck test test-unit test-integration test-e2e clean

@@ -1,4 +1,4 @@
-"""The ``mppo`` command: ``mppo dev up|down|status``, ``mppo token`` (later ``mppo demo``).
+"""The ``mppo`` command: ``mppo dev up|down|status``, ``mppo token``, ``mppo demo``.
 
 Each command group registers itself with :func:`build_parser` through a ``register_*``
 function and sets ``handler`` on its sub-parser; :func:`main` calls it with the parsed
@@ -124,11 +124,35 @@ def register_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     token.set_defaults(handler=_token)
 
 
+def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    from mppo.demo import DemoTargets, demo
+
+    targets = DemoTargets.from_state_dir(_state_dir(args), args.gateway, args.nats)
+    return asyncio.run(demo(targets, out, wait_seconds=args.timeout))
+
+
+def register_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="run one group order end to end against a running system and print its timeline",
+        description="Needs a running system (`make run` / `mppo dev up`). Addresses come from "
+        "the stack's state dir, else the defaults (gateway :8080, NATS :4222).",
+    )
+    demo.add_argument("--gateway", default=None, help="gateway base URL (default from state)")
+    demo.add_argument("--nats", default=None, help="NATS URL for the event timeline")
+    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the order")
+    demo.add_argument(
+        "--state-dir", help="the running stack's state dir (default $MPPO_STATE_DIR or .mppo)"
+    )
+    demo.set_defaults(handler=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mppo", description="MPPO developer tools")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_dev(commands)
     register_token(commands)
+    register_demo(commands)
     return parser
 
 

@@ -424,7 +424,9 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         if caller.user_id or not caller.service:
             raise PermissionDeniedError("contacts are for our services only")
         async with GroupUnitOfWork(self._deps) as uow:
-            group = await commands.get_group(uow, caller, request.group_id)
+            members = await uow.groups.members(request.group_id)
+        if not members:
+            raise NotFoundError(f"group {request.group_id} not found")
         return pb.GetGroupContactsResponse(
             contacts=[
                 pb.MemberContact(
@@ -434,7 +436,7 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
                     phone=m.phone,
                     role=ROLE_TO_PROTO[m.role],
                 )
-                for m in group.members
+                for m in members
             ]
         )
 
