@@ -132,6 +132,8 @@ async def _start_everything(
         "MPPO_POSTGRES_URL": infra.postgres_server_url,
         "MPPO_REDIS_URL": infra.redis_url,
         "MPPO_NATS_URL": infra.nats_url,
+        # every process finds the stack's state (e.g. the gateway's dev JWKS) in one place
+        ENV_STATE_DIR: str(config.state_dir),
         **{svc.addr_env: addrs[svc.name] for svc in config.services},
     }
     db_urls: dict[str, str] = {}

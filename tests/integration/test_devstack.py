@@ -387,6 +387,7 @@ async def test_dev_up_detach_status_down_round_trip(tmp_path: Path) -> None:
         assert env["MPPO_WEB_ADDR"] == state["services"]["web"]["addr"]
         assert env["MPPO_REDIS_URL"] == state["endpoints"]["redis"]
         assert env["MPPO_NATS_URL"] == state["endpoints"]["nats"]
+        assert env["MPPO_STATE_DIR"] == str(state_dir)  # foreground or detached alike
         db_url = env["MPPO_FAKE_DATABASE_URL"]
         assert db_url.startswith("postgresql://")
         assert db_url.endswith("/fake_db")
