@@ -12,7 +12,7 @@ Besides the shared settings (docs/conventions.md):
 | `MPPO_NOTIFY_MAX_ATTEMPTS` | delivery attempts before FAILED | `6` |
 | `MPPO_NOTIFY_RETRY_BASE_SECONDS` | first retry delay, doubling each time | `1.0` |
 | `MPPO_NOTIFY_RETRY_MAX_SECONDS` | longest retry delay | `300` |
-| `MPPO_NOTIFY_POLL_SECONDS` | how often the sender looks for due rows | `0.25` |
+| `MPPO_NOTIFY_POLL_SECONDS` | how often the sender looks for due rows (new rows wake it) | `1.0` |
 | `MPPO_NOTIFY_SETTLE_SECONDS` | how long expiry notices wait for void/refund facts | `30` |
 | `MPPO_NOTIFY_SEND_TIMEOUT_SECONDS` | timeout of one SMTP or webhook delivery | `10` |
 
@@ -69,7 +69,7 @@ class NotificationConfig(ServiceConfig):
     max_attempts: int = 6
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
-    poll_seconds: float = 0.25
+    poll_seconds: float = 1.0
     settle_seconds: float = 30.0
     send_timeout_seconds: float = 10.0
 
@@ -106,7 +106,7 @@ class NotificationConfig(ServiceConfig):
             max_attempts=max_attempts,
             retry_base_seconds=_float(source, "MPPO_NOTIFY_RETRY_BASE_SECONDS", 1.0),
             retry_max_seconds=_float(source, "MPPO_NOTIFY_RETRY_MAX_SECONDS", 300.0),
-            poll_seconds=_float(source, "MPPO_NOTIFY_POLL_SECONDS", 0.25, minimum=0.01),
+            poll_seconds=_float(source, "MPPO_NOTIFY_POLL_SECONDS", 1.0, minimum=0.01),
             settle_seconds=_float(source, "MPPO_NOTIFY_SETTLE_SECONDS", 30.0),
             send_timeout_seconds=_float(
                 source, "MPPO_NOTIFY_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1

@@ -202,6 +202,26 @@ async def mark_sent(session: AsyncSession, notification_id: str) -> None:
     )
 
 
+async def mark_all_sent(session: AsyncSession, notification_ids: Sequence[str]) -> None:
+    """:func:`mark_sent` for several rows in one statement."""
+    if not notification_ids:
+        return
+    t = notifications
+    await session.execute(
+        update(t)
+        .where(
+            t.c.notification_id.in_(list(notification_ids)),
+            t.c.status == Status.PENDING.value,
+        )
+        .values(
+            status=Status.SENT.value,
+            sent_at=func.now(),
+            attempts=t.c.attempts + 1,
+            lease_until=None,
+        )
+    )
+
+
 async def mark_attempt_failed(
     session: AsyncSession, notification_id: str, *, error: str, retry_in: float | None
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from sqlalchemy.event import listen
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mppo.group.v1 import group_events_pb2 as ge
@@ -59,7 +60,10 @@ class GroupEventHandler:
         if trigger is None:
             return
         with bind_ids(group_id=trigger.group_id):
-            contacts = await self._contacts.contacts(trigger.group_id)
+            # "every member" reads the current membership; named members may come from the cache
+            contacts = await self._contacts.contacts(
+                trigger.group_id, covering=trigger.member_ids, fresh=not trigger.member_ids
+            )
             planned = plan(trigger, contacts, webhook_enabled=self._webhook_enabled)
             created = await repository.add_notifications(
                 session, event_id=event.event_id, event_type=event.event_type, planned=planned
@@ -72,7 +76,8 @@ class GroupEventHandler:
                 len(contacts),
             )
         if created:
-            self._on_created()
+            # wake the sender once the rows are visible, not before (it would find nothing)
+            listen(session.sync_session, "after_commit", lambda _: self._on_created(), once=True)
 
 
 async def handle_payment_event(session: AsyncSession, event: Event) -> None:

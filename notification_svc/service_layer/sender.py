@@ -63,7 +63,7 @@ class SenderPolicy:
     max_attempts: int = 6
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
-    poll_seconds: float = 0.25
+    poll_seconds: float = 1.0
     settle_seconds: float = 30.0
     batch: int = 20
     lease_seconds: float = 60.0
@@ -133,7 +133,22 @@ class Sender:
         if not rows:
             return 0
         contacts = await self._load_contacts(rows)
-        await asyncio.gather(*(self._deliver(row, contacts) for row in rows))
+        sent = await asyncio.gather(*(self._deliver(row, contacts) for row in rows))
+        delivered = [row for row, ok in zip(rows, sent, strict=True) if ok]
+        if delivered:
+            # one transaction records the batch (a crash before it re-sends after the lease,
+            # as for a single row; receivers see the same ids)
+            async with self._sessions() as session, session.begin():
+                await repository.mark_all_sent(session, [r.notification_id for r in delivered])
+            for row in delivered:
+                with bind_ids(group_id=row.group_id, member_id=row.member_id):
+                    logger.info(
+                        "notification %s %s/%s sent (attempt %s)",
+                        row.notification_id,
+                        row.kind.value,
+                        row.channel.value,
+                        row.attempts + 1,
+                    )
         return len(rows)
 
     async def _load_contacts(
@@ -141,16 +156,22 @@ class Sender:
     ) -> dict[str, dict[str, Contact] | None]:
         """Contacts of each group with an e-mail to send (None where the lookup failed)."""
         found: dict[str, dict[str, Contact] | None] = {}
-        for group_id in {r.group_id for r in rows if r.channel is Channel.EMAIL}:
+        needed: dict[str, set[str]] = {}
+        for row in rows:
+            if row.channel is Channel.EMAIL:
+                needed.setdefault(row.group_id, set()).add(row.member_id)
+        for group_id, member_ids in needed.items():
             try:
-                found[group_id] = {c.member_id: c for c in await self._contacts.contacts(group_id)}
+                listed = await self._contacts.contacts(group_id, covering=member_ids)
+                found[group_id] = {c.member_id: c for c in listed}
             except UnavailableError:
                 found[group_id] = None
         return found
 
     async def _deliver(
         self, row: NotificationRow, contacts: dict[str, dict[str, Contact] | None]
-    ) -> None:
+    ) -> bool:
+        """Deliver one row: True when sent (the caller records it), else False (recorded)."""
         with bind_ids(
             group_id=row.group_id,
             member_id=row.member_id,
@@ -170,22 +191,14 @@ class Sender:
                         row.notification_id,
                         seconds=min(self._policy.poll_seconds * 2, 1.0),
                     )
-                return
+                return False
             except DeliveryError as exc:
                 await self._failed(row, exc)
-                return
+                return False
             except Exception as exc:  # unexpected: retry, and log the type only
                 await self._failed(row, DeliveryError(f"unexpected {type(exc).__name__}"))
-                return
-            async with self._sessions() as session, session.begin():
-                await repository.mark_sent(session, row.notification_id)
-            logger.info(
-                "notification %s %s/%s sent (attempt %s)",
-                row.notification_id,
-                row.kind.value,
-                row.channel.value,
-                row.attempts + 1,
-            )
+                return False
+            return True
 
     async def _params(self, row: NotificationRow) -> dict[str, str]:
         params = dict(row.params)

@@ -1,9 +1,12 @@
 """The order orchestrator: validate → reserve → place → capture each share → confirmed.
 
 One step at a time: an external call, then one transaction that saves the order, its
-`order_events` row and any outbox event. A crash between the call and the commit repeats the
-call on resume with the same idempotency key (merchant: ``<order>:reserve|place|cancel``;
-payment: ``<order>:capture|void|refund:<payment>``), so its effect happens once.
+`order_events` row(s) and any outbox event. The capture step is the exception to "one call":
+the shares are independent payments, so they are captured concurrently (each with its own key
+and its own `capture` row), and the order is confirmed in the same transaction. A crash
+between the call and the commit repeats the call on resume with the same idempotency key
+(merchant: ``<order>:reserve|place|cancel``; payment: ``<order>:capture|void|refund:<payment>``),
+so its effect happens once.
 
 Failures: a refusal (out of stock, rejected, declined) moves the order to COMPENSATING at once;
 a transient error is retried later with backoff, and after ``max_forward_attempts`` the order
@@ -18,6 +21,7 @@ captured yet).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,14 +234,38 @@ class OrderSaga:
         order.mark_placed(placement.merchant_order_id)
 
     async def _capture_next(self, order: Order, events: list[Message]) -> None:
+        """Capture every pending share at once (independent payments, one key each), record
+        each capture, and confirm in the same step when none is left."""
         pending = order.pending_shares
-        if not pending:
-            order.mark_confirmed()
-            events.append(confirmed_event(order))
-            return
-        if len(pending) == len(order.shares):
+        if pending and len(pending) == len(order.shares):
             fault_point(FAULT_BEFORE_CAPTURE)
-        share = pending[0]
+        outcomes = await asyncio.gather(
+            *(self._capture(order, share) for share in pending), return_exceptions=True
+        )
+        refusal: str | None = None
+        transient: _TransientError | None = None
+        for share, outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, _TransientError):
+                transient = transient or outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            elif outcome is None:
+                order.mark_captured(share.payment_id)
+            else:
+                refusal = refusal or outcome
+        if refusal is not None:
+            # the captured shares are recorded: compensation refunds them
+            order.fail(FailureReason.CAPTURE_FAILED, refusal, "capture")
+            return
+        if transient is not None:
+            if order.new_steps:
+                await self._commit(order, [])  # keep what was captured
+            raise transient
+        order.mark_confirmed()
+        events.append(confirmed_event(order))
+
+    async def _capture(self, order: Order, share: Share) -> str | None:
+        """Capture one share with its own idempotency key: None when captured, else why not."""
         try:
             state = await self._payments.capture(
                 share.payment_id,
@@ -248,18 +276,12 @@ class OrderSaga:
         except PaymentRefusedError as exc:
             state = await self._reread(order, share, "capture")
             if not (state.status in _CAPTURED and state.captured_minor >= share.amount_minor):
-                order.fail(FailureReason.CAPTURE_FAILED, f"{share.payment_id}: {exc}", "capture")
-                return
+                return f"{share.payment_id}: {exc}"
         except PaymentUnavailableError as exc:
             raise _TransientError("capture", str(exc), FailureReason.CAPTURE_FAILED) from exc
         if state.status not in _CAPTURED:
-            order.fail(
-                FailureReason.CAPTURE_FAILED,
-                f"{share.payment_id} is {state.status} after capture",
-                "capture",
-            )
-            return
-        order.mark_captured(share.payment_id)
+            return f"{share.payment_id} is {state.status} after capture"
+        return None
 
     async def _reread(self, order: Order, share: Share, step: str) -> PaymentState:
         try:

@@ -467,7 +467,9 @@ class PaymentService:
     ) -> str:
         assert event.status is not None
         payment = await self._load(uow, payment_id, lock=True)
-        await uow.payments.map_provider_id(name, event.provider_payment_id, payment_id)
+        if event.provider_payment_id != payment.provider_payment_id:
+            # (the mapping of the id we already hold was written when we learnt it)
+            await uow.payments.map_provider_id(name, event.provider_payment_id, payment_id)
         reported = PaymentStatus(event.status.value)
         order = ordering(payment.status, reported, can_authorize=payment.can_authorize)
         if order == "stale" and not (
