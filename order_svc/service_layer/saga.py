@@ -235,10 +235,25 @@ class OrderSaga:
 
     async def _capture_next(self, order: Order, events: list[Message]) -> None:
         """Capture every pending share at once (independent payments, one key each), record
-        each capture, and confirm in the same step when none is left."""
+        each capture, and confirm in the same step when none is left.
+
+        First every pending share is read: if one can no longer be captured (its hold lapsed,
+        was voided or failed), the order fails before anyone is charged, so the others are
+        voided rather than captured and refunded.
+        """
         pending = order.pending_shares
         if pending and len(pending) == len(order.shares):
             fault_point(FAULT_BEFORE_CAPTURE)
+        states = await asyncio.gather(*(self._reread(order, s, "capture") for s in pending))
+        for share, state in zip(pending, states, strict=True):
+            if state.status in _CAPTURED or state.status == "AUTHORIZED":
+                continue
+            order.fail(
+                FailureReason.CAPTURE_FAILED,
+                f"{share.payment_id} is {state.status} before capture",
+                "capture",
+            )
+            return
         outcomes = await asyncio.gather(
             *(self._capture(order, share) for share in pending), return_exceptions=True
         )
@@ -287,7 +302,10 @@ class OrderSaga:
         try:
             return await self._payments.get(share.payment_id)
         except (PaymentUnavailableError, PaymentRefusedError) as exc:
-            raise _TransientError(step, f"re-reading {share.payment_id}: {exc}", None) from exc
+            # on the way forward a bounded retry then fails the order (and compensation
+            # releases what was captured); compensation itself retries until it succeeds
+            reason = None if step == "release" else FailureReason.CAPTURE_FAILED
+            raise _TransientError(step, f"re-reading {share.payment_id}: {exc}", reason) from exc
 
     async def _compensate_next(
         self, order: Order, merchant: MerchantClient, events: list[Message]

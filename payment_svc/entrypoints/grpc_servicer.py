@@ -41,6 +41,13 @@ def _actor(context: Context) -> str:
     return f"service:{metadata.get(SERVICE_KEY) or 'unknown'}"
 
 
+def _internal_only(context: Context) -> None:
+    """Money-moving RPCs are for our services (order, group), never end users."""
+    caller = caller_from(context.invocation_metadata())
+    if caller.user_id or not caller.service:
+        raise PermissionDeniedError("internal RPC: our services only", reason="INTERNAL_ONLY")
+
+
 def _require(value: str, field: str, violations: list[FieldViolation]) -> None:
     if not value.strip():
         violations.append(FieldViolation(field, "required"))
@@ -112,8 +119,7 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
     ) -> pb.CreatePaymentIntentResponse:
         """Create (or replay) the payment of one member attempt (our services only: members
         get their intents through the group service, which owns the shares)."""
-        if not caller_from(context.invocation_metadata()).service:
-            raise PermissionDeniedError("payment intents are created by the group service")
+        _internal_only(context)  # members get intents through the group service
         intent = _validated_intent(request, self._service.settings.default_provider)
         payment = await self._service.create_intent(intent)
         return pb.CreatePaymentIntentResponse(payment=to_proto(payment))
@@ -161,6 +167,7 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: pb.CapturePaymentRequest, context: Context
     ) -> pb.CapturePaymentResponse:
         """Capture an authorized payment."""
+        _internal_only(context)
         payment = await self._service.capture(
             _payment_id(request.payment_id), _amount(request), _actor(context)
         )
@@ -171,6 +178,7 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: pb.VoidPaymentRequest, context: Context
     ) -> pb.VoidPaymentResponse:
         """Release a hold."""
+        _internal_only(context)
         payment = await self._service.void(
             _payment_id(request.payment_id), request.reason or "void requested", _actor(context)
         )
@@ -181,6 +189,7 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: pb.RefundPaymentRequest, context: Context
     ) -> pb.RefundPaymentResponse:
         """Refund captured money (``idempotency-key`` metadata makes a retry safe)."""
+        _internal_only(context)
         key = _metadata(context).get(METADATA_KEY, "")[:200]
         payment = await self._service.refund(
             _payment_id(request.payment_id),
@@ -196,6 +205,7 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: pb.SyncPaymentRequest, context: Context
     ) -> pb.SyncPaymentResponse:
         """Re-read a payment from its provider."""
+        _internal_only(context)
         payment, changed = await self._service.sync(
             _payment_id(request.payment_id), actor=_actor(context)
         )

@@ -11,11 +11,13 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mppo.devstack.probes import free_port
+from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -133,3 +135,25 @@ def stopped_at_exit(*procs: ServiceProcess) -> Iterator[None]:
     finally:
         for proc in procs:
             proc.stop()
+
+
+class _AsService(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Adds `x-mppo-service` to every call that names no caller (tests acting as a peer)."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        if SERVICE_KEY not in metadata and USER_ID_KEY not in metadata:
+            metadata[SERVICE_KEY] = self._service
+        details = grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+        return await continuation(details, request)
+
+
+def service_channel(addr: str, service: str = "tests") -> grpc.aio.Channel:
+    """A channel whose calls identify as one of our services unless they say otherwise."""
+    interceptor: Any = _AsService(service)
+    return grpc.aio.insecure_channel(addr, interceptors=[interceptor])

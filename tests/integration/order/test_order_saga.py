@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from mppo.order.v1 import order_events_pb2, order_pb2, order_service_pb2, order_service_pb2_grpc
+from mppo.payment.v1 import payment_pb2
 from mppo.platform.identity import USER_ID_KEY, service_metadata
 from tests.integration.order.conftest import OrderStack
 
@@ -172,6 +173,30 @@ async def test_failed_capture_refunds_captured_shares_and_cancels_merchant_order
     assert steps.index("cancel_merchant_order") < steps.index("refund")
     failed = await stack.order_events("order.failed", order.order_id)
     assert [f.reason for f in failed] == [order_pb2.ORDER_FAILURE_REASON_CAPTURE_FAILED]
+
+
+async def test_a_lapsed_hold_fails_the_order_before_anyone_is_charged(
+    order_stack: OrderStack,
+) -> None:
+    """Shares are read before the concurrent captures: when one can no longer be captured,
+    nobody is charged and then refunded; every other hold is simply voided."""
+    stack = order_stack
+    group = stack.finalized([(PIZZA[0], 3, PIZZA[1])], members=3)
+    first, lapsed, third = (s.payment_id for s in group.shares)
+    stack.payments.payments[lapsed].status = payment_pb2.PAYMENT_STATUS_EXPIRED
+    await stack.publish(group)
+    order = await stack.order_for_group(group.group_id)
+
+    assert order.status == order_pb2.ORDER_STATUS_FAILED
+    assert order.failure_reason == order_pb2.ORDER_FAILURE_REASON_CAPTURE_FAILED
+    ours = {first, lapsed, third}
+    assert [pid for pid in stack.payments.ops("capture") if pid in ours] == []
+    assert [pid for pid in stack.payments.ops("refund") if pid in ours] == []
+    assert sorted(pid for pid in stack.payments.ops("void") if pid in ours) == sorted(
+        [first, third]
+    )
+    assert all(stack.payments.kept(pid) == 0 for pid in (first, lapsed, third))
+    assert all(stack.payments.held(pid) == 0 for pid in (first, third))
 
 
 async def test_merchant_failing_once_and_timing_out_is_retried_with_the_same_key(

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 import pytest
 import pytest_asyncio
 
@@ -20,7 +19,7 @@ from mppo.devstack.probes import free_port
 from mppo.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
 from mppo.platform.identity import service_metadata
 from tests.support.sandbox import SandboxProcess, start_sandbox, wait_ready
-from tests.support.services import ServiceProcess, start_service, wait_serving
+from tests.support.services import ServiceProcess, service_channel, start_service, wait_serving
 from tests.support.webhook_bridge import WebhookBridge, webhook_bridge
 
 SANDBOX = payment_pb2.PROVIDER_SANDBOX
@@ -111,7 +110,7 @@ async def stack(
                 },
             )
             await wait_serving(service)
-            async with grpc.aio.insecure_channel(addr) as channel:
+            async with service_channel(addr) as channel:
                 yield PaymentStack(
                     service=service,
                     sandbox=sandbox,

@@ -175,3 +175,39 @@ async def test_capture_declined_leaves_the_hold_to_void(stack: PaymentStack) -> 
     ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
     assert ledger["held"] == 0
     assert ledger["kept"] == 0
+
+
+async def test_money_moving_rpcs_refuse_end_users(stack: PaymentStack) -> None:
+    """Capture, void, refund, sync and intents are for our services only (defence in depth
+    behind the gateway, which exposes none of them to end users)."""
+    payment = await authorized(stack, 900)
+    user = (("x-mppo-user-id", "mallory"),)
+    calls: list[Awaitable[object]] = [
+        stack.stub.CapturePayment(
+            payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id),
+            metadata=user,
+            timeout=20,
+        ),
+        stack.stub.VoidPayment(
+            payment_service_pb2.VoidPaymentRequest(payment_id=payment.payment_id),
+            metadata=user,
+            timeout=20,
+        ),
+        stack.stub.RefundPayment(
+            payment_service_pb2.RefundPaymentRequest(payment_id=payment.payment_id),
+            metadata=user,
+            timeout=20,
+        ),
+        stack.stub.SyncPayment(
+            payment_service_pb2.SyncPaymentRequest(payment_id=payment.payment_id),
+            metadata=user,
+            timeout=20,
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (await stack.get(payment.payment_id)).status == P.PAYMENT_STATUS_AUTHORIZED
+    ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
+    assert ledger["held"] == 900
