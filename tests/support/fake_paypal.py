@@ -33,8 +33,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from mppo.devstack.probes import free_port
 from payment_svc.domain.currency import from_decimal_string, to_decimal_string
+from tests.support.fake_provider import FakeProviderServer
 
 Json = dict[str, Any]
 _ID = string.ascii_uppercase + string.digits
@@ -83,7 +83,7 @@ class SignedWebhook:
     delivered: list[int] = field(default_factory=list)
 
 
-class FakePayPal:
+class FakePayPal(FakeProviderServer):
     """Local PayPal REST API; `await start()` returns the base URL."""
 
     def __init__(
@@ -96,6 +96,7 @@ class FakePayPal:
         token_lifetime_s: int = 32400,
         hang_s: float = 2.0,
     ) -> None:
+        super().__init__()
         self.client_id = client_id
         self.client_secret = client_secret
         self.webhook_id = webhook_id
@@ -108,22 +109,15 @@ class FakePayPal:
         self.refunds: dict[str, tuple[str, Json]] = {}
         self.tokens: dict[str, datetime] = {}
         self.token_requests = 0
-        self.requests: list[RecordedRequest] = []
         self.webhooks: list[SignedWebhook] = []
         self.verify_calls: list[Json] = []
-        self.deliver_to: str | None = None
         self.deny_next_authorization = False
         self.decline_next_capture = False
-        self.base_url = ""
         self._answers: dict[tuple[str, str, str], tuple[int, Any]] = {}
-        self._faults: list[tuple[str, str]] = []
-        self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle and test controls ----------------------------------------------------
 
-    async def start(self) -> str:
-        app = web.Application(middlewares=[self._api_middleware])
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/oauth2/token", self._token)
         app.router.add_post("/v2/checkout/orders", self._create_order)
         app.router.add_get("/v2/checkout/orders/{id}", self._get_order)
@@ -134,39 +128,9 @@ class FakePayPal:
         app.router.add_post("/v1/notifications/verify-webhook-signature", self._verify)
         app.router.add_get("/checkoutnow", self._hosted_page)
         app.router.add_post("/_fake/approve/{id}", self._approve_form)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, handler_cancellation=True)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    def fail_next(self, count: int = 1, mode: str = "500", match: str = "") -> None:
-        """The next `count` API calls whose "METHOD /path" contains `match` fail: `500`, `429`,
-        `timeout` (hang, no effect) or `lost` (act, then hang so the answer never arrives)."""
-        self._faults.extend([(mode, match)] * count)
-
-    def _take_fault(self, request: web.Request) -> str | None:
-        call = f"{request.method} {request.path}"
-        for index, (mode, match) in enumerate(self._faults):
-            if match in call:
-                del self._faults[index]
-                return mode
-        return None
-
-    def api_calls(self, method: str, path_prefix: str) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.method == method and r.path.startswith(path_prefix)]
 
     # ---- plumbing: auth, faults, PayPal-Request-Id --------------------------------------
 
-    @web.middleware
     async def _api_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith(("/v1/", "/v2/")) or request.path == "/v1/oauth2/token":
             response: web.StreamResponse = await handler(request)

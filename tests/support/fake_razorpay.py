@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from mppo.devstack.probes import free_port
+from tests.support.fake_provider import FakeProviderServer
 
 Json = dict[str, Any]
 _ALPHABET = string.ascii_letters + string.digits
@@ -71,7 +71,7 @@ class SignedWebhook:
     delivered: list[int] = field(default_factory=list)
 
 
-class FakeRazorpay:
+class FakeRazorpay(FakeProviderServer):
     """Local Razorpay; `await start()` returns the base URL (`http://127.0.0.1:PORT`)."""
 
     def __init__(
@@ -82,6 +82,7 @@ class FakeRazorpay:
         webhook_secret: str = "fake_webhook_secret",
         hang_s: float = 2.0,
     ) -> None:
+        super().__init__()
         self.key_id = key_id
         self.key_secret = key_secret
         self.webhook_secret = webhook_secret
@@ -89,18 +90,11 @@ class FakeRazorpay:
         self.links: dict[str, Json] = {}
         self.payments: dict[str, Json] = {}
         self.refunds: dict[str, Json] = {}
-        self.requests: list[RecordedRequest] = []
         self.webhooks: list[SignedWebhook] = []
-        self.deliver_to: str | None = None
-        self.base_url = ""
-        self._faults: list[tuple[str, str]] = []
-        self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle and test controls ----------------------------------------------------
 
-    async def start(self) -> str:
-        app = web.Application(middlewares=[self._api_middleware])
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/payment_links", self._create_link)
         app.router.add_get("/v1/payment_links", self._list_links)
         app.router.add_get("/v1/payment_links/{id}", self._get_link)
@@ -111,39 +105,9 @@ class FakeRazorpay:
         app.router.add_get("/v1/payments/{id}/refunds", self._list_refunds)
         app.router.add_get("/i/{id}", self._hosted_page)
         app.router.add_post("/_fake/pay/{id}", self._pay_form)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, handler_cancellation=True)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    def fail_next(self, count: int = 1, mode: str = "500", match: str = "") -> None:
-        """The next `count` API calls whose "METHOD /path" contains `match` fail: `500`, `429`,
-        `timeout` (hang, no effect) or `lost` (act, then hang so the answer never arrives)."""
-        self._faults.extend([(mode, match)] * count)
-
-    def _take_fault(self, request: web.Request) -> str | None:
-        call = f"{request.method} {request.path}"
-        for index, (mode, match) in enumerate(self._faults):
-            if match in call:
-                del self._faults[index]
-                return mode
-        return None
-
-    def api_calls(self, method: str, path_prefix: str) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.method == method and r.path.startswith(path_prefix)]
 
     # ---- plumbing -----------------------------------------------------------------------
 
-    @web.middleware
     async def _api_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith("/v1/"):
             response: web.StreamResponse = await handler(request)
