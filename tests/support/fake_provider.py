@@ -35,6 +35,7 @@ class FakeProviderServer:
 
     async def start(self) -> str:
         """Serve on a free loopback port; returns the base URL."""
+
         @web.middleware
         async def api(request: web.Request, handler: Any) -> web.StreamResponse:
             return await self._api_middleware(request, handler)
