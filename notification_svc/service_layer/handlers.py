@@ -83,45 +83,25 @@ class GroupEventHandler:
 async def handle_payment_event(session: AsyncSession, event: Event) -> None:
     """Merge one payment fact (only flags that turn on; any order of arrival)."""
     message = decode_event(event)
+    amount_minor: int | None = None
     match message:
         case pe.PaymentSucceeded():
-            await repository.record_payment(
-                session,
-                payment_id=message.payment_id,
-                group_id=message.group_id,
-                member_id=message.member_id,
-                amount_minor=message.amount.amount_minor,
-                currency=message.amount.currency_code,
-                secured=True,
-                captured=message.captured,
-            )
+            flags = {"secured": True, "captured": message.captured}
         case pe.PaymentCaptured():
-            await repository.record_payment(
-                session,
-                payment_id=message.payment_id,
-                group_id=message.group_id,
-                member_id=message.member_id,
-                amount_minor=message.amount.amount_minor,
-                currency=message.amount.currency_code,
-                captured=True,
-            )
+            flags = {"captured": True}
         case pe.PaymentVoided():
-            await repository.record_payment(
-                session,
-                payment_id=message.payment_id,
-                group_id=message.group_id,
-                member_id=message.member_id,
-                amount_minor=message.amount.amount_minor,
-                currency=message.amount.currency_code,
-                voided=True,
-            )
+            flags = {"voided": True}
         case pe.PaymentRefunded():
-            await repository.record_payment(
-                session,
-                payment_id=message.payment_id,
-                group_id=message.group_id,
-                member_id=message.member_id,
-                amount_minor=message.total_refunded.amount_minor or message.amount.amount_minor,
-                currency=message.amount.currency_code,
-                refunded=True,
-            )
+            flags = {"refunded": True}
+            amount_minor = message.total_refunded.amount_minor or message.amount.amount_minor
+        case _:
+            return
+    await repository.record_payment(
+        session,
+        payment_id=message.payment_id,
+        group_id=message.group_id,
+        member_id=message.member_id,
+        amount_minor=message.amount.amount_minor if amount_minor is None else amount_minor,
+        currency=message.amount.currency_code,
+        **flags,
+    )

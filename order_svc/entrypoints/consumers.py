@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mppo.group.v1 import group_events_pb2
 from mppo.platform.events import Event, decode
 from mppo.platform.logs import bind_ids
-from order_svc.service_layer.messages import new_order
+from order_svc.service_layer.messages import order_from
 from order_svc.service_layer.orders import create_order
 
 logger = logging.getLogger(__name__)
@@ -33,16 +33,7 @@ def group_finalized_handler(
             if not message.group_id:
                 logger.error("group.finalized %s without a group id; ignored", event.event_id)
                 return
-            order = new_order(
-                group_id=message.group_id,
-                merchant_id=message.merchant_id,
-                items=message.items,
-                total=message.total,
-                fees_minor=message.fees_minor,
-                tax_minor=message.tax_minor,
-                tip_minor=message.tip_minor,
-                shares=[(s.member_id, s.payment_id, s.amount) for s in message.shares],
-            )
+            order = order_from(message)
             order_id, created = await create_order(session, order)
             if created:
                 sa_event.listen(session.sync_session, "after_commit", lambda _s: wake(), once=True)

@@ -23,8 +23,9 @@ from mppo.platform.errors import (
 )
 from mppo.platform.identity import caller_from
 from mppo.platform.membership import GroupAccess
+from order_svc.domain.model import Order
 from order_svc.domain.validator import check_consistency
-from order_svc.service_layer.messages import new_order
+from order_svc.service_layer.messages import order_from
 from order_svc.service_layer.orders import OrderQueries, create_order
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -34,7 +35,8 @@ def _metadata(context: Context) -> tuple[tuple[str, Any], ...]:
     return tuple(context.invocation_metadata() or ())
 
 
-def _check_create(request: order_service_pb2.CreateOrderRequest) -> None:
+def _checked_order(request: order_service_pb2.CreateOrderRequest) -> Order:
+    """The order the request describes, or INVALID_ARGUMENT naming what does not add up."""
     violations: list[FieldViolation] = []
     if not request.group_id:
         violations.append(FieldViolation("group_id", "required"))
@@ -46,16 +48,7 @@ def _check_create(request: order_service_pb2.CreateOrderRequest) -> None:
             violations.append(
                 FieldViolation(f"shares[{index}].amount.currency_code", f"must be {currency}")
             )
-    order = new_order(
-        group_id=request.group_id,
-        merchant_id=request.merchant_id,
-        items=request.items,
-        total=request.total,
-        fees_minor=request.fees_minor,
-        tax_minor=request.tax_minor,
-        tip_minor=request.tip_minor,
-        shares=[(s.member_id, s.payment_id, s.amount) for s in request.shares],
-    )
+    order = order_from(request)
     for problem in check_consistency(
         order.lines,
         order.shares,
@@ -68,6 +61,7 @@ def _check_create(request: order_service_pb2.CreateOrderRequest) -> None:
         violations.append(FieldViolation("order", problem))
     if violations:
         raise InvalidArgumentError("the order is not consistent", violations)
+    return order
 
 
 class OrderServiceServicer(order_service_pb2_grpc.OrderServiceServicer):
@@ -93,17 +87,7 @@ class OrderServiceServicer(order_service_pb2_grpc.OrderServiceServicer):
         caller = caller_from(_metadata(context))
         if not caller.service:
             raise PermissionDeniedError("CreateOrder is internal", reason="INTERNAL_ONLY")
-        _check_create(request)
-        order = new_order(
-            group_id=request.group_id,
-            merchant_id=request.merchant_id,
-            items=request.items,
-            total=request.total,
-            fees_minor=request.fees_minor,
-            tax_minor=request.tax_minor,
-            tip_minor=request.tip_minor,
-            shares=[(s.member_id, s.payment_id, s.amount) for s in request.shares],
-        )
+        order = _checked_order(request)
         async with self._sessions() as session, session.begin():
             order_id, created = await create_order(session, order)
         if created:

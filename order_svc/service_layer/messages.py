@@ -9,8 +9,25 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mppo.common.v1 import cart_pb2, money_pb2
-from mppo.order.v1 import order_events_pb2, order_pb2
+from mppo.group.v1 import group_events_pb2
+from mppo.order.v1 import order_events_pb2, order_pb2, order_service_pb2
 from order_svc.domain.model import Line, Order, Share
+
+
+def order_from(
+    finalized: group_events_pb2.GroupFinalized | order_service_pb2.CreateOrderRequest,
+) -> Order:
+    """A CREATED order from a `group.finalized` event or a CreateOrder call (same fields)."""
+    return new_order(
+        group_id=finalized.group_id,
+        merchant_id=finalized.merchant_id,
+        items=finalized.items,
+        total=finalized.total,
+        fees_minor=finalized.fees_minor,
+        tax_minor=finalized.tax_minor,
+        tip_minor=finalized.tip_minor,
+        shares=[(s.member_id, s.payment_id, s.amount) for s in finalized.shares],
+    )
 
 
 def new_order(
