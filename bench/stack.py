@@ -19,6 +19,7 @@ from typing import Any
 
 from mppo.devstack.probes import free_port
 from mppo.devstack.services import DEFAULT_SERVICES
+from mppo.devstack.stack import isolated_up_args
 
 __all__ = ["RunningStack", "attach_stack", "start_stack"]
 
@@ -131,21 +132,7 @@ def start_stack(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPPO_")}
     env["MPPO_LOG_LEVEL"] = "WARNING"
     up = _mppo(
-        "dev",
-        "up",
-        "--detach",
-        "--ephemeral",
-        *(() if fsync else ("--no-fsync",)),
-        "--state-dir",
-        str(state_dir),
-        "--pg-port",
-        "0",
-        "--redis-port",
-        "0",
-        "--nats-port",
-        "0",
-        "--services",
-        str(services_file),
+        *isolated_up_args(state_dir, services_file, fsync=fsync),
         env=env,
     )
     state_path = state_dir / "devstack.json"

@@ -69,6 +69,28 @@ class StackConfig:
 # ---------------------------------------------------------------- state file
 
 
+def isolated_up_args(state_dir: Path, services_file: Path, *, fsync: bool = False) -> list[str]:
+    """`mppo` arguments for a detached, throw-away stack on free ports (tests, benchmarks):
+    the services listed in `services_file` (JSON), every infrastructure port picked free."""
+    return [
+        "dev",
+        "up",
+        "--detach",
+        "--ephemeral",
+        *(() if fsync else ("--no-fsync",)),
+        "--state-dir",
+        str(state_dir),
+        "--pg-port",
+        "0",
+        "--redis-port",
+        "0",
+        "--nats-port",
+        "0",
+        "--services",
+        str(services_file),
+    ]
+
+
 def _state_path(state_dir: Path) -> Path:
     return state_dir / STATE_FILE
 

@@ -32,6 +32,7 @@ import asyncpg
 from gateway.devkeys import mint_token
 from mppo.devstack.process import pid_alive
 from mppo.devstack.services import DEFAULT_SERVICES, ServiceDef
+from mppo.devstack.stack import isolated_up_args
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -138,23 +139,7 @@ def start_stack(root: Path, env: Mapping[str, Mapping[str, str]] | None = None) 
     services_file = root / "services.json"
     services_file.write_text(json.dumps(services_json(DEFAULT_SERVICES, env), indent=2))
     state_dir = root / "state"
-    up = mppo(
-        "dev",
-        "up",
-        "--detach",
-        "--ephemeral",
-        "--no-fsync",
-        "--state-dir",
-        str(state_dir),
-        "--pg-port",
-        "0",
-        "--redis-port",
-        "0",
-        "--nats-port",
-        "0",
-        "--services",
-        str(services_file),
-    )
+    up = mppo(*isolated_up_args(state_dir, services_file))
     if up.returncode != 0:
         mppo("dev", "down", "--state-dir", str(state_dir), timeout=120)
         raise RuntimeError(f"mppo dev up failed:\n{up.stdout}\n{up.stderr}")
