@@ -42,10 +42,10 @@ from mppo.platform.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
-    grpc_errors,
 )
 from mppo.platform.identity import Caller, caller_from
 from mppo.platform.logs import bind_ids
+from mppo.platform.rpc_status import grpc_errors
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 M = TypeVar("M", bound=Message)

@@ -1,4 +1,8 @@
-"""Bounded exponential backoff for calls to outside systems (payment providers, peers).
+"""Bounded exponential backoff for calls to outside systems, and the one rule of what to retry.
+
+`retryable_http_status(status)` is the rule for every HTTP peer (payment providers, the
+merchant, client webhooks): 408, 425, 429 and 5xx are transient, any other status is an
+answer. Calls to our own gRPC services use `mppo.platform.rpc_status.is_retryable`.
 
 `retry_async(op, policy, is_retryable=...)` runs `op(attempt)` until it succeeds, raises an
 error `is_retryable` rejects, or `policy.attempts` calls have been made; the last error is
@@ -19,6 +23,14 @@ from typing import TypeVar
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+_TRANSIENT_HTTP = frozenset({408, 425, 429})
+
+
+def retryable_http_status(status: int) -> bool:
+    """Whether an HTTP status means "try again later" (timeouts, rate limits, server errors)."""
+    return status in _TRANSIENT_HTTP or status >= 500
 
 
 @dataclass(frozen=True)

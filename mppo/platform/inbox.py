@@ -1,9 +1,12 @@
 """Idempotent event consumers: durable pull consumer + inbox table + dead letters.
 
-For each message, one transaction records ``(consumer, event_id)`` in the inbox and, if that
-row is new, runs the handler; the message is acked only after commit. A redelivery of an event
-already recorded is acked without effect. A handler failure rolls back and naks with backoff;
-once the delivery count reaches ``max_deliver`` the message is copied to
+A consumer maps payload classes to handlers of the one handler shape, ``handler(message, uow)``
+(the typed payload and an open :class:`~mppo.platform.unit_of_work.UnitOfWork`); its filter
+subjects are the subjects those classes declare. For each message, one unit of work records
+``(consumer, event_id)`` in the inbox and, if that row is new, runs the handler and commits
+(outbox rows and after-commit callbacks included); the message is acked only after commit.
+A redelivery of an event already recorded is acked without effect. A handler failure rolls
+back and naks with backoff; once the delivery count reaches ``max_deliver`` the message is copied to
 ``dlq.<durable>.<event type>`` (with ``Mppo-Dead-Letter-Reason`` / ``-Consumer`` headers) and
 terminated. Infrastructure failures (database down) are retried without limit instead.
 
@@ -16,31 +19,32 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from mppo.platform.event_types import subject_of
 from mppo.platform.events import HEADER_EVENT_ID, HEADER_MSG_ID, Event, MalformedEventError
 from mppo.platform.logs import bind_ids
 from mppo.platform.messaging import dlq_subject, publish, stream_name, subject_for
 from mppo.platform.outbox import fault_point
-from mppo.platform.schema import inbox
 from mppo.platform.telemetry import tracer
+from mppo.platform.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
 
 HEADER_DEAD_LETTER_REASON = "Mppo-Dead-Letter-Reason"
 HEADER_DEAD_LETTER_CONSUMER = "Mppo-Dead-Letter-Consumer"
 
-Handler = Callable[[AsyncSession, Event], Awaitable[None]]
-"""Applies one event inside the inbox transaction (it may add outbox rows to the session)."""
+Handler = Callable[[Any, Any], Awaitable[None]]
+"""``handler(message, uow)``: applies one typed event payload inside the inbox's unit of work."""
 
 _UNSAFE_HEADER_CHARS = re.compile(r"[\r\n]+")
 
@@ -54,13 +58,12 @@ class EventConsumer:
 
     def __init__(
         self,
-        engine: AsyncEngine,
         js: JetStreamContext,
         *,
+        uow: Callable[[], UnitOfWork],
         durable: str,
         stream: str,
-        filter_subjects: Sequence[str],
-        handler: Handler,
+        handlers: Mapping[type[Message], Handler],
         prefix: str = "",
         max_deliver: int = 5,
         ack_wait: float = 30.0,
@@ -70,14 +73,15 @@ class EventConsumer:
         max_nak_backoff: float = 30.0,
         stale_check_after: int = 3,
     ) -> None:
-        """``stream`` and ``filter_subjects`` are unprefixed (``MPPO_PAYMENT``, ``payment.>``)."""
-        self._engine = engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        """``stream`` is unprefixed (``MPPO_PAYMENT``); ``handlers`` name the events consumed."""
+        self._uow = uow
         self._js = js
         self._durable = durable
         self._stream = stream_name(stream, prefix)
-        self._filters = [subject_for(s, prefix) for s in filter_subjects]
-        self._handler = handler
+        self._handlers = {subject_of(cls): (cls, fn) for cls, fn in handlers.items()}
+        if "" in self._handlers:
+            raise ValueError("every handled class must declare its (event_subject)")
+        self._filters = [subject_for(s, prefix) for s in sorted(self._handlers)]
         self._prefix = prefix
         self._max_deliver = max_deliver
         self._ack_wait = ack_wait
@@ -131,8 +135,19 @@ class EventConsumer:
         except MalformedEventError as exc:
             await self._dead_letter(msg, "unknown", f"malformed event: {exc}")
             return
+        route = self._handlers.get(event.event_type)
+        if route is None:
+            logger.info("consumer %s: no handler for %s; acked", self._durable, event.event_type)
+            await msg.ack()
+            return
+        cls, handler = route
         try:
-            applied = await self._apply(event)
+            message = cls.FromString(event.payload)
+        except DecodeError as exc:
+            await self._dead_letter(msg, event.event_type, f"malformed payload: {exc}")
+            return
+        try:
+            applied = await self._apply(event, message, handler)
         except _HandlerError as exc:
             await self._handler_failed(msg, event, exc.__cause__ or exc)
             return
@@ -152,7 +167,7 @@ class EventConsumer:
         if not applied:
             logger.info("consumer %s: duplicate event %s acked", self._durable, event.event_id)
 
-    async def _apply(self, event: Event) -> bool:
+    async def _apply(self, event: Event, message: Message, handler: Handler) -> bool:
         with (
             tracer().start_as_current_span(
                 f"consume {event.event_type}",
@@ -162,25 +177,15 @@ class EventConsumer:
             ),
             bind_ids(event_id=event.event_id, aggregate_id=event.aggregate_id),
         ):
-            return await self._apply_in_transaction(event)
-
-    async def _apply_in_transaction(self, event: Event) -> bool:
-        async with self._sessions() as session, session.begin():
-            recorded = await session.execute(
-                insert(inbox)
-                .values(
-                    consumer=self._durable, event_id=event.event_id, event_type=event.event_type
-                )
-                .on_conflict_do_nothing(index_elements=[inbox.c.consumer, inbox.c.event_id])
-                .returning(inbox.c.event_id)
-            )
-            if recorded.first() is None:
-                return False
-            try:
-                await self._handler(session, event)
-            except Exception as exc:
-                raise _HandlerError(repr(exc)) from exc
-        return True
+            async with self._uow() as uow:
+                if not await uow.record_inbox(self._durable, event):
+                    return False
+                try:
+                    await handler(message, uow)
+                except Exception as exc:
+                    raise _HandlerError(repr(exc)) from exc
+                await uow.commit()
+            return True
 
     async def _handler_failed(self, msg: Msg, event: Event, exc: BaseException) -> None:
         delivered = msg.metadata.num_delivered

@@ -13,13 +13,10 @@ end the process with ``os._exit(137)`` at that point. Points: ``relay_after_publ
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from typing import Any
 
-import asyncpg
 from nats.js import JetStreamContext
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -27,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from mppo.platform.events import Event
 from mppo.platform.messaging import publish, subject_for
 from mppo.platform.schema import outbox
+from mppo.platform.worker import LoopWorker
 
 logger = logging.getLogger(__name__)
 
@@ -44,28 +42,36 @@ def fault_point(name: str) -> None:
 NOTIFY_CHANNEL = "mppo_outbox"
 
 
-async def add_to_outbox(conn: AsyncSession | AsyncConnection, event: Event) -> None:
-    """Insert ``event`` into the outbox within the caller's open transaction.
+async def add_to_outbox(conn: AsyncSession | AsyncConnection, *events: Event) -> None:
+    """Insert ``events`` into the outbox within the caller's open transaction.
 
-    Also queues a ``NOTIFY`` that Postgres delivers only if the transaction commits: a
+    Also queues one ``NOTIFY`` that Postgres delivers only if the transaction commits: a
     wake-up hint for the relays (the poll interval stays the guarantee).
     """
-    await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+    if not events:
+        return
     await conn.execute(
-        insert(outbox).values(
-            event_id=event.event_id,
-            event_type=event.event_type,
-            subject=event.event_type,
-            aggregate_id=event.aggregate_id,
-            payload=event.payload,
-            headers=event.to_headers(),
-            occurred_at=event.occurred_at,
-        )
+        insert(outbox),
+        [
+            {
+                "event_id": event.event_id,
+                "event_type": event.event_type,
+                "subject": event.event_type,
+                "aggregate_id": event.aggregate_id,
+                "payload": event.payload,
+                "headers": event.to_headers(),
+                "occurred_at": event.occurred_at,
+            }
+            for event in events
+        ],
     )
+    await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
-class OutboxRelay:
+class OutboxRelay(LoopWorker):
     """Publishes committed outbox rows to JetStream; safe to run in every replica."""
+
+    name = "outbox relay"
 
     def __init__(
         self,
@@ -78,60 +84,17 @@ class OutboxRelay:
         publish_timeout: float = 2.0,
         max_failures_per_batch: int = 3,
     ) -> None:
+        super().__init__(poll_interval=poll_interval, listen=(engine, NOTIFY_CHANNEL))
         self._engine = engine
         self._js = js
         self._prefix = prefix
         self._batch_size = batch_size
-        self._poll_interval = poll_interval
         self._publish_timeout = publish_timeout
         self._max_failures = max_failures_per_batch
-        self._stopping = asyncio.Event()
-        self._wakeup = asyncio.Event()
 
-    def stop(self) -> None:
-        """Ask :meth:`run` to return after the current batch."""
-        self._stopping.set()
-        self._wakeup.set()
-
-    def wake(self) -> None:
-        """Hint that rows were just committed (the poll interval is the guarantee)."""
-        self._wakeup.set()
-
-    async def _listen(self) -> Any:
-        """A connection LISTENing for commits that added outbox rows, or None if unavailable."""
-        url = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        try:
-            conn = await asyncpg.connect(url, timeout=5)
-            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wakeup.set())
-        except Exception as exc:
-            logger.warning("outbox relay: LISTEN unavailable (%s); polling only", exc)
-            return None
-        return conn
-
-    async def run(self) -> None:
-        """Relay until :meth:`stop`; database or broker outages are logged and retried."""
-        logger.info("outbox relay started (batch %s)", self._batch_size)
-        listener = await self._listen()
-        try:
-            await self._loop()
-        finally:
-            if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.close(timeout=2)
-
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wakeup.clear()  # before the round: a NOTIFY during it is not lost
-            try:
-                published = await self.run_once()
-            except Exception:
-                logger.exception("outbox relay round failed")
-                published = 0
-            if published >= self._batch_size:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
-        logger.info("outbox relay stopped")
+    async def work(self) -> bool:
+        """One batch; True when a full batch went out (more may be waiting)."""
+        return await self.run_once() >= self._batch_size
 
     async def run_once(self) -> int:
         """Claim up to ``batch_size`` unpublished rows, publish and mark them; return the count."""

@@ -1,7 +1,8 @@
 """The life of one gRPC service process: serve, connect, report health, stop gracefully.
 
-A service describes itself with a `ServiceSpec` (name, migrations, how to register its
-servicers, which background workers to run) and calls `run_service()` from its `__main__`.
+A service describes itself with a `ServiceSpec` (name, gRPC service names, migrations, and
+`build(infra) -> Parts`: its servicers, its background workers and what to close at the end)
+and calls `run_service()` from its `__main__`. `build` runs once, when the connections are up.
 The server listens at once and reports NOT_SERVING through the standard health service until
 its Postgres (migrated), Redis and NATS JetStream (streams provisioned) are connected; a
 watchdog flips it back to NOT_SERVING whenever one of them stops answering. SIGTERM or SIGINT
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import grpc
 import redis.asyncio as aioredis
@@ -35,7 +37,9 @@ from mppo.platform.db import create_engine
 from mppo.platform.logs import configure_logging
 from mppo.platform.migrations import upgrade_head
 from mppo.platform.outbox import OutboxRelay
+from mppo.platform.rpc_status import guard
 from mppo.platform.telemetry import TracingServerInterceptor, configure_tracing
+from mppo.platform.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +83,31 @@ class Infra:
         await self.engine.dispose()
 
 
-class Worker(Protocol):
-    """A background loop (outbox relay, event consumer, scheduler)."""
+@dataclass(frozen=True)
+class Servicer:
+    """One gRPC servicer and the generated function that adds it to a server."""
 
-    async def run(self) -> None:
-        """Run until stop() is called."""
+    add: Callable[[Any, grpc.aio.Server], None]
+    implementation: object
 
-    def stop(self) -> None:
-        """Ask run() to return soon."""
+    def mount(self, server: grpc.aio.Server) -> None:
+        """Add the servicer to `server`."""
+        self.add(self.implementation, server)
+
+
+async def _nothing_to_close() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a service is made of once connected: built once per process by `ServiceSpec.build`."""
+
+    servicers: Sequence[Servicer]
+    #: background loops (consumers, schedulers); the outbox relay is added by the runtime
+    workers: Sequence[Worker] = ()
+    #: closes what `build` opened (clients, sessions), after the workers stopped
+    close: Callable[[], Awaitable[None]] = _nothing_to_close
 
 
 @dataclass(frozen=True)
@@ -98,10 +119,15 @@ class ServiceSpec:
     grpc_services: Sequence[str]
     #: the service's Alembic script directory
     migrations: Path
-    #: adds the service's servicers to the server
-    register: Callable[[grpc.aio.Server, Infra], None]
-    #: builds the background workers (the outbox relay is added for every service)
-    workers: Callable[[Infra], Sequence[Worker]] = field(default=lambda infra: ())
+    #: builds the servicers, workers and closer from the live connections (called once)
+    build: Callable[[Infra], Parts | Awaitable[Parts]]
+
+    async def parts(self, infra: Infra) -> Parts:
+        """Call `build`, awaiting it when it is a coroutine."""
+        built = self.build(infra)
+        if inspect.isawaitable(built):
+            return await built
+        return built
 
 
 async def connect_infra(config: ServiceConfig, migrations: Path) -> Infra:
@@ -229,9 +255,21 @@ class LateBoundHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
             ) -> None:
                 for method, handler in handlers.items():
-                    owner._methods[f"/{service_name}/{method}"] = handler
+                    name = f"/{service_name}/{method}"
+                    owner._methods[name] = _guarded(handler, name)
 
         return cast(grpc.aio.Server, _Registrar())
+
+
+def _guarded(
+    handler: grpc.RpcMethodHandler[Any, Any], name: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with the one error mapping (DomainError → status, outages → UNAVAILABLE)."""
+    behavior = getattr(handler, "unary_unary", None)
+    if behavior is None or not hasattr(handler, "_replace"):
+        return handler
+    replaced: grpc.RpcMethodHandler[Any, Any] = handler._replace(unary_unary=guard(behavior, name))
+    return replaced
 
 
 async def _not_ready(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -270,12 +308,15 @@ async def serve(spec: ServiceSpec, config: ServiceConfig, stopping: asyncio.Even
     infra = await _connect_with_retry(config, spec, stopping)
     tasks: list[asyncio.Task[None]] = []
     workers: list[Worker] = []
+    parts: Parts | None = None
     try:
         if infra is not None:
-            spec.register(late.registrar(), infra)
+            parts = await spec.parts(infra)
+            for servicer in parts.servicers:
+                servicer.mount(late.registrar())
             late.bound = True
             relay = OutboxRelay(infra.engine, infra.js, prefix=config.infra.nats_prefix)
-            workers = [relay, *spec.workers(infra)]
+            workers = [relay, *parts.workers]
             tasks = [asyncio.create_task(w.run(), name=type(w).__name__) for w in workers]
             tasks.append(
                 asyncio.create_task(_watchdog(infra, health, spec.grpc_services, stopping))
@@ -293,6 +334,11 @@ async def serve(spec: ServiceSpec, config: ServiceConfig, stopping: asyncio.Even
             _, pending = await asyncio.wait(tasks, timeout=5)
             for task in pending:
                 task.cancel()
+        if parts is not None:
+            try:
+                await parts.close()
+            except Exception:
+                logger.exception("%s: closing its parts failed", spec.name)
         if infra is not None:
             await infra.close()
         logger.info("%s stopped", spec.name)

@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mppo.notification.v1 import notification_service_pb2 as pb
 from mppo.notification.v1 import notification_service_pb2_grpc
-from mppo.platform.errors import FieldViolation, InvalidArgumentError, grpc_errors
+from mppo.platform.errors import FieldViolation, InvalidArgumentError
 from mppo.platform.identity import caller_from
 from mppo.platform.membership import GroupAccess
+from mppo.platform.rpc_status import grpc_errors
 from notification_svc.adapters import repository
 from notification_svc.adapters.mailer import message_id
 from notification_svc.adapters.repository import NotificationRow

@@ -15,14 +15,10 @@ import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mppo.order.v1 import order_service_pb2, order_service_pb2_grpc
-from mppo.platform.errors import (
-    FieldViolation,
-    InvalidArgumentError,
-    PermissionDeniedError,
-    grpc_errors,
-)
+from mppo.platform.errors import FieldViolation, InvalidArgumentError, PermissionDeniedError
 from mppo.platform.identity import caller_from
 from mppo.platform.membership import GroupAccess
+from mppo.platform.rpc_status import grpc_errors
 from order_svc.domain.model import Order
 from order_svc.domain.validator import check_consistency
 from order_svc.service_layer.messages import order_from

@@ -13,11 +13,11 @@ from mppo.platform.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
-    grpc_errors,
 )
 from mppo.platform.idempotency import METADATA_KEY
 from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY, caller_from
 from mppo.platform.membership import GroupAccess
+from mppo.platform.rpc_status import grpc_errors
 from payment_svc.service_layer.messages import PROVIDER_NAME, to_proto
 from payment_svc.service_layer.payments import NewIntent, PaymentService
 

@@ -13,16 +13,18 @@ import signal
 import sys
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from mppo.platform.db import create_engine
-from mppo.platform.events import Event
+from mppo.group.v1 import group_events_pb2
+from mppo.platform.db import create_engine, create_sessionmaker
 from mppo.platform.inbox import EventConsumer
 from mppo.platform.messaging import connect
+from mppo.platform.unit_of_work import UnitOfWork
 
 
-async def record_effect(session: AsyncSession, event: Event) -> None:
-    await session.execute(
+async def record_effect(message: group_events_pb2.GroupCreated, uow: UnitOfWork) -> None:
+    event = uow.event
+    assert event is not None
+    await uow.session.execute(
         text("INSERT INTO effects (event_id, aggregate_id) VALUES (:e, :a)"),
         {"e": event.event_id, "a": event.aggregate_id},
     )
@@ -31,13 +33,13 @@ async def record_effect(session: AsyncSession, event: Event) -> None:
 async def main(db_url: str, nats_url: str, prefix: str, durable: str, ack_wait: float) -> None:
     engine = create_engine(db_url, application_name="consumer-worker", pool_size=1)
     nc = await connect(nats_url, name="consumer-worker")
+    sessions = create_sessionmaker(engine)
     consumer = EventConsumer(
-        engine,
         nc.jetstream(),
+        uow=lambda: UnitOfWork(sessions),
         durable=durable,
         stream="MPPO_GROUP",
-        filter_subjects=["group.>"],
-        handler=record_effect,
+        handlers={group_events_pb2.GroupCreated: record_effect},
         prefix=prefix,
         ack_wait=ack_wait,
         fetch_timeout=0.5,

@@ -28,7 +28,9 @@ from nats.js.api import ConsumerInfo
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from mppo.platform.db import UnitOfWork, create_engine, create_sessionmaker
+from mppo.group.v1 import group_events_pb2
+from mppo.platform.db import create_engine, create_sessionmaker
+from mppo.platform.event_types import new_event
 from mppo.platform.events import Event
 from mppo.platform.inbox import (
     HEADER_DEAD_LETTER_CONSUMER,
@@ -46,6 +48,7 @@ from mppo.platform.messaging import (
 from mppo.platform.migrations import upgrade_head
 from mppo.platform.outbox import FAULT_ENV, OutboxRelay
 from mppo.platform.schema import inbox, outbox
+from mppo.platform.unit_of_work import UnitOfWork
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -159,7 +162,7 @@ async def consumer_drained(js: JetStreamContext, prefix: str, durable: str) -> b
 
 
 def make_event(aggregate_id: str) -> Event:
-    return Event.create("group.created", aggregate_id, StringValue(value=aggregate_id))
+    return new_event(aggregate_id, group_events_pb2.GroupCreated(group_id=aggregate_id))
 
 
 async def write_events(engine: AsyncEngine, events: list[Event]) -> None:
@@ -168,11 +171,22 @@ async def write_events(engine: AsyncEngine, events: list[Event]) -> None:
         await uow.commit()
 
 
-async def record_effect(session: AsyncSession, event: Event) -> None:
+async def record(session: AsyncSession, event: Event) -> None:
     await session.execute(
         text("INSERT INTO effects (event_id, aggregate_id) VALUES (:e, :a)"),
         {"e": event.event_id, "a": event.aggregate_id},
     )
+
+
+def applied(uow: UnitOfWork) -> Event:
+    """The envelope of the event a consumer is applying."""
+    assert uow.event is not None
+    return uow.event
+
+
+async def record_effect(message: group_events_pb2.GroupCreated, uow: UnitOfWork) -> None:
+    assert message.group_id == applied(uow).aggregate_id  # the typed payload of that event
+    await record(uow.session, applied(uow))
 
 
 def worker_env(fault: str | None) -> dict[str, str]:
@@ -237,16 +251,16 @@ def consumer(
     js: JetStreamContext,
     prefix: str,
     durable: str,
-    handler: Callable[[AsyncSession, Event], Awaitable[None]] = record_effect,
+    handler: Callable[[Any, UnitOfWork], Awaitable[None]] = record_effect,
     **options: Any,
 ) -> EventConsumer:
+    sessions = create_sessionmaker(engine)
     return EventConsumer(
-        engine,
         js,
+        uow=lambda: UnitOfWork(sessions),
         durable=durable,
         stream=GROUP_STREAM,
-        filter_subjects=["group.>"],
-        handler=handler,
+        handlers={group_events_pb2.GroupCreated: handler},
         prefix=prefix,
         fetch_timeout=0.5,
         **options,
@@ -336,11 +350,12 @@ async def test_poison_message_is_dead_lettered_and_the_rest_flows(
 ) -> None:
     attempts: dict[str, int] = {}
 
-    async def handler(session: AsyncSession, event: Event) -> None:
+    async def handler(message: group_events_pb2.GroupCreated, uow: UnitOfWork) -> None:
+        event = applied(uow)
         attempts[event.aggregate_id] = attempts.get(event.aggregate_id, 0) + 1
         if event.aggregate_id == "poison":
             raise RuntimeError("cannot digest this")
-        await record_effect(session, event)
+        await record(uow.session, event)
 
     poison = make_event("poison")
     for event in [make_event("ok-1"), poison, make_event("ok-2")]:
@@ -424,10 +439,10 @@ async def test_two_consumers_sharing_a_durable_apply_each_event_once(
     n = 60
     handled = [0, 0]
 
-    def counting(index: int) -> Callable[[AsyncSession, Event], Awaitable[None]]:
-        async def handler(session: AsyncSession, event: Event) -> None:
+    def counting(index: int) -> Callable[[Any, UnitOfWork], Awaitable[None]]:
+        async def handler(message: group_events_pb2.GroupCreated, uow: UnitOfWork) -> None:
             handled[index] += 1
-            await record_effect(session, event)
+            await record(uow.session, applied(uow))
             await asyncio.sleep(0.005)
 
         return handler
@@ -460,13 +475,13 @@ async def test_unit_of_work_writes_state_and_events_atomically(engine: AsyncEngi
     kept, dropped = make_event("g-kept"), make_event("g-dropped")
 
     async with UnitOfWork(sessions) as uow:
-        await record_effect(uow.session, dropped)
+        await record(uow.session, dropped)
         uow.collect(dropped)
         # no commit: both the state change and the event vanish
 
     async def failing() -> None:
         async with UnitOfWork(sessions) as uow:
-            await record_effect(uow.session, dropped)
+            await record(uow.session, dropped)
             uow.collect(dropped)
             raise RuntimeError("boom")
 
@@ -474,7 +489,7 @@ async def test_unit_of_work_writes_state_and_events_atomically(engine: AsyncEngi
         await failing()
 
     async with UnitOfWork(sessions) as uow:
-        await record_effect(uow.session, kept)
+        await record(uow.session, kept)
         uow.collect(kept)
         await uow.commit()
 

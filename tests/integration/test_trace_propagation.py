@@ -7,18 +7,17 @@ import asyncio
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from mppo.devstack import Infra
 from mppo.group.v1 import group_events_pb2
-from mppo.platform.db import create_engine
+from mppo.platform.db import create_engine, create_sessionmaker
 from mppo.platform.event_types import new_event
-from mppo.platform.events import Event
 from mppo.platform.inbox import EventConsumer
 from mppo.platform.messaging import connect, ensure_streams
 from mppo.platform.outbox import OutboxRelay, add_to_outbox
 from mppo.platform.schema import create_platform_tables
 from mppo.platform.telemetry import tracer
+from mppo.platform.unit_of_work import UnitOfWork
 
 
 async def test_consumer_span_joins_the_producer_trace(
@@ -41,19 +40,19 @@ async def test_consumer_span_joins_the_producer_trace(
         seen: list[int] = []
         handled = asyncio.Event()
 
-        async def handler(session: AsyncSession, received: Event) -> None:
+        async def handler(message: group_events_pb2.GroupCreated, uow: UnitOfWork) -> None:
             seen.append(trace.get_current_span().get_span_context().trace_id)
             handled.set()
 
         relay = OutboxRelay(engine, js, prefix=nats_prefix, poll_interval=0.1)
         assert await relay.run_once() == 1
+        sessions = create_sessionmaker(engine)
         consumer = EventConsumer(
-            engine,
             js,
+            uow=lambda: UnitOfWork(sessions),
             durable="trace-test",
             stream="MPPO_GROUP",
-            filter_subjects=["group.created"],
-            handler=handler,
+            handlers={group_events_pb2.GroupCreated: handler},
             prefix=nats_prefix,
         )
         task = asyncio.create_task(consumer.run())

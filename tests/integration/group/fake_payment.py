@@ -11,12 +11,8 @@ import grpc
 
 from mppo.payment.v1 import payment_pb2, payment_service_pb2_grpc
 from mppo.payment.v1 import payment_service_pb2 as pb
-from mppo.platform.errors import (
-    FailedPreconditionError,
-    PermissionDeniedError,
-    UnavailableError,
-    grpc_errors,
-)
+from mppo.platform.errors import FailedPreconditionError, PermissionDeniedError, UnavailableError
+from mppo.platform.rpc_status import grpc_errors
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 

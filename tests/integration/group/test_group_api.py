@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2
 from mppo.common.v1 import cart_pb2
 from mppo.group.v1 import group_pb2
 from mppo.group.v1 import group_service_pb2 as gs
-from mppo.platform.errors import status_from_error
+from mppo.platform.rpc_status import status_from_error
 from tests.integration.group.fake_payment import FakePaymentService
 from tests.integration.group.harness import (
     SERVICE_MD,

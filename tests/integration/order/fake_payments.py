@@ -15,12 +15,8 @@ import grpc
 
 from mppo.common.v1 import money_pb2
 from mppo.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
-from mppo.platform.errors import (
-    FailedPreconditionError,
-    NotFoundError,
-    PermissionDeniedError,
-    grpc_errors,
-)
+from mppo.platform.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
+from mppo.platform.rpc_status import grpc_errors
 
 Context = grpc.aio.ServicerContext[Any, Any]
 S = payment_pb2
