@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from mppo.devstack import FREE_PORTS, Infra, drop_database, start_infra
 from mppo.platform.telemetry import configure_tracing
+from tests.support.pki import Pki, mint_pki
 
 
 def _short_id() -> str:
@@ -88,3 +89,10 @@ def span_exporter(_session_span_exporter: InMemorySpanExporter) -> InMemorySpanE
     is installed once per session and cleared per test)."""
     _session_span_exporter.clear()
     return _session_span_exporter
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A development PKI for the session (tests/support/pki.py): certificates for the dev
+    identities and ``tests``, the user-token keys; ``pki.env()`` sets ``MPPO_TLS_DIR``."""
+    return mint_pki(tmp_path_factory.mktemp("pki"))

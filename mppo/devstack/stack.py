@@ -131,6 +131,12 @@ def _write_endpoints(out: TextIO, state: dict[str, Any]) -> None:
     for name, svc in state["services"].items():
         extra = f"  db {svc['database_url']}" if svc.get("database_url") else ""
         out.write(f"  {name:<14} {svc['addr']}{extra}\n")
+    if state.get("pki"):
+        pki = Path(state["pki"])
+        out.write(
+            f"mTLS: CA {pki / 'ca.pem'}, operator client cert {pki / 'operator.pem'}"
+            f" (key {pki / 'operator.key'})\n"
+        )
     out.write(f"logs: {Path(state['state_dir']) / 'logs'}\n")
     out.flush()
 
@@ -149,6 +155,8 @@ async def _start_everything(
         supervisor=sup,
     )
     state["endpoints"] = infra.endpoints()
+    pki = _mint_pki(Path(state["state_dir"]), config.services)
+    state["pki"] = str(pki)
     addrs = {svc.name: f"127.0.0.1:{svc.port or free_port()}" for svc in config.services}
     common = {
         "MPPO_POSTGRES_URL": infra.postgres_server_url,
@@ -156,6 +164,8 @@ async def _start_everything(
         "MPPO_NATS_URL": infra.nats_url,
         # every process finds the stack's state (e.g. the gateway's dev JWKS) in one place
         ENV_STATE_DIR: str(config.state_dir),
+        # mTLS certificates, the gateway's user-token keys (mppo.platform.tls, .user_token)
+        "MPPO_TLS_DIR": str(pki),
         **{svc.addr_env: addrs[svc.name] for svc in config.services},
     }
     db_urls: dict[str, str] = {}
@@ -189,6 +199,16 @@ async def _start_everything(
         )
         _record_processes(sup, state)
         _write_state(config.state_dir, state)
+
+
+def _mint_pki(state_dir: Path, services: Sequence[ServiceDef]) -> Path:
+    """The development PKI in ``<state>/pki``: the usual identities plus every gRPC service."""
+    from mppo.platform.tls import DEV_NAMES, mint_dev_pki  # loads grpc/cryptography on use
+
+    pki = state_dir / "pki"
+    names = [*DEV_NAMES, *(svc.name for svc in services if svc.readiness == "grpc")]
+    mint_dev_pki(pki, names)
+    return pki
 
 
 def _record_processes(sup: Supervisor, state: dict[str, Any]) -> None:
