@@ -1,7 +1,8 @@
-"""How our services dial each other: one channel per peer, traced, with one retry rule.
+"""How our services dial each other: one channel per peer, mutual TLS, traced, one retry rule.
 
 Every client of one of our services is built on :class:`ServiceChannel`: it owns the channel
-(created lazily, closed once), the identity metadata the caller sends, the deadline, and the
+(created lazily, closed once; our certificate proves who we are, see :mod:`mppo.platform.trust`),
+the identity metadata the caller sends (a user's token when acting for them), the deadline, and the
 translation of a peer's status into the domain error it describes
 (:func:`mppo.platform.rpc_status.from_rpc_error`). Whether a failure may be retried is decided
 in one place, :func:`mppo.platform.rpc_status.is_retryable`.
@@ -15,10 +16,10 @@ from typing import TypeVar
 
 import grpc
 
+from mppo.platform import trust
 from mppo.platform.errors import DomainError
-from mppo.platform.identity import service_metadata
+from mppo.platform.identity import Caller
 from mppo.platform.rpc_status import from_rpc_error
-from mppo.platform.telemetry import traced_channel
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,14 @@ class ServiceChannel:
     def channel(self) -> grpc.aio.Channel:
         """The channel (opened on first use, inside the running event loop)."""
         if self._channel is None:
-            self._channel = traced_channel(self.addr)
+            self._channel = trust.channel(self.addr)
         return self._channel
 
-    def metadata(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-        """The caller's identity plus `extra`."""
-        return (*service_metadata(self.caller), *extra)
+    def metadata(
+        self, *extra: tuple[str, str], on_behalf_of: Caller | None = None
+    ) -> tuple[tuple[str, str], ...]:
+        """Our identity (and the user's token when acting for `on_behalf_of`) plus `extra`."""
+        return (*trust.outbound_metadata(on_behalf_of), *extra)
 
     async def call(self, what: str, rpc: Callable[[], Awaitable[T]]) -> T:
         """Run one RPC; a failure becomes the domain error the peer described."""

@@ -19,7 +19,7 @@ from mppo.platform.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from mppo.platform.identity import USER_ID_KEY, Caller
+from mppo.platform.identity import Caller
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class GroupClient:
         if caller.service and not caller.user_id:
             return SERVICE_VIEW
         request = group_service_pb2.GetGroupRequest(group_id=group_id)
-        metadata = ((USER_ID_KEY, caller.user_id),)
+        metadata = self._peer.metadata(on_behalf_of=caller)
         try:
             reply = await self._peer.call(
                 "GetGroup",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from pathlib import Path
 
 from mppo.devstack.process import Probe
 
@@ -56,14 +57,22 @@ def http_get_probe(host: str, port: int, path: str = "/healthz", expect: int = 2
     return probe
 
 
-def grpc_health_probe(addr: str, service: str = "") -> Probe:
-    """Ready when ``grpc.health.v1.Health/Check`` answers SERVING."""
+def grpc_health_probe(addr: str, service: str = "", tls_dir: Path | None = None) -> Probe:
+    """Ready when ``grpc.health.v1.Health/Check`` answers SERVING (asked with the operator's
+    certificate from `tls_dir` when the services speak mutual TLS)."""
 
     async def probe(pid: int) -> bool:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        async with grpc.aio.insecure_channel(addr) as channel:
+        from mppo.platform.tls import TlsMaterial, channel_credentials
+
+        if tls_dir is None:
+            channel = grpc.aio.insecure_channel(addr)
+        else:
+            material = TlsMaterial.load(tls_dir, "operator")
+            channel = grpc.aio.secure_channel(addr, channel_credentials(material))
+        async with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             try:
                 resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)

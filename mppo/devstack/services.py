@@ -74,10 +74,11 @@ class ServiceDef:
     def argv(self) -> list[str]:
         return [sys.executable if part == PYTHON else part for part in self.command]
 
-    def probe(self, addr: str) -> Probe | None:
+    def probe(self, addr: str, tls_dir: Path | None = None) -> Probe | None:
+        """How to tell this process is ready (gRPC health over mTLS when `tls_dir` is set)."""
         host, _, port = addr.rpartition(":")
         if self.readiness == "grpc":
-            return grpc_health_probe(addr)
+            return grpc_health_probe(addr, tls_dir=tls_dir)
         if self.readiness == "http":
             return http_get_probe(host, int(port), self.health_path)
         return None

@@ -166,6 +166,8 @@ async def _start_everything(
         ENV_STATE_DIR: str(config.state_dir),
         # mTLS certificates, the gateway's user-token keys (mppo.platform.tls, .user_token)
         "MPPO_TLS_DIR": str(pki),
+        # development defaults (sandbox provider, dev secrets) exist only in dev/test
+        "MPPO_ENV": os.environ.get("MPPO_ENV", "").strip() or "dev",
         **{svc.addr_env: addrs[svc.name] for svc in config.services},
     }
     db_urls: dict[str, str] = {}
@@ -190,7 +192,7 @@ async def _start_everything(
                 name=svc.name,
                 argv=svc.argv(),
                 env=env,
-                readiness=svc.probe(addrs[svc.name]),
+                readiness=svc.probe(addrs[svc.name], pki),
                 ready_timeout=60.0,
                 stop_signal=signal.SIGTERM,
                 stop_timeout=10.0,

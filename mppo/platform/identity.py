@@ -1,12 +1,15 @@
-"""Who is calling: the identity the gateway put in gRPC metadata after verifying a JWT.
+"""Who is calling: the caller the runtime verified for the call being served.
 
-Services re-check what the caller may do (ARCHITECTURE.md §7); this module only reads the
-identity. Calls between our services identify themselves with `x-mppo-service`.
+The runtime authenticates every call before its handler runs (:mod:`mppo.platform.trust`:
+the peer's mTLS certificate, the gateway-signed user token) and sets the result for the
+duration of the call; :func:`caller_from` returns it. Services then re-check what the caller
+may do (ARCHITECTURE.md §7).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from mppo.platform.errors import UnauthenticatedError
@@ -22,11 +25,16 @@ class Caller:
 
     user_id: str = ""
     service: str = ""
+    #: the verified user token, to forward when acting on the user's behalf (never logged)
+    token: str = field(default="", repr=False, compare=False)
 
     @property
     def label(self) -> str:
         """`user:<id>` or `service:<name>`, for history rows and idempotency scopes."""
         return f"user:{self.user_id}" if self.user_id else f"service:{self.service}"
+
+
+_VERIFIED: ContextVar[Caller | None] = ContextVar("mppo_verified_caller", default=None)
 
 
 def _value(metadata: Any, name: str) -> str:
@@ -36,14 +44,36 @@ def _value(metadata: Any, name: str) -> str:
     return ""
 
 
-def caller_from(metadata: Any) -> Caller:
-    """The caller named in `metadata`; UnauthenticatedError when there is none."""
+def caller_from_metadata(metadata: Any) -> Caller:
+    """Development only (plaintext gRPC): the caller named in metadata."""
     user_id, service = _value(metadata, USER_ID_KEY), _value(metadata, SERVICE_KEY)
     if not user_id and not service:
         raise UnauthenticatedError(f"missing {USER_ID_KEY} metadata (set by the gateway)")
     return Caller(user_id=user_id, service=service)
 
 
+def set_verified(caller: Caller | None) -> Any:
+    """Set the verified caller of the current call (the runtime does); returns a reset token."""
+    return _VERIFIED.set(caller)
+
+
+def reset_verified(token: Any) -> None:
+    """Undo :func:`set_verified`."""
+    _VERIFIED.reset(token)
+
+
+def caller_from(metadata: Any = None) -> Caller:
+    """The verified caller of the call being served; UnauthenticatedError outside one.
+
+    `metadata` is accepted for the servicers' convenience and never trusted: the identity
+    comes from what the runtime verified.
+    """
+    verified = _VERIFIED.get()
+    if verified is None:
+        raise UnauthenticatedError("caller identity required")
+    return verified
+
+
 def service_metadata(service: str) -> tuple[tuple[str, str], ...]:
-    """Metadata one of our services sends when it calls another."""
+    """Metadata one of our services sends when it calls another (checked against its cert)."""
     return ((SERVICE_KEY, service),)

@@ -16,8 +16,8 @@ import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,13 +32,18 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mppo.platform import messaging
-from mppo.platform.config import ServiceConfig
+from mppo.platform import trust as trust_mod
+from mppo.platform.config import ConfigError, ServiceConfig
 from mppo.platform.db import create_engine
+from mppo.platform.errors import DomainError
+from mppo.platform.identity import reset_verified, set_verified
 from mppo.platform.logs import configure_logging
 from mppo.platform.migrations import upgrade_head
 from mppo.platform.outbox import OutboxRelay
-from mppo.platform.rpc_status import guard
+from mppo.platform.rpc_status import abort, guard
 from mppo.platform.telemetry import TracingServerInterceptor, configure_tracing
+from mppo.platform.trust import Trust
+from mppo.platform.validation import check_message
 from mppo.platform.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -121,6 +126,9 @@ class ServiceSpec:
     migrations: Path
     #: builds the servicers, workers and closer from the live connections (called once)
     build: Callable[[Infra], Parts | Awaitable[Parts]]
+    #: service-only methods (short name, e.g. "CapturePayment") → the services that may call
+    #: them; every other method is open to end users (through the gateway) and our services
+    service_only: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     async def parts(self, infra: Infra) -> Parts:
         """Call `build`, awaiting it when it is a coroutine."""
@@ -211,6 +219,10 @@ async def _watchdog(
             await _set_all(health, names, serving)
 
 
+#: authenticates one call: (context, method) → the verified caller (raises DomainError)
+Admit = Callable[[grpc.aio.ServicerContext[Any, Any], str], Any]
+
+
 class LateBoundHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """Routes calls to the service's own handlers, which exist only once it is connected.
 
@@ -220,7 +232,8 @@ class LateBoundHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     service's methods answer UNAVAILABLE, never a misleading UNIMPLEMENTED.
     """
 
-    def __init__(self, service_names: Sequence[str]) -> None:
+    def __init__(self, service_names: Sequence[str], admit: Admit | None = None) -> None:
+        self._admit = admit
         self._prefixes = tuple(f"/{name}/" for name in service_names)
         self._methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self._generic: list[grpc.GenericRpcHandler[Any, Any]] = []
@@ -256,19 +269,35 @@ class LateBoundHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             ) -> None:
                 for method, handler in handlers.items():
                     name = f"/{service_name}/{method}"
-                    owner._methods[name] = _guarded(handler, name)
+                    owner._methods[name] = _guarded(handler, name, owner._admit)
 
         return cast(grpc.aio.Server, _Registrar())
 
 
 def _guarded(
-    handler: grpc.RpcMethodHandler[Any, Any], name: str
+    handler: grpc.RpcMethodHandler[Any, Any], name: str, admit: Admit | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """`handler` with the one error mapping (DomainError → status, outages → UNAVAILABLE)."""
+    """`handler` behind the service boundary: the caller authenticated (`admit`), the request
+    checked for hostile input (`check_message`), then the one error mapping (DomainError →
+    status, outages → UNAVAILABLE)."""
     behavior = getattr(handler, "unary_unary", None)
     if behavior is None or not hasattr(handler, "_replace"):
         return handler
-    replaced: grpc.RpcMethodHandler[Any, Any] = handler._replace(unary_unary=guard(behavior, name))
+    inner = guard(behavior, name)
+
+    async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            caller = admit(context, name) if admit is not None else None
+            check_message(request)
+        except DomainError as error:
+            await abort(context, error)
+        token = set_verified(caller)
+        try:
+            return await inner(request, context)
+        finally:
+            reset_verified(token)
+
+    replaced: grpc.RpcMethodHandler[Any, Any] = handler._replace(unary_unary=admitted)
     return replaced
 
 
@@ -276,12 +305,24 @@ async def _not_ready(request: Any, context: grpc.aio.ServicerContext[Any, Any]) 
     await context.abort(grpc.StatusCode.UNAVAILABLE, "service is starting; retry shortly")
 
 
+def admission(spec: ServiceSpec, trust: Trust) -> Admit:
+    """How `spec`'s calls are authenticated under `trust`."""
+
+    def admit(context: grpc.aio.ServicerContext[Any, Any], method: str) -> Any:
+        allowed = spec.service_only.get(method.rsplit("/", 1)[-1])
+        return trust_mod.authenticate(context, method, allowed, trust)
+
+    return admit
+
+
 def build_server(
-    spec: ServiceSpec,
+    spec: ServiceSpec, trust: Trust | None = None
 ) -> tuple[grpc.aio.Server, HealthServicer, LateBoundHandlers]:
     """A server with tracing, health, reflection and a slot for the service's own handlers."""
     server = grpc.aio.server(interceptors=[TracingServerInterceptor()])
-    late = LateBoundHandlers(spec.grpc_services)
+    late = LateBoundHandlers(
+        spec.grpc_services, admission(spec, trust) if trust is not None else None
+    )
     server.add_generic_rpc_handlers((late,))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -298,13 +339,19 @@ def build_server(
 
 async def serve(spec: ServiceSpec, config: ServiceConfig, stopping: asyncio.Event) -> None:
     """Run `spec` until `stopping` is set; returns after a graceful stop."""
-    server, health, late = build_server(spec)
+    trust = trust_mod.current()
+    server, health, late = build_server(spec, trust)
     await _set_all(health, spec.grpc_services, serving=False)
-    port = server.add_insecure_port(config.addr)
+    port = trust.add_port(server, config.addr)
     if port == 0:
         raise RuntimeError(f"cannot listen on {config.addr}")
     await server.start()
-    logger.info("%s listening on %s (NOT_SERVING until connected)", spec.name, config.addr)
+    logger.info(
+        "%s listening on %s (%s; NOT_SERVING until connected)",
+        spec.name,
+        config.addr,
+        "plaintext, development only" if trust.plaintext else "mutual TLS",
+    )
     infra = await _connect_with_retry(config, spec, stopping)
     tasks: list[asyncio.Task[None]] = []
     workers: list[Worker] = []
@@ -364,10 +411,21 @@ async def _main(spec: ServiceSpec, config: ServiceConfig) -> None:
 
 
 def run_service(spec: ServiceSpec, make_config: Callable[[], ServiceConfig]) -> None:
-    """Process entry point: configure logging and tracing, then serve on uvloop."""
+    """Process entry point: read and check every setting, configure logging and tracing, then
+    serve on uvloop. A setting that is missing, malformed or a development default outside
+    dev/test stops the process with exit code 2 and one line naming the variable."""
+    import os
+    import sys
+
     import uvloop
 
-    config = make_config()
-    configure_logging(spec.name, config.log_level)
-    configure_tracing(spec.name)
-    uvloop.run(_main(spec, config))
+    try:
+        config = make_config()
+        configure_logging(spec.name, config.log_level)
+        trust_mod.configure(Trust.from_env(os.environ, spec.name))
+        configure_tracing(spec.name)
+        uvloop.run(_main(spec, config))
+    except ConfigError as exc:
+        logger.critical("%s refuses to start: %s", spec.name, exc)
+        sys.stderr.write(f"{spec.name}: configuration error: {exc}\n")
+        raise SystemExit(2) from None

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mppo.devstack.probes import free_port
 from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY
+from mppo.platform.tls import TlsMaterial, channel_credentials
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -59,6 +60,8 @@ class ServiceProcess(ChildProcess):
 
     name: str
     addr: str
+    #: the PKI the service's mutual TLS uses (None: plaintext, development mode)
+    tls_dir: Path | None = None
 
 
 def start_service(
@@ -72,11 +75,24 @@ def start_service(
     env: Mapping[str, str] | None = None,
     addr: str | None = None,
     module: str | None = None,
+    tls_dir: Path | None = None,
 ) -> ServiceProcess:
-    """Start `python -m <module or name_svc>` on a free port (or `addr`)."""
+    """Start `python -m <module or name_svc>` on a free port (or `addr`).
+
+    With `tls_dir` (a PKI from tests/support/pki.py) it serves mutual TLS and knows callers
+    by their certificates; without, it runs in explicit development plaintext mode
+    (MPPO_ENV=test, MPPO_GRPC_PLAINTEXT=1), where identities come from metadata.
+    """
     addr = addr or f"127.0.0.1:{free_port()}"
+    trust_env = (
+        {"MPPO_TLS_DIR": str(tls_dir)}
+        if tls_dir is not None
+        else {"MPPO_GRPC_PLAINTEXT": "1", "MPPO_TLS_DIR": ""}
+    )
     full_env = {
         **os.environ,
+        "MPPO_ENV": "test",
+        **trust_env,
         f"MPPO_{name.upper()}_DATABASE_URL": database_url,
         f"MPPO_{name.upper()}_ADDR": addr,
         "MPPO_REDIS_URL": redis_url,
@@ -93,12 +109,22 @@ def start_service(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    return ServiceProcess(name=name, addr=addr, process=process, log=log)
+    return ServiceProcess(name=name, addr=addr, process=process, log=log, tls_dir=tls_dir)
 
 
-async def health_status(addr: str, service: str = "") -> int | None:
+def grpc_channel(
+    addr: str, tls_dir: Path | None = None, name: str = "operator"
+) -> grpc.aio.Channel:
+    """A plain channel to `addr`, or one presenting `name`'s certificate from `tls_dir`."""
+    if tls_dir is None:
+        return grpc.aio.insecure_channel(addr)
+    material = TlsMaterial.load(tls_dir, name)
+    return grpc.aio.secure_channel(addr, channel_credentials(material))
+
+
+async def health_status(addr: str, service: str = "", tls_dir: Path | None = None) -> int | None:
     """The health status of `service` at `addr`, or None when nothing answers."""
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with grpc_channel(addr, tls_dir) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=1
@@ -108,12 +134,14 @@ async def health_status(addr: str, service: str = "") -> int | None:
     return int(reply.status)
 
 
-async def wait_for_status(addr: str, service: str, wanted: int, within: float) -> int | None:
+async def wait_for_status(
+    addr: str, service: str, wanted: int, within: float, tls_dir: Path | None = None
+) -> int | None:
     """Poll until the health status is `wanted` or `within` seconds pass; the last status seen."""
     deadline = asyncio.get_running_loop().time() + within
     status = None
     while asyncio.get_running_loop().time() < deadline:
-        status = await health_status(addr, service)
+        status = await health_status(addr, service, tls_dir)
         if status == wanted:
             return status
         await asyncio.sleep(0.2)
@@ -122,7 +150,7 @@ async def wait_for_status(addr: str, service: str, wanted: int, within: float) -
 
 async def wait_serving(proc: ServiceProcess, within: float = 30) -> None:
     """Wait until `proc` reports SERVING; fail with its log otherwise."""
-    status = await wait_for_status(proc.addr, "", SERVING, within)
+    status = await wait_for_status(proc.addr, "", SERVING, within, proc.tls_dir)
     if status != SERVING:
         raise AssertionError(f"{proc.name} not SERVING ({status}):\n{proc.log_text()}")
 

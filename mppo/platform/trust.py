@@ -1,0 +1,197 @@
+"""Who a call comes from, proven: mutual TLS between processes, gateway-signed user tokens.
+
+A process's :class:`Trust` is read once at start (:meth:`Trust.from_env`):
+
+* with TLS material (``MPPO_TLS_DIR`` or ``MPPO_TLS_{CA,CERT,KEY}_FILE``, see
+  :mod:`mppo.platform.tls`) the server requires client certificates and the calling
+  service's name is taken from its verified certificate (``spiffe://mppo/<name>``), never
+  from metadata; an end user is known only through ``x-mppo-user-token``, a short-lived token
+  the gateway signs after verifying the user's JWT (:mod:`mppo.platform.user_token`), checked
+  with the gateway's public key. Metadata that claims an identity (``x-mppo-service`` other
+  than the certificate's, ``x-mppo-user-id`` without a valid token) is refused.
+* without TLS material the process refuses to start, unless ``MPPO_ENV`` is dev/test and
+  ``MPPO_GRPC_PLAINTEXT=1`` asks explicitly for plaintext, where identities are read from
+  metadata as a development convenience.
+
+:func:`authenticate` runs for every call of our services (the runtime calls it before the
+handler) and sets the verified :class:`~mppo.platform.identity.Caller` that
+:func:`~mppo.platform.identity.caller_from` returns. :func:`channel` dials a peer with our
+certificate; :func:`outbound_metadata` says who we are and, when acting for a user, forwards
+the user's token.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from mppo.platform import identity
+from mppo.platform.config import ConfigError
+from mppo.platform.environment import environment, is_development
+from mppo.platform.errors import PermissionDeniedError, UnauthenticatedError
+from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY, Caller
+from mppo.platform.telemetry import TracingClientInterceptor
+from mppo.platform.tls import (
+    TlsConfigError,
+    TlsMaterial,
+    channel_credentials,
+    peer_service,
+    server_credentials,
+)
+from mppo.platform.user_token import (
+    USER_TOKEN_KEY,
+    UserTokenError,
+    UserTokenVerifier,
+    load_verifier,
+)
+
+PLAINTEXT_VAR = "MPPO_GRPC_PLAINTEXT"
+#: the operator's certificate (grpcurl); never allowed on service-only methods
+OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Trust:
+    """How this process proves itself and checks its callers."""
+
+    name: str
+    material: TlsMaterial | None
+    verifier: UserTokenVerifier | None
+
+    @property
+    def plaintext(self) -> bool:
+        """Development only: no TLS, identities read from metadata."""
+        return self.material is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], name: str) -> Trust:
+        """Read the trust settings of process `name`; ConfigError names what is missing."""
+        try:
+            material = TlsMaterial.from_env(env, name)
+            verifier = load_verifier(env)
+        except (TlsConfigError, ValueError) as exc:
+            raise ConfigError(f"TLS settings: {exc}") from None
+        if material is None:
+            plaintext = env.get(PLAINTEXT_VAR, "").strip().lower() in ("1", "true", "on", "yes")
+            if not (plaintext and is_development(env)):
+                raise ConfigError(
+                    "mutual TLS is required: set MPPO_TLS_DIR or MPPO_TLS_CA_FILE, "
+                    "MPPO_TLS_CERT_FILE and MPPO_TLS_KEY_FILE"
+                    + (
+                        f" (plaintext gRPC needs MPPO_ENV=dev|test and {PLAINTEXT_VAR}=1; "
+                        f"MPPO_ENV={environment(env)})"
+                    )
+                )
+            return cls(name=name, material=None, verifier=None)
+        if verifier is None:
+            raise ConfigError(
+                "the gateway's user-token public key is required with TLS: set "
+                "MPPO_USER_TOKEN_PUBLIC_KEY_FILE (or put user-token.pub in MPPO_TLS_DIR)"
+            )
+        return cls(name=name, material=material, verifier=verifier)
+
+    def add_port(self, server: grpc.aio.Server, addr: str) -> int:
+        """Listen on `addr` with mutual TLS (plaintext only in explicit development mode)."""
+        if self.material is None:
+            return server.add_insecure_port(addr)
+        return server.add_secure_port(addr, server_credentials(self.material))
+
+
+_trust: Trust | None = None
+
+
+def configure(trust: Trust) -> None:
+    """Set this process's trust settings (once, at start)."""
+    global _trust
+    _trust = trust
+
+
+def current() -> Trust:
+    """This process's trust settings; read from the environment on first use if not set."""
+    global _trust
+    if _trust is None:
+        name = os.environ.get("MPPO_PROCESS_NAME", "").strip() or "tests"
+        _trust = Trust.from_env(os.environ, name)
+    return _trust
+
+
+def _value(metadata: Any, name: str) -> str:
+    for key, value in metadata or ():
+        if key.lower() == name and isinstance(value, str):
+            return value.strip()
+    return ""
+
+
+def authenticate(
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    allowed: frozenset[str] | None,
+    trust: Trust,
+) -> Caller:
+    """The verified caller of one call to `method` (``/pkg.Service/Method``).
+
+    `allowed` names the services that may call a service-only method (None: any of our
+    processes, and end users through the gateway). Raises UnauthenticatedError when the
+    caller proves nothing, PermissionDeniedError when it may not call `method`.
+    """
+    metadata = context.invocation_metadata()
+    if trust.plaintext:
+        caller = identity.caller_from_metadata(metadata)
+    else:
+        service = peer_service(context)
+        if service is None:
+            raise UnauthenticatedError("a client certificate signed by our CA is required")
+        claimed = _value(metadata, SERVICE_KEY)
+        if claimed and claimed != service:
+            raise PermissionDeniedError(
+                f"x-mppo-service {claimed[:40]!r} does not match the certificate ({service})",
+                "IDENTITY_MISMATCH",
+            )
+        token = _value(metadata, USER_TOKEN_KEY)
+        if _value(metadata, USER_ID_KEY) and not token:
+            raise UnauthenticatedError("an end user is known only by a gateway-signed token")
+        if token:
+            assert trust.verifier is not None
+            try:
+                user_id = trust.verifier.verify(token)
+            except UserTokenError as exc:
+                raise UnauthenticatedError(f"user token refused: {exc}") from None
+            caller = Caller(user_id=user_id, token=token)
+        else:
+            caller = Caller(service=service)
+    if allowed is not None and (caller.user_id or caller.service not in allowed):
+        who = f"user {caller.user_id}" if caller.user_id else caller.service
+        raise PermissionDeniedError(
+            f"{who} may not call {method.rsplit('/', 1)[-1]} (service-only: "
+            f"{', '.join(sorted(allowed))})",
+            "CALLER_NOT_ALLOWED",
+        )
+    return caller
+
+
+def outbound_metadata(on_behalf_of: Caller | None = None) -> tuple[tuple[str, str], ...]:
+    """Identity metadata for a call to a peer: ours, and the user's token when acting for one."""
+    trust = current()
+    if on_behalf_of is None or not on_behalf_of.user_id:
+        return ((SERVICE_KEY, trust.name),)
+    if trust.plaintext:
+        return ((USER_ID_KEY, on_behalf_of.user_id),)
+    if not on_behalf_of.token:
+        raise UnauthenticatedError("no verified user token to act on the user's behalf")
+    return ((USER_TOKEN_KEY, on_behalf_of.token),)
+
+
+def channel(target: str, options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+    """A channel to a peer: mutual TLS with our certificate (plaintext only in explicit dev
+    mode), carrying the trace context."""
+    trust = current()
+    interceptors: Any = [TracingClientInterceptor()]
+    if trust.material is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        target, channel_credentials(trust.material), options=options, interceptors=interceptors
+    )
