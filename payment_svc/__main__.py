@@ -2,7 +2,7 @@
 
 from mppo.platform.runtime import run_service
 from payment_svc.bootstrap import SPEC
-from payment_svc.config import load_config
+from payment_svc.settings import load_config
 
 if __name__ == "__main__":
     run_service(SPEC, load_config)

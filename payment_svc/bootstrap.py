@@ -2,99 +2,66 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-import grpc
-
+from mppo.clients.group import GroupClient
 from mppo.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
-from mppo.platform.config import service_addr
 from mppo.platform.db import create_sessionmaker
-from mppo.platform.membership import GroupAccess
-from mppo.platform.runtime import Infra, ServiceSpec, Worker
+from mppo.platform.runtime import Infra, Parts, Servicer, ServiceSpec
 from payment_svc.adapters.cache import IntentCache
 from payment_svc.adapters.providers.registry import build_providers, close_providers
-from payment_svc.config import PaymentSettings
 from payment_svc.entrypoints.consumers import build_consumers
 from payment_svc.entrypoints.grpc_servicer import PaymentServiceServicer
-from payment_svc.service_layer.payments import PaymentService
-from payment_svc.service_layer.reconciliation import Reconciler
+from payment_svc.entrypoints.reconciler import Reconciler
+from payment_svc.service_layer.handlers import PaymentHandlers
+from payment_svc.service_layer.unit_of_work import PaymentUnitOfWork
+from payment_svc.settings import PaymentSettings
 
 SERVICE_NAME = payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
 
-@dataclass
-class Container:
-    """The service's long-lived parts, built once per process from the live connections."""
+def build(infra: Infra) -> Parts:
+    """The servicer, the event consumers and the reconciler, over one set of handlers."""
+    settings = PaymentSettings.from_env()
+    uow = partial(PaymentUnitOfWork, create_sessionmaker(infra.engine))
+    providers = build_providers(settings)
+    groups = GroupClient(settings.group_addr, "payment")
 
-    service: PaymentService
-    reconciler: Reconciler
+    def compensation_due() -> None:
+        reconciler.wake()
 
-
-_containers: dict[int, Container] = {}
-
-
-def container(infra: Infra) -> Container:
-    """The parts for ``infra`` (built on first use: register() and workers() share them)."""
-    found = _containers.get(id(infra))
-    if found is None:
-        settings = PaymentSettings.from_env()
-        service = PaymentService(
-            create_sessionmaker(infra.engine),
-            build_providers(settings),
-            settings,
-            IntentCache(infra.redis, prefix=infra.config.infra.nats_prefix),
-        )
-        reconciler = Reconciler(service)
-        service.on_compensation_due = reconciler.wake
-        found = _containers[id(infra)] = Container(service, reconciler)
-    return found
-
-
-def register(server: grpc.aio.Server, infra: Infra) -> None:
-    """Add the payment service's servicers to ``server``."""
-    payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(
-        PaymentServiceServicer(
-            container(infra).service,
-            GroupAccess(service_addr(os.environ, "group"), "payment"),
-        ),
-        server,
+    handlers = PaymentHandlers(
+        providers,
+        settings,
+        groups,
+        cache=IntentCache(infra.redis, prefix=infra.config.infra.nats_prefix),
+        compensation_due=compensation_due,
     )
+    reconciler = Reconciler(handlers, uow)
 
+    async def close() -> None:
+        await close_providers(providers)
+        await groups.close()
 
-class _ProviderCloser:
-    """Closes the adapters' HTTP sessions when the process stops."""
-
-    def __init__(self, parts: Container) -> None:
-        self._parts = parts
-        self._stopping = asyncio.Event()
-
-    async def run(self) -> None:
-        await self._stopping.wait()
-        with contextlib.suppress(Exception):
-            await close_providers(dict(self._parts.service.providers))
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-
-def workers(infra: Infra) -> Sequence[Worker]:
-    """Event consumers (group/order closures), the reconciler, and provider cleanup."""
-    parts = container(infra)
-    consumers = build_consumers(
-        infra.engine, infra.js, infra.config.infra.nats_prefix, parts.reconciler.wake
+    return Parts(
+        servicers=[
+            Servicer(
+                payment_service_pb2_grpc.add_PaymentServiceServicer_to_server,
+                PaymentServiceServicer(handlers, uow),
+            )
+        ],
+        workers=[
+            *build_consumers(infra.js, uow, handlers, infra.config.infra.nats_prefix),
+            reconciler,
+        ],
+        close=close,
     )
-    return [*consumers, parts.reconciler, _ProviderCloser(parts)]
 
 
 SPEC = ServiceSpec(
     name="payment",
     grpc_services=[SERVICE_NAME],
     migrations=Path(__file__).resolve().parent / "migrations",
-    register=register,
-    workers=workers,
+    build=build,
 )

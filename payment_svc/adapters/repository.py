@@ -1,13 +1,16 @@
 """Loading and saving payments, provider id mappings, webhook events and closed groups.
 
-Everything here runs inside the caller's transaction (an AsyncSession from the unit of work).
+:class:`PaymentRepository` is what the service layer may ask for; :class:`SqlPaymentRepository`
+answers it inside the unit of work's transaction (the only SQL of the service outside its
+migrations). Every payment it hands out or adds is given to ``track`` (the unit of work's), so
+the events the payment records reach the outbox when the unit of work commits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -55,15 +58,79 @@ def _to_payment(row: Any) -> Payment:
     )
 
 
-class PaymentRepository:
-    """Payments and what hangs off them, in one session."""
+class PaymentRepository(Protocol):
+    """Payments and what hangs off them, within one unit of work."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    async def get(self, payment_id: str, *, lock: bool = False) -> Payment | None:
+        """The payment (row-locked FOR UPDATE when ``lock``)."""
+
+    async def get_attempt(self, group_id: str, member_id: str, attempt: int) -> Payment | None:
+        """The payment for one member attempt."""
+
+    async def list_group(self, group_id: str) -> list[Payment]:
+        """A group's payments, oldest first."""
+
+    async def add(self, payment: Payment, *, return_url: str, payer_user_id: str) -> bool:
+        """Insert a new payment; False when its (group, member, attempt) exists already."""
+
+    async def save(self, payment: Payment) -> None:
+        """Write the payment's fields and its new history rows."""
+
+    async def schedule_check(self, payment_id: str, at: datetime | None, *, reset: bool) -> None:
+        """When reconciliation should look at the payment next (None: never)."""
+
+    async def map_provider_id(
+        self, provider: str, provider_payment_id: str, payment_id: str
+    ) -> None:
+        """Remember that ``provider_payment_id`` names our payment."""
+
+    async def find_by_provider_id(self, provider: str, provider_payment_id: str) -> str | None:
+        """Our payment id for a provider id."""
+
+    async def record_webhook(
+        self, provider: str, event_id: str, event_type: str, provider_payment_id: str, body: str
+    ) -> bool:
+        """Store a verified event once; False when (provider, event id) was seen before."""
+
+    async def webhook_outcome(
+        self, provider: str, event_id: str, outcome: str, payment_id: str | None
+    ) -> None:
+        """What handling the event did (applied, stale, refetched, unmatched…)."""
+
+    async def close_group(self, group_id: str, reason: str) -> None:
+        """Remember the group is over and mark its payments for void/refund now."""
+
+    async def compensate(self, payment_ids: Sequence[str], reason: str) -> None:
+        """Mark these payments (of any group) for void/refund, unless already marked."""
+
+    async def group_closed(self, group_id: str) -> str | None:
+        """Why the group was closed, or None while it is open."""
+
+    async def compensate_reason(self, payment_id: str) -> str:
+        """Why the payment's money must go back ("" when it need not)."""
+
+    async def claim_due(self, limit: int, statuses: Sequence[str]) -> list[tuple[str, int]]:
+        """Due payments (payment id, checks so far), locked so replicas split them."""
+
+    async def bump_check(self, payment_id: str, at: datetime) -> None:
+        """Push the next check to ``at`` and count this one."""
+
+    async def expiring(self, before: datetime, limit: int) -> list[str]:
+        """Authorized payments whose hold lapses before ``before`` and were not warned."""
+
+    async def mark_warned(self, payment_id: str) -> None:
+        """Record that the expiry warning went out."""
+
+
+class SqlPaymentRepository:
+    """:class:`PaymentRepository` over the unit of work's session."""
+
+    def __init__(self, session: AsyncSession, track: Callable[[Payment], None]) -> None:
         self.session = session
-        self.seen: list[Payment] = []
+        self._track_in_uow = track
 
     def _track(self, payment: Payment) -> Payment:
-        self.seen.append(payment)
+        self._track_in_uow(payment)
         return payment
 
     async def get(self, payment_id: str, *, lock: bool = False) -> Payment | None:
@@ -98,6 +165,7 @@ class PaymentRepository:
 
     async def add(self, payment: Payment, *, return_url: str, payer_user_id: str) -> bool:
         """Insert a new payment; False when its (group, member, attempt) exists already."""
+        self._track(payment)
         inserted = await self.session.execute(
             pg_insert(payments)
             .values(
@@ -217,6 +285,16 @@ class PaymentRepository:
             update(payments)
             .where(payments.c.group_id == group_id, payments.c.compensate_reason == "")
             .values(compensate_reason=reason, next_check_at=func.now(), checks=0)
+        )
+
+    async def compensate(self, payment_ids: Sequence[str], reason: str) -> None:
+        """Mark these payments (of any group) for void/refund, unless already marked."""
+        if not payment_ids:
+            return
+        await self.session.execute(
+            update(payments)
+            .where(payments.c.payment_id.in_(list(payment_ids)), payments.c.compensate_reason == "")
+            .values(compensate_reason=reason)
         )
 
     async def group_closed(self, group_id: str) -> str | None:

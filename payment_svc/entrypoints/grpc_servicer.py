@@ -1,25 +1,26 @@
-"""The PaymentService gRPC servicer: thin, proto in, command out, proto back."""
+"""The PaymentService gRPC servicer: thin, proto in, command out, proto back.
+
+Each method turns its request (and the caller named in the metadata) into a command and runs
+its handler with a fresh unit of work; errors map to gRPC statuses in the runtime.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from mppo.payment.v1 import payment_service_pb2 as pb
 from mppo.payment.v1 import payment_service_pb2_grpc
-from mppo.platform.errors import (
-    FieldViolation,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-)
+from mppo.platform import money
+from mppo.platform.errors import DomainError, FieldViolation, InvalidArgumentError
 from mppo.platform.idempotency import METADATA_KEY
-from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY, caller_from
-from mppo.platform.membership import GroupAccess
-from mppo.platform.rpc_status import grpc_errors
+from mppo.platform.identity import Caller, caller_from
+from payment_svc.service_layer import commands
+from payment_svc.service_layer.handlers import PaymentHandlers
 from payment_svc.service_layer.messages import PROVIDER_NAME, to_proto
-from payment_svc.service_layer.payments import NewIntent, PaymentService
+from payment_svc.service_layer.unit_of_work import PaymentUnitOfWork
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _MAX_TEXT = 500
@@ -34,18 +35,8 @@ def _metadata(context: Context) -> dict[str, str]:
     }
 
 
-def _actor(context: Context) -> str:
-    metadata = _metadata(context)
-    if metadata.get(USER_ID_KEY):
-        return f"user:{metadata[USER_ID_KEY]}"
-    return f"service:{metadata.get(SERVICE_KEY) or 'unknown'}"
-
-
-def _internal_only(context: Context) -> None:
-    """Money-moving RPCs are for our services (order, group), never end users."""
-    caller = caller_from(context.invocation_metadata())
-    if caller.user_id or not caller.service:
-        raise PermissionDeniedError("internal RPC: our services only", reason="INTERNAL_ONLY")
+def _caller(context: Context) -> Caller:
+    return caller_from(context.invocation_metadata())
 
 
 def _require(value: str, field: str, violations: list[FieldViolation]) -> None:
@@ -55,7 +46,9 @@ def _require(value: str, field: str, violations: list[FieldViolation]) -> None:
         violations.append(FieldViolation(field, "at most 200 characters"))
 
 
-def _validated_intent(request: pb.CreatePaymentIntentRequest, default_provider: str) -> NewIntent:
+def _validated_intent(
+    request: pb.CreatePaymentIntentRequest, caller: Caller, default_provider: str
+) -> commands.CreatePaymentIntent:
     violations: list[FieldViolation] = []
     _require(request.group_id, "group_id", violations)
     _require(request.member_id, "member_id", violations)
@@ -64,8 +57,10 @@ def _validated_intent(request: pb.CreatePaymentIntentRequest, default_provider: 
     if request.amount.amount_minor <= 0:
         violations.append(FieldViolation("amount.amount_minor", "must be positive"))
     code = request.amount.currency_code
-    if len(code) != 3 or not code.isalpha() or not code.isupper():
-        violations.append(FieldViolation("amount.currency_code", "ISO 4217 code, e.g. USD"))
+    try:
+        money.exponent(code, "amount.currency_code")
+    except DomainError as exc:
+        violations.extend(exc.violations)
     if len(request.description) > _MAX_TEXT:
         violations.append(FieldViolation("description", f"at most {_MAX_TEXT} characters"))
     if request.return_url and not request.return_url.startswith(("http://", "https://")):
@@ -79,7 +74,8 @@ def _validated_intent(request: pb.CreatePaymentIntentRequest, default_provider: 
             provider = name
     if violations:
         raise InvalidArgumentError("invalid payment intent", violations)
-    return NewIntent(
+    return commands.CreatePaymentIntent(
+        caller=caller,
         group_id=request.group_id,
         member_id=request.member_id,
         attempt=request.attempt,
@@ -109,34 +105,28 @@ def _amount(request: pb.CapturePaymentRequest | pb.RefundPaymentRequest) -> int 
 class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
     """Serves mppo.payment.v1.PaymentService."""
 
-    def __init__(self, service: PaymentService, access: GroupAccess) -> None:
-        self._service = service
-        self._access = access
+    def __init__(self, handlers: PaymentHandlers, uow: Callable[[], PaymentUnitOfWork]) -> None:
+        self._handlers = handlers
+        self._uow = uow
 
-    @grpc_errors
     async def CreatePaymentIntent(  # noqa: N802
         self, request: pb.CreatePaymentIntentRequest, context: Context
     ) -> pb.CreatePaymentIntentResponse:
         """Create (or replay) the payment of one member attempt (our services only: members
         get their intents through the group service, which owns the shares)."""
-        _internal_only(context)  # members get intents through the group service
-        intent = _validated_intent(request, self._service.settings.default_provider)
-        payment = await self._service.create_intent(intent)
+        caller = _caller(context)
+        cmd = _validated_intent(request, caller, self._handlers.settings.default_provider)
+        payment = await self._handlers.create_payment_intent(cmd, self._uow())
         return pb.CreatePaymentIntentResponse(payment=to_proto(payment))
 
-    @grpc_errors
     async def GetPayment(  # noqa: N802
         self, request: pb.GetPaymentRequest, context: Context
     ) -> pb.GetPaymentResponse:
         """One payment."""
-        caller = caller_from(context.invocation_metadata())
-        payment = await self._service.get(_payment_id(request.payment_id))
-        view = await self._access.view(caller, payment.group_id)
-        if not view.may_see_member(payment.member_id):
-            raise NotFoundError("payment not found")
+        cmd = commands.GetPayment(_caller(context), _payment_id(request.payment_id))
+        payment = await self._handlers.get_payment(cmd, self._uow())
         return pb.GetPaymentResponse(payment=to_proto(payment))
 
-    @grpc_errors
     async def ListPayments(  # noqa: N802
         self, request: pb.ListPaymentsRequest, context: Context
     ) -> pb.ListPaymentsResponse:
@@ -145,68 +135,60 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
             raise InvalidArgumentError(
                 "group_id is required", [FieldViolation("group_id", "required")]
             )
-        caller = caller_from(context.invocation_metadata())
-        view = await self._access.view(caller, request.group_id)
-        found = await self._service.list_group(request.group_id)
-        return pb.ListPaymentsResponse(
-            payments=[to_proto(p) for p in found if view.may_see_member(p.member_id)]
-        )
+        cmd = commands.ListPayments(_caller(context), request.group_id)
+        found = await self._handlers.list_payments(cmd, self._uow())
+        return pb.ListPaymentsResponse(payments=[to_proto(p) for p in found])
 
-    @grpc_errors
     async def HandleWebhook(  # noqa: N802
         self, request: pb.HandleWebhookRequest, context: Context
     ) -> pb.HandleWebhookResponse:
         """A provider webhook: HTTP headers arrive as metadata, the raw body as HttpBody."""
-        result = await self._service.handle_webhook(
-            request.provider, _metadata(context), bytes(request.body.data)
+        cmd = commands.HandleWebhook(
+            provider=request.provider, body=bytes(request.body.data), headers=_metadata(context)
         )
+        result = await self._handlers.handle_webhook(cmd, self._uow())
         return pb.HandleWebhookResponse(event_id=result.event_id, duplicate=result.duplicate)
 
-    @grpc_errors
     async def CapturePayment(  # noqa: N802
         self, request: pb.CapturePaymentRequest, context: Context
     ) -> pb.CapturePaymentResponse:
         """Capture an authorized payment."""
-        _internal_only(context)
-        payment = await self._service.capture(
-            _payment_id(request.payment_id), _amount(request), _actor(context)
+        cmd = commands.CapturePayment(
+            _caller(context), _payment_id(request.payment_id), _amount(request)
         )
+        payment = await self._handlers.capture_payment(cmd, self._uow())
         return pb.CapturePaymentResponse(payment=to_proto(payment))
 
-    @grpc_errors
     async def VoidPayment(  # noqa: N802
         self, request: pb.VoidPaymentRequest, context: Context
     ) -> pb.VoidPaymentResponse:
         """Release a hold."""
-        _internal_only(context)
-        payment = await self._service.void(
-            _payment_id(request.payment_id), request.reason or "void requested", _actor(context)
+        cmd = commands.VoidPayment(
+            _caller(context),
+            _payment_id(request.payment_id),
+            request.reason or "void requested",
         )
+        payment = await self._handlers.void_payment(cmd, self._uow())
         return pb.VoidPaymentResponse(payment=to_proto(payment))
 
-    @grpc_errors
     async def RefundPayment(  # noqa: N802
         self, request: pb.RefundPaymentRequest, context: Context
     ) -> pb.RefundPaymentResponse:
         """Refund captured money (``idempotency-key`` metadata makes a retry safe)."""
-        _internal_only(context)
-        key = _metadata(context).get(METADATA_KEY, "")[:200]
-        payment = await self._service.refund(
+        cmd = commands.RefundPayment(
+            _caller(context),
             _payment_id(request.payment_id),
             _amount(request),
             request.reason or "refund requested",
-            _actor(context),
-            key=key,
+            key=_metadata(context).get(METADATA_KEY, "")[:200],
         )
+        payment = await self._handlers.refund_payment(cmd, self._uow())
         return pb.RefundPaymentResponse(payment=to_proto(payment))
 
-    @grpc_errors
     async def SyncPayment(  # noqa: N802
         self, request: pb.SyncPaymentRequest, context: Context
     ) -> pb.SyncPaymentResponse:
         """Re-read a payment from its provider."""
-        _internal_only(context)
-        payment, changed = await self._service.sync(
-            _payment_id(request.payment_id), actor=_actor(context)
-        )
+        cmd = commands.SyncPayment(_caller(context), _payment_id(request.payment_id))
+        payment, changed = await self._handlers.sync_payment(cmd, self._uow())
         return pb.SyncPaymentResponse(payment=to_proto(payment), changed=changed)

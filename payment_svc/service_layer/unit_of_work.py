@@ -1,15 +1,15 @@
-"""The payment service's unit of work: one transaction, its repository, its outbox events."""
+"""The payment service's unit of work: the platform's, with the payment repository attached.
+
+The events a payment records reach the outbox through :func:`messages.to_event` when the unit
+of work commits (the repository tracks every payment it hands out).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Self
-
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mppo.platform.db import UnitOfWork
-from mppo.platform.events import Event
-from payment_svc.adapters.repository import PaymentRepository
+from mppo.platform.unit_of_work import UnitOfWork
+from payment_svc.adapters.repository import PaymentRepository, SqlPaymentRepository
 from payment_svc.service_layer.messages import to_event
 
 
@@ -18,15 +18,8 @@ class PaymentUnitOfWork(UnitOfWork):
 
     payments: PaymentRepository
 
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
-        super().__init__(session_factory)
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        super().__init__(sessions, translate=to_event)
 
-    async def __aenter__(self) -> Self:
-        await super().__aenter__()
-        self.payments = PaymentRepository(self.session)
-        return self
-
-    def _collect_events(self) -> Iterable[Event]:
-        for payment in self.payments.seen:
-            while payment.events:
-                yield to_event(payment, payment.events.pop(0))
+    def _open(self, session: AsyncSession) -> None:
+        self.payments = SqlPaymentRepository(session, self.track)

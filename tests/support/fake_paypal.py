@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from payment_svc.domain.currency import from_decimal_string, to_decimal_string
+from mppo.platform.money import from_decimal_string, to_decimal_string
 from tests.support.fake_provider import FakeProviderServer
 
 Json = dict[str, Any]

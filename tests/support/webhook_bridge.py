@@ -19,6 +19,7 @@ from google.api import httpbody_pb2
 
 from mppo.devstack.probes import free_port
 from mppo.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
+from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY, service_metadata
 
 _HTTP_STATUS = {
     grpc.StatusCode.OK: 200,
@@ -29,8 +30,18 @@ _HTTP_STATUS = {
     grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.UNAVAILABLE: 503,
 }
-# HTTP/2 pseudo or hop-by-hop headers gRPC metadata must not carry
-_SKIP = {"host", "content-length", "connection", "transfer-encoding", "te", "keep-alive"}
+# HTTP/2 pseudo or hop-by-hop headers gRPC metadata must not carry, and identity headers (the
+# gateway drops those too: a webhook sender proves nothing about who it is)
+_SKIP = {
+    "host",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "te",
+    "keep-alive",
+    SERVICE_KEY,
+    USER_ID_KEY,
+}
 
 
 @dataclass
@@ -54,10 +65,15 @@ async def webhook_bridge(payment_addr: str) -> AsyncIterator[WebhookBridge]:
 
     async def forward(request: web.Request) -> web.Response:
         body = await request.read()
-        metadata = tuple(
-            (key.lower(), value)
-            for key, value in request.headers.items()
-            if key.lower() not in _SKIP and value.isprintable()
+        # the gateway is known to the payment service as a service (by its certificate under
+        # mutual TLS; in the tests' plaintext mode, by the metadata it sends)
+        metadata = (
+            *service_metadata("gateway"),
+            *(
+                (key.lower(), value)
+                for key, value in request.headers.items()
+                if key.lower() not in _SKIP and value.isprintable()
+            ),
         )
         message = payment_service_pb2.HandleWebhookRequest(
             provider=request.match_info.get("provider", ""),

@@ -12,8 +12,9 @@ Design:
 - Amounts go out as decimal strings in the currency's ISO 4217 exponent ("10.50", JPY "1050");
   PayPal takes no decimals for HUF and TWD, so those must be whole units.
 - Every mutating call carries `PayPal-Request-Id` (our idempotency key), identical on retries.
-  Timeouts, connection errors, 429 and 5xx are retried with bounded exponential backoff; an
-  expired access token (401) is refreshed and the call retried; other 4xx are final.
+  Timeouts, connection errors and transient statuses (`retryable_http_status`: 408, 425, 429,
+  5xx) are retried with bounded exponential backoff; an expired access token (401) is
+  refreshed and the call retried; other 4xx are final.
 - Webhooks are verified by PayPal's verify-webhook-signature call with the `PAYPAL-*` headers
   and our webhook id; the raw body is passed through byte for byte as `webhook_event`.
 """
@@ -30,8 +31,9 @@ from typing import Any
 
 import aiohttp
 
-from mppo.platform.backoff import RetryPolicy, retry_async
+from mppo.platform.backoff import RetryPolicy, retry_async, retryable_http_status
 from mppo.platform.errors import InvalidArgumentError
+from mppo.platform.money import from_decimal_string, to_decimal_string
 from payment_svc.adapters.providers.base import (
     CheckoutRequest,
     CheckoutResult,
@@ -42,7 +44,6 @@ from payment_svc.adapters.providers.base import (
     WebhookRequest,
     WebhookVerificationError,
 )
-from payment_svc.domain.currency import from_decimal_string, to_decimal_string
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ class PayPalProvider:
                 data = b"grant_type=client_credentials"
                 status, body = await self._send("POST", "/v1/oauth2/token", headers, data, "token")
                 if status != 200 or not isinstance(body, dict) or "access_token" not in body:
-                    retryable = status == 429 or status >= 500
+                    retryable = retryable_http_status(status)
                     code = _error_code(status, body)
                     raise ProviderError(
                         f"paypal token: HTTP {status} {code}", retryable=retryable, code=code
@@ -291,7 +292,7 @@ class PayPalProvider:
             code = _error_code(status, answer)
             if status == 401:  # the cached token expired or was revoked: get a new one
                 self._token = None
-            retryable = status in (401, 429) or status >= 500
+            retryable = status == 401 or retryable_http_status(status)
             raise ProviderError(
                 f"paypal {what}: HTTP {status} {code}", retryable=retryable, code=code
             )

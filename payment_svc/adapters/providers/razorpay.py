@@ -18,8 +18,8 @@ Design, as Razorpay documents it:
   with the webhook secret, and the event id (`X-Razorpay-Event-Id`) is the de-duplication key.
 
 The SDK is synchronous (requests): each call runs in the default thread executor with a
-timeout, and transient failures (timeouts, connection errors, 429, 5xx) are retried with
-bounded exponential backoff.
+timeout, and transient failures (timeouts, connection errors, `retryable_http_status`: 408,
+425, 429, 5xx) are retried with bounded exponential backoff.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import razorpay
 import requests
 from razorpay.errors import BadRequestError, GatewayError, ServerError
 
-from mppo.platform.backoff import RetryPolicy, retry_async
+from mppo.platform.backoff import RetryPolicy, retry_async, retryable_http_status
 from payment_svc.adapters.providers.base import (
     CheckoutRequest,
     CheckoutResult,
@@ -72,10 +72,6 @@ _LINK_STATUS = {
 
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ProviderError) and exc.retryable
-
-
-def _retryable_status(status: int) -> bool:
-    return status == 429 or status >= 500
 
 
 def _entity(payload: Mapping[str, Any], name: str) -> Json:
@@ -159,7 +155,7 @@ class RazorpayProvider:
         except (BadRequestError, GatewayError, ServerError) as exc:
             status = statuses[-1] if statuses else 0
             code = f"http_{status}" if status else type(exc).__name__
-            retryable = _retryable_status(status) or (
+            retryable = retryable_http_status(status) or (
                 status == 0 and not isinstance(exc, BadRequestError)
             )
             raise ProviderError(f"razorpay {what}: {exc}", retryable=retryable, code=code) from exc
@@ -167,7 +163,7 @@ class RazorpayProvider:
             status = statuses[-1] if statuses else 0
             raise ProviderError(
                 f"razorpay {what}: HTTP {status}: {exc}",
-                retryable=status == 0 or _retryable_status(status),
+                retryable=status == 0 or retryable_http_status(status),
                 code=f"http_{status}",
             ) from exc
         if isinstance(result, str):  # the SDK answers 204 with the string "{}"

@@ -9,12 +9,16 @@ Environment: Stripe ``MPPO_STRIPE_API_KEY`` / ``MPPO_STRIPE_WEBHOOK_SECRET`` (op
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from mppo.platform.backoff import RetryPolicy
 from payment_svc.adapters.providers.base import PaymentProvider
 from payment_svc.adapters.providers.stripe import StripeProvider
-from payment_svc.config import PaymentSettings
+from payment_svc.settings import PaymentSettings
+
+logger = logging.getLogger(__name__)
 
 
 def build_providers(settings: PaymentSettings) -> dict[str, PaymentProvider]:
@@ -45,31 +49,32 @@ def build_providers(settings: PaymentSettings) -> dict[str, PaymentProvider]:
             timeout=settings.provider_timeout,
             retry=retry,
         )
-    env = settings.env
-    if env.get("MPPO_RAZORPAY_KEY_ID"):
+    if settings.razorpay is not None:
         from payment_svc.adapters.providers.razorpay import RazorpayProvider
 
+        razorpay = settings.razorpay
         options: dict[str, Any] = {}
-        if env.get("MPPO_RAZORPAY_API_BASE"):
-            options["api_base"] = env["MPPO_RAZORPAY_API_BASE"]
+        if razorpay.api_base:
+            options["api_base"] = razorpay.api_base
         providers["razorpay"] = RazorpayProvider(
-            key_id=env["MPPO_RAZORPAY_KEY_ID"],
-            key_secret=env.get("MPPO_RAZORPAY_KEY_SECRET", ""),
-            webhook_secret=env.get("MPPO_RAZORPAY_WEBHOOK_SECRET", ""),
+            key_id=razorpay.key_id,
+            key_secret=razorpay.key_secret,
+            webhook_secret=razorpay.webhook_secret,
             timeout=settings.provider_timeout,
             retry=retry,
             **options,
         )
-    if env.get("MPPO_PAYPAL_CLIENT_ID"):
+    if settings.paypal is not None:
         from payment_svc.adapters.providers.paypal import PayPalProvider
 
+        paypal = settings.paypal
         options = {}
-        if env.get("MPPO_PAYPAL_API_BASE"):
-            options["api_base"] = env["MPPO_PAYPAL_API_BASE"]
+        if paypal.api_base:
+            options["api_base"] = paypal.api_base
         providers["paypal"] = PayPalProvider(
-            client_id=env["MPPO_PAYPAL_CLIENT_ID"],
-            client_secret=env.get("MPPO_PAYPAL_CLIENT_SECRET", ""),
-            webhook_id=env.get("MPPO_PAYPAL_WEBHOOK_ID", ""),
+            client_id=paypal.client_id,
+            client_secret=paypal.client_secret,
+            webhook_id=paypal.webhook_id,
             timeout=settings.provider_timeout,
             retry=retry,
             **options,
@@ -77,9 +82,13 @@ def build_providers(settings: PaymentSettings) -> dict[str, PaymentProvider]:
     return providers
 
 
-async def close_providers(providers: dict[str, PaymentProvider]) -> None:
-    """Close whatever HTTP sessions the adapters hold."""
-    for provider in providers.values():
+async def close_providers(providers: Mapping[str, PaymentProvider]) -> None:
+    """Close whatever HTTP sessions the adapters hold (one failing does not stop the rest)."""
+    for name, provider in providers.items():
         close = getattr(provider, "close", None)
-        if close is not None:
+        if close is None:
+            continue
+        try:
             await close()
+        except Exception:
+            logger.exception("closing the %s provider failed", name)

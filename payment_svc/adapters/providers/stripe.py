@@ -17,7 +17,7 @@ from typing import Any
 
 import stripe
 
-from mppo.platform.backoff import RetryPolicy, retry_async
+from mppo.platform.backoff import RetryPolicy, retry_async, retryable_http_status
 from payment_svc.adapters.providers.base import (
     CheckoutRequest,
     CheckoutResult,
@@ -59,7 +59,7 @@ def _get(obj: Any, *path: str) -> Any:
 
 
 def _provider_error(exc: stripe.StripeError) -> ProviderError:
-    retryable = isinstance(exc, _RETRYABLE) or (exc.http_status or 0) >= 500
+    retryable = isinstance(exc, _RETRYABLE) or retryable_http_status(exc.http_status or 0)
     if isinstance(exc, stripe.IdempotencyError):
         retryable = False
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
@@ -185,8 +185,8 @@ class StripeProvider:
         return CheckoutResult(provider_payment_id=provider_id, payment_link=str(session["url"]))
 
     async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
-        """``op`` with bounded exponential backoff on retryable errors (network, 429, 5xx);
-        the request inside carries the same idempotency key on every attempt."""
+        """``op`` with bounded exponential backoff on retryable errors (network, 408, 425, 429,
+        5xx); the request inside carries the same idempotency key on every attempt."""
 
         async def attempt(_: int) -> Any:
             try:

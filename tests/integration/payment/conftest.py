@@ -26,6 +26,18 @@ SANDBOX = payment_pb2.PROVIDER_SANDBOX
 METADATA = service_metadata("tests")
 
 
+def label_id(label: str) -> str:
+    """The id a test calls `label` ("g-idem-1", "m1"), shaped as the ids our services issue
+    (a lower-case UUID: the runtime refuses other shapes for group and member ids); an id
+    that already has that shape is kept."""
+    try:
+        if str(uuid.UUID(label)) == label:
+            return label
+    except ValueError:
+        pass
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mppo-test:{label}"))
+
+
 @dataclass
 class PaymentStack:
     """What a payment test talks to."""
@@ -40,11 +52,11 @@ class PaymentStack:
     async def create(
         self, amount: int = 1250, currency: str = "USD", group_id: str = "", member: str = "m1"
     ) -> payment_pb2.Payment:
-        """A new payment intent (new group unless given)."""
+        """A new payment intent (new group unless given; labels become ids via `label_id`)."""
         reply = await self.stub.CreatePaymentIntent(
             payment_service_pb2.CreatePaymentIntentRequest(
-                group_id=group_id or f"g-{uuid.uuid4().hex[:10]}",
-                member_id=member,
+                group_id=label_id(group_id) if group_id else str(uuid.uuid4()),
+                member_id=label_id(member),
                 attempt=1,
                 amount=Money(amount_minor=amount, currency_code=currency),
                 description="Pizza night share",

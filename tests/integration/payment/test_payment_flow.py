@@ -12,7 +12,7 @@ import pytest
 
 from mppo.common.v1.money_pb2 import Money
 from mppo.payment.v1 import payment_pb2, payment_service_pb2
-from tests.integration.payment.conftest import METADATA, PaymentStack
+from tests.integration.payment.conftest import METADATA, PaymentStack, label_id
 from tests.support.sandbox import CARD_CAPTURE_FAILS, CARD_DECLINE
 
 T = TypeVar("T")
@@ -54,7 +54,7 @@ async def test_intent_is_idempotent_and_links_to_the_hosted_page(stack: PaymentS
         await stack.create(991, group_id="g-idem-1")
     assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     listed = await stack.stub.ListPayments(
-        payment_service_pb2.ListPaymentsRequest(group_id="g-idem-1"),
+        payment_service_pb2.ListPaymentsRequest(group_id=label_id("g-idem-1")),
         metadata=METADATA,
         timeout=10,
     )
@@ -65,7 +65,9 @@ async def test_intent_is_idempotent_and_links_to_the_hosted_page(stack: PaymentS
 async def test_concurrent_creates_make_one_payment(stack: PaymentStack) -> None:
     results = await asyncio.gather(*(stack.create(500, group_id="g-race-1") for _ in range(8)))
     assert len({p.payment_id for p in results}) == 1
-    rows = await stack.query("SELECT count(*) AS n FROM payments WHERE group_id = 'g-race-1'")
+    rows = await stack.query(
+        "SELECT count(*) AS n FROM payments WHERE group_id = $1", label_id("g-race-1")
+    )
     assert rows[0]["n"] == 1
 
 

@@ -18,7 +18,7 @@ from mppo.payment.v1 import payment_pb2, payment_service_pb2
 from mppo.platform.event_types import new_event
 from mppo.platform.messaging import publish_event
 from payment_svc.sandbox.webhooks import sign
-from tests.integration.payment.conftest import METADATA, PaymentStack
+from tests.integration.payment.conftest import METADATA, PaymentStack, label_id
 from tests.integration.payment.test_payment_flow import eventually
 
 P = payment_pb2
@@ -203,7 +203,7 @@ async def test_group_cancelled_voids_every_hold_and_refunds_captures(
     stack: PaymentStack, infra: Infra
 ) -> None:
     await stack.sandbox.faults(reset=True)
-    group = f"g-cancel-{uuid.uuid4().hex[:8]}"
+    group = str(uuid.uuid4())
     held = [await stack.create(1000 + i, group_id=group, member=f"m{i}") for i in range(2)]
     for payment in held:
         await stack.sandbox.pay(payment.payment_link)
@@ -246,10 +246,10 @@ async def test_group_cancelled_voids_every_hold_and_refunds_captures(
         lambda s: (
             s
             == {
-                "m0": P.PAYMENT_STATUS_VOIDED,
-                "m1": P.PAYMENT_STATUS_VOIDED,
-                "m-captured": P.PAYMENT_STATUS_REFUNDED,
-                "m-unpaid": P.PAYMENT_STATUS_VOIDED,
+                label_id("m0"): P.PAYMENT_STATUS_VOIDED,
+                label_id("m1"): P.PAYMENT_STATUS_VOIDED,
+                label_id("m-captured"): P.PAYMENT_STATUS_REFUNDED,
+                label_id("m-unpaid"): P.PAYMENT_STATUS_VOIDED,
             }
         ),
         within=30,

@@ -5,8 +5,8 @@ page, so there is none unless configured (no link into a JSON API the payer can'
 
 from __future__ import annotations
 
-from payment_svc.config import PaymentSettings
 from payment_svc.sandbox.config import DEFAULT_WEBHOOK_URL, SandboxConfig
+from payment_svc.settings import PaymentSettings
 
 
 def test_sandbox_webhooks_go_to_the_announced_gateway() -> None:

@@ -1,4 +1,5 @@
-"""Minor units ↔ decimal strings: exact for exponent 0, 2 and 3, and strict about input."""
+"""Minor units ↔ decimal strings (mppo.platform.money, as the PayPal adapter uses them): exact
+for exponent 0, 2 and 3, and strict about input."""
 
 from __future__ import annotations
 
@@ -7,11 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mppo.platform.errors import InvalidArgumentError
-from payment_svc.domain.currency import (
-    from_decimal_string,
-    minor_unit_exponent,
-    to_decimal_string,
-)
+from mppo.platform.money import exponent as minor_unit_exponent
+from mppo.platform.money import from_decimal_string, to_decimal_string
 
 amounts = st.integers(min_value=0, max_value=10**15)
 

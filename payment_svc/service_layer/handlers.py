@@ -1,0 +1,644 @@
+"""Handlers of the payment service: create, read, capture, void, refund, sync, webhooks,
+reconciliation, and the group-closed events.
+
+Every handler has the one shape ``handler(message, uow)``: the message is a command from
+:mod:`payment_svc.service_layer.commands` or an event payload, the unit of work is fresh for a
+command (the handler opens it, possibly several times in a row) and already open for an event
+(the inbox opened it). The handlers' own dependencies (providers, settings, the group client,
+the replay cache, the reconciler's wake-up, the clock) are bound once in bootstrap, on
+:class:`PaymentHandlers`.
+
+Provider calls never run while a payment row is locked, except when a webhook arrives out of
+order and the provider must be re-read to decide. Each money movement is: read and check in
+one transaction, call the provider with a stable idempotency key (the adapter retries with the
+same key), then apply what the provider reports in a second transaction that locks the row and
+moves the state only forward, so concurrent or repeated calls end in one outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from mppo.clients.group import GroupView
+from mppo.group.v1 import group_events_pb2
+from mppo.order.v1 import order_events_pb2
+from mppo.platform.errors import (
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from mppo.platform.event_types import subject_of
+from mppo.platform.identity import Caller
+from mppo.platform.logs import bind_ids
+from payment_svc.adapters.cache import IntentCache
+from payment_svc.adapters.providers.base import (
+    CheckoutRequest,
+    PaymentProvider,
+    ProviderError,
+    ProviderEvent,
+    ProviderPaymentState,
+    ProviderStatus,
+    WebhookRequest,
+    WebhookVerificationError,
+)
+from payment_svc.domain.model import (
+    MONEY_STATES,
+    TERMINAL,
+    Observation,
+    Payment,
+    PaymentStatus,
+    ordering,
+)
+from payment_svc.service_layer import commands
+from payment_svc.service_layer.unit_of_work import PaymentUnitOfWork
+from payment_svc.settings import PaymentSettings
+
+logger = logging.getLogger(__name__)
+
+S = PaymentStatus
+#: who the reconciler's commands come from
+RECONCILER = Caller(service="reconciler")
+#: the states the reconciler re-reads
+WATCHED = (S.REQUIRES_ACTION, S.AUTHORIZED, S.CAPTURED, S.PARTIALLY_REFUNDED)
+
+GroupClosed = (
+    group_events_pb2.GroupExpired | group_events_pb2.GroupCancelled | order_events_pb2.OrderFailed
+)
+
+
+class GroupViews(Protocol):
+    """Who may see what of a group (mppo.clients.group.GroupClient in production)."""
+
+    async def view(self, caller: Caller, group_id: str) -> GroupView:
+        """The caller's view of `group_id`; NotFoundError when they may not see it at all."""
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    """What HandleWebhook answers."""
+
+    event_id: str
+    duplicate: bool
+
+
+def observation(state: ProviderPaymentState) -> Observation:
+    """A provider's state in domain terms."""
+    return Observation(
+        status=PaymentStatus(state.status.value),
+        amount_authorized_minor=state.amount_authorized_minor,
+        amount_captured_minor=state.amount_captured_minor,
+        amount_refunded_minor=state.amount_refunded_minor,
+        failure_reason=state.failure_reason,
+        authorization_expires_at=state.authorization_expires_at,
+    )
+
+
+def event_observation(event: ProviderEvent, status: ProviderStatus) -> Observation:
+    """What a webhook event reports, in domain terms."""
+    ours = PaymentStatus(status.value)
+    return Observation(
+        status=ours,
+        amount_authorized_minor=event.amount_minor if ours is S.AUTHORIZED else 0,
+        amount_captured_minor=event.amount_minor if ours is S.CAPTURED else 0,
+        amount_refunded_minor=event.amount_minor
+        if ours in (S.PARTIALLY_REFUNDED, S.REFUNDED)
+        else 0,
+        failure_reason=event.failure_reason,
+    )
+
+
+def _internal_only(caller: Caller) -> None:
+    """Money-moving commands are for our services (order, group), never end users."""
+    if caller.user_id or not caller.service:
+        raise PermissionDeniedError("internal RPC: our services only", reason="INTERNAL_ONLY")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _nothing() -> None:
+    return None
+
+
+class PaymentHandlers:
+    """The payment service's handlers, bound to their dependencies (built once in bootstrap)."""
+
+    def __init__(
+        self,
+        providers: Mapping[str, PaymentProvider],
+        settings: PaymentSettings,
+        groups: GroupViews,
+        *,
+        cache: IntentCache | None = None,
+        compensation_due: Callable[[], None] = _nothing,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.providers = providers
+        self.settings = settings
+        self._groups = groups
+        self._cache = cache
+        #: wakes the reconciler after a commit that made compensation due
+        self._compensation_due = compensation_due
+        self._clock = clock
+
+    # helpers -----------------------------------------------------------------------------------
+    def provider(self, name: str) -> PaymentProvider:
+        """The adapter called ``name``; NOT_FOUND when it is not configured."""
+        found = self.providers.get(name)
+        if found is None:
+            raise NotFoundError(f"payment provider {name!r} is not configured", "UNKNOWN_PROVIDER")
+        return found
+
+    def _prepare(self, payment: Payment) -> Payment:
+        provider = self.providers.get(payment.provider)
+        payment.can_authorize = provider.can_authorize if provider is not None else True
+        return payment
+
+    async def _load(self, uow: PaymentUnitOfWork, payment_id: str, *, lock: bool) -> Payment:
+        payment = await uow.payments.get(payment_id, lock=lock)
+        if payment is None:
+            raise NotFoundError(f"payment {payment_id} not found")
+        return self._prepare(payment)
+
+    async def _read(self, uow: PaymentUnitOfWork, payment_id: str) -> Payment:
+        async with uow:
+            return await self._load(uow, payment_id, lock=False)
+
+    def _next_check(self, payment: Payment, compensating: bool, checks: int = 0) -> datetime | None:
+        """When reconciliation should re-read this payment (None: no need)."""
+        if payment.status in TERMINAL:
+            return None
+        if payment.status in (S.CAPTURED, S.PARTIALLY_REFUNDED) and not compensating:
+            return None
+        if compensating:
+            return self._clock()
+        interval = min(
+            self.settings.reconcile_interval * 2 ** min(checks, 16),
+            self.settings.reconcile_max_interval,
+        )
+        return self._clock() + timedelta(seconds=interval)
+
+    @staticmethod
+    def _provider_failure(exc: ProviderError, what: str) -> Exception:
+        if exc.retryable:
+            return UnavailableError(f"provider unavailable, could not {what}: {exc}")
+        return FailedPreconditionError(
+            f"provider refused to {what}: {exc}", reason=f"PROVIDER_{exc.code or 'ERROR'}".upper()
+        )
+
+    # create / read -----------------------------------------------------------------------------
+    async def create_payment_intent(
+        self, cmd: commands.CreatePaymentIntent, uow: PaymentUnitOfWork
+    ) -> Payment:
+        """The payment for (group, member, attempt), created with its hosted page if new."""
+        _internal_only(cmd.caller)
+        self.provider(cmd.provider)
+        payment_id = None
+        if self._cache is not None:
+            payment_id = await self._cache.get(cmd.group_id, cmd.member_id, cmd.attempt)
+        async with uow:
+            existing = await uow.payments.get(payment_id) if payment_id else None
+            if existing is None:
+                existing = await uow.payments.get_attempt(cmd.group_id, cmd.member_id, cmd.attempt)
+            if existing is None:
+                closed = await uow.payments.group_closed(cmd.group_id)
+                if closed is not None:
+                    raise FailedPreconditionError(
+                        f"group {cmd.group_id} is closed ({closed})", reason="GROUP_CLOSED"
+                    )
+                candidate = Payment(
+                    payment_id=str(uuid.uuid4()),
+                    group_id=cmd.group_id,
+                    member_id=cmd.member_id,
+                    attempt=cmd.attempt,
+                    amount_minor=cmd.amount_minor,
+                    currency_code=cmd.currency_code,
+                    provider=cmd.provider,
+                    description=cmd.description,
+                )
+                if await uow.payments.add(
+                    candidate, return_url=cmd.return_url, payer_user_id=cmd.payer_user_id
+                ):
+                    await uow.payments.schedule_check(
+                        candidate.payment_id,
+                        self._clock() + timedelta(seconds=self.settings.reconcile_interval),
+                        reset=True,
+                    )
+                    await uow.commit()
+                    existing = candidate
+                else:
+                    existing = await uow.payments.get_attempt(
+                        cmd.group_id, cmd.member_id, cmd.attempt
+                    )
+            if existing is None:  # pragma: no cover - the conflicting row was rolled back
+                raise UnavailableError("concurrent create did not settle; retry")
+        self._check_same_intent(existing, cmd)
+        if not existing.payment_link:
+            existing = await self._open_checkout(uow, existing, cmd.return_url)
+        if self._cache is not None:
+            await self._cache.put(cmd.group_id, cmd.member_id, cmd.attempt, existing.payment_id)
+        return existing
+
+    @staticmethod
+    def _check_same_intent(payment: Payment, cmd: commands.CreatePaymentIntent) -> None:
+        if (payment.amount_minor, payment.currency_code, payment.provider) != (
+            cmd.amount_minor,
+            cmd.currency_code,
+            cmd.provider,
+        ):
+            raise FailedPreconditionError(
+                "this group, member and attempt already have a payment with other parameters",
+                reason="INTENT_MISMATCH",
+                violations=[FieldViolation("attempt", "use a new attempt number")],
+            )
+
+    async def _open_checkout(
+        self, uow: PaymentUnitOfWork, payment: Payment, return_url: str
+    ) -> Payment:
+        provider = self.provider(payment.provider)
+        with bind_ids(payment_id=payment.payment_id, group_id=payment.group_id):
+            try:
+                result = await provider.create_checkout(
+                    CheckoutRequest(
+                        payment_id=payment.payment_id,
+                        group_id=payment.group_id,
+                        member_id=payment.member_id,
+                        attempt=payment.attempt,
+                        amount_minor=payment.amount_minor,
+                        currency_code=payment.currency_code,
+                        description=payment.description,
+                        return_url=return_url,
+                        idempotency_key=f"checkout:{payment.payment_id}",
+                    )
+                )
+            except ProviderError as exc:
+                raise self._provider_failure(exc, "create the checkout") from exc
+            async with uow:
+                locked = await self._load(uow, payment.payment_id, lock=True)
+                if not locked.payment_link:
+                    locked.attach_checkout(result.provider_payment_id, result.payment_link)
+                    if result.authorization_expires_at is not None:
+                        locked.authorization_expires_at = result.authorization_expires_at
+                    await uow.payments.map_provider_id(
+                        locked.provider, result.provider_payment_id, locked.payment_id
+                    )
+                    await uow.payments.save(locked)
+                    await uow.commit()
+                    logger.info("payment intent created with %s", locked.provider)
+            return locked
+
+    async def get_payment(self, cmd: commands.GetPayment, uow: PaymentUnitOfWork) -> Payment:
+        """One payment; NOT_FOUND also when the caller may not see it."""
+        payment = await self._read(uow, cmd.payment_id)
+        view = await self._groups.view(cmd.caller, payment.group_id)
+        if not view.may_see_member(payment.member_id):
+            raise NotFoundError("payment not found")
+        return payment
+
+    async def list_payments(
+        self, cmd: commands.ListPayments, uow: PaymentUnitOfWork
+    ) -> list[Payment]:
+        """A group's payments the caller may see, oldest first."""
+        view = await self._groups.view(cmd.caller, cmd.group_id)
+        async with uow:
+            found = [self._prepare(p) for p in await uow.payments.list_group(cmd.group_id)]
+        return [p for p in found if view.may_see_member(p.member_id)]
+
+    # money movements ---------------------------------------------------------------------------
+    async def _apply_state(
+        self,
+        uow: PaymentUnitOfWork,
+        payment_id: str,
+        state: ProviderPaymentState,
+        *,
+        reason: str,
+        actor: str,
+    ) -> tuple[Payment, bool]:
+        """Apply a provider's state under the row lock; (payment, whether it changed)."""
+        async with uow:
+            payment = await self._load(uow, payment_id, lock=True)
+            changed = payment.observe(observation(state), reason=reason, actor=actor)
+            if (
+                state.provider_payment_id
+                and state.provider_payment_id != payment.provider_payment_id
+            ):
+                await uow.payments.map_provider_id(
+                    payment.provider, state.provider_payment_id, payment.payment_id
+                )
+                payment.provider_payment_id = state.provider_payment_id
+                changed = True
+            if changed:
+                await self._after_change(uow, payment)
+                await uow.payments.save(payment)
+                await uow.commit()
+            return payment, changed
+
+    async def _after_change(self, uow: PaymentUnitOfWork, payment: Payment) -> None:
+        compensating = bool(await uow.payments.compensate_reason(payment.payment_id))
+        compensating = compensating and payment.status in (*MONEY_STATES, S.REQUIRES_ACTION)
+        await uow.payments.schedule_check(
+            payment.payment_id, self._next_check(payment, compensating), reset=True
+        )
+        if compensating:
+            uow.after_commit(self._compensation_due)
+
+    async def _sync(
+        self, uow: PaymentUnitOfWork, payment_id: str, actor: str
+    ) -> tuple[Payment, bool]:
+        payment = await self._read(uow, payment_id)
+        if not payment.provider_payment_id:
+            return payment, False
+        try:
+            state = await self.provider(payment.provider).fetch(payment.provider_payment_id)
+        except ProviderError as exc:
+            raise self._provider_failure(exc, "read the payment") from exc
+        return await self._apply_state(
+            uow, payment_id, state, reason="provider re-read", actor=actor
+        )
+
+    async def sync_payment(
+        self, cmd: commands.SyncPayment, uow: PaymentUnitOfWork
+    ) -> tuple[Payment, bool]:
+        """Re-read the payment from its provider and apply what changed."""
+        _internal_only(cmd.caller)
+        return await self._sync(uow, cmd.payment_id, cmd.caller.label)
+
+    async def capture_payment(
+        self, cmd: commands.CapturePayment, uow: PaymentUnitOfWork
+    ) -> Payment:
+        """Capture an authorized payment (all of the hold unless an amount is given)."""
+        _internal_only(cmd.caller)
+        payment_id, actor = cmd.payment_id, cmd.caller.label
+        payment = await self._read(uow, payment_id)
+        if payment.status is S.REQUIRES_ACTION and payment.provider_payment_id:
+            payment, _ = await self._sync(uow, payment_id, actor)  # a late webhook
+        if payment.status in (S.CAPTURED, S.PARTIALLY_REFUNDED, S.REFUNDED) and (
+            cmd.amount_minor is None or cmd.amount_minor == payment.amount_captured_minor
+        ):
+            return payment
+        amount = payment.capture_amount(cmd.amount_minor)
+        provider = self.provider(payment.provider)
+        with bind_ids(payment_id=payment_id, group_id=payment.group_id):
+            try:
+                state = await provider.capture(
+                    payment.provider_payment_id, amount, f"capture:{payment_id}:{amount}"
+                )
+            except ProviderError as exc:
+                await self._resync_quietly(uow, payment_id, actor)
+                raise self._provider_failure(exc, "capture") from exc
+            payment, _ = await self._apply_state(
+                uow, payment_id, state, reason="capture", actor=actor
+            )
+        return payment
+
+    async def void_payment(self, cmd: commands.VoidPayment, uow: PaymentUnitOfWork) -> Payment:
+        """Release a hold (or close an unpaid checkout)."""
+        _internal_only(cmd.caller)
+        payment_id, actor = cmd.payment_id, cmd.caller.label
+        payment = await self._read(uow, payment_id)
+        if payment.status in (S.VOIDED, S.EXPIRED, S.FAILED):
+            return payment
+        payment.ensure_voidable()
+        if not payment.provider_payment_id:
+            state = ProviderPaymentState(provider_payment_id="", status=ProviderStatus.EXPIRED)
+            payment, _ = await self._apply_state(
+                uow, payment_id, state, reason=cmd.reason, actor=actor
+            )
+            return payment
+        provider = self.provider(payment.provider)
+        with bind_ids(payment_id=payment_id, group_id=payment.group_id):
+            try:
+                state = await provider.void(payment.provider_payment_id, f"void:{payment_id}")
+            except ProviderError as exc:
+                payment = await self._resync_quietly(uow, payment_id, actor)
+                if payment.status in (S.VOIDED, S.EXPIRED, S.FAILED):
+                    return payment
+                raise self._provider_failure(exc, "void") from exc
+            payment, _ = await self._apply_state(
+                uow, payment_id, state, reason=cmd.reason, actor=actor
+            )
+        return payment
+
+    async def refund_payment(self, cmd: commands.RefundPayment, uow: PaymentUnitOfWork) -> Payment:
+        """Refund captured money (everything left unless an amount is given)."""
+        _internal_only(cmd.caller)
+        payment_id, actor = cmd.payment_id, cmd.caller.label
+        payment = await self._read(uow, payment_id)
+        if payment.status is S.REFUNDED and cmd.amount_minor is None:
+            return payment
+        amount = payment.refund_amount(cmd.amount_minor)
+        provider = self.provider(payment.provider)
+        suffix = cmd.key or f"{payment.amount_refunded_minor}:{amount}"
+        with bind_ids(payment_id=payment_id, group_id=payment.group_id):
+            try:
+                state = await provider.refund(
+                    payment.provider_payment_id, amount, f"refund:{payment_id}:{suffix}"
+                )
+            except ProviderError as exc:
+                await self._resync_quietly(uow, payment_id, actor)
+                raise self._provider_failure(exc, "refund") from exc
+            payment, _ = await self._apply_state(
+                uow, payment_id, state, reason=cmd.reason or "refund", actor=actor
+            )
+        return payment
+
+    async def _resync_quietly(self, uow: PaymentUnitOfWork, payment_id: str, actor: str) -> Payment:
+        try:
+            payment, _ = await self._sync(uow, payment_id, actor)
+        except Exception as exc:
+            logger.warning("re-read of %s after a failed call failed: %s", payment_id, exc)
+            payment = await self._read(uow, payment_id)
+        return payment
+
+    # webhooks ----------------------------------------------------------------------------------
+    def webhook_provider(self, name: str) -> tuple[str, PaymentProvider]:
+        """The adapter a webhook path names ("" means the Stripe-compatible default)."""
+        name = name.strip().lower()
+        if not name:
+            name = "stripe" if "stripe" in self.providers else "sandbox"
+        return name, self.provider(name)
+
+    async def handle_webhook(
+        self, cmd: commands.HandleWebhook, uow: PaymentUnitOfWork
+    ) -> WebhookResult:
+        """Verify, store once, map, and move the payment forward."""
+        name, provider = self.webhook_provider(cmd.provider)
+        request = WebhookRequest(
+            method="POST",
+            path=f"/payments/webhook/{name}",
+            headers={k.lower(): v for k, v in cmd.headers.items()},
+            body=cmd.body,
+        )
+        try:
+            await provider.verify_webhook(request)
+        except WebhookVerificationError as exc:
+            logger.warning("%s webhook rejected: %s", name, exc)
+            raise UnauthenticatedError(f"webhook verification failed: {exc}") from exc
+        try:
+            event = provider.parse_event(request)
+        except WebhookVerificationError as exc:
+            raise InvalidArgumentError(f"malformed webhook: {exc}") from exc
+        async with uow:
+            fresh = await uow.payments.record_webhook(
+                name,
+                event.event_id,
+                event.event_type,
+                event.provider_payment_id,
+                cmd.body.decode("utf-8", errors="replace"),
+            )
+            if not fresh:
+                return WebhookResult(event.event_id, duplicate=True)
+            payment_id = await self._resolve(uow, name, event)
+            if payment_id is None or event.status is None:
+                outcome = "unmatched" if payment_id is None else "ignored"
+                await uow.payments.webhook_outcome(name, event.event_id, outcome, payment_id)
+                await uow.commit()
+                return WebhookResult(event.event_id, duplicate=False)
+            with bind_ids(payment_id=payment_id):
+                outcome = await self._apply_event(uow, name, provider, payment_id, event)
+            await uow.payments.webhook_outcome(name, event.event_id, outcome, payment_id)
+            await uow.commit()
+            logger.info("webhook %s (%s): %s", event.event_id, event.event_type, outcome)
+        return WebhookResult(event.event_id, duplicate=False)
+
+    async def _resolve(self, uow: PaymentUnitOfWork, name: str, event: ProviderEvent) -> str | None:
+        if event.provider_payment_id:
+            found = await uow.payments.find_by_provider_id(name, event.provider_payment_id)
+            if found is not None:
+                return found
+        if event.merchant_reference:
+            try:
+                uuid.UUID(event.merchant_reference)
+            except ValueError:
+                return None
+            payment = await uow.payments.get(event.merchant_reference)
+            if payment is not None and payment.provider == name:
+                return payment.payment_id
+        return None
+
+    async def _apply_event(
+        self,
+        uow: PaymentUnitOfWork,
+        name: str,
+        provider: PaymentProvider,
+        payment_id: str,
+        event: ProviderEvent,
+    ) -> str:
+        assert event.status is not None
+        payment = await self._load(uow, payment_id, lock=True)
+        if event.provider_payment_id != payment.provider_payment_id:
+            # (the mapping of the id we already hold was written when we learnt it)
+            await uow.payments.map_provider_id(name, event.provider_payment_id, payment_id)
+        reported = PaymentStatus(event.status.value)
+        order = ordering(payment.status, reported, can_authorize=payment.can_authorize)
+        if order == "stale" and not (
+            reported is S.PARTIALLY_REFUNDED
+            and event.amount_minor > payment.amount_refunded_minor
+            and payment.status is S.PARTIALLY_REFUNDED
+        ):
+            return "stale"
+        reason = f"webhook {event.event_type}"
+        if order == "ahead":
+            # Out of order: the provider's current state decides, not this event.
+            try:
+                state = await provider.fetch(
+                    event.provider_payment_id or payment.provider_payment_id
+                )
+            except ProviderError as exc:
+                raise UnavailableError(f"could not re-read the provider: {exc}") from exc
+            seen = observation(state)
+            outcome = "refetched"
+        else:
+            seen = event_observation(event, event.status)
+            outcome = "applied"
+        if not payment.observe(seen, reason=reason, actor=f"provider:{name}"):
+            return "unchanged"
+        await self._after_change(uow, payment)
+        await uow.payments.save(payment)
+        return outcome
+
+    # reconciliation ----------------------------------------------------------------------------
+    async def claim_due_payments(
+        self, cmd: commands.ClaimDuePayments, uow: PaymentUnitOfWork
+    ) -> list[str]:
+        """Payments due for a check, their next check pushed out (backing off per check)."""
+        settings = self.settings
+        async with uow:
+            due = await uow.payments.claim_due(cmd.limit, [s.value for s in WATCHED])
+            for payment_id, checks in due:
+                delay = min(
+                    settings.reconcile_interval * 2 ** min(checks + 1, 16),
+                    settings.reconcile_max_interval,
+                )
+                await uow.payments.bump_check(payment_id, self._clock() + timedelta(seconds=delay))
+            await uow.commit()
+        return [payment_id for payment_id, _ in due]
+
+    async def reconcile_payment(
+        self, cmd: commands.ReconcilePayment, uow: PaymentUnitOfWork
+    ) -> None:
+        """Compensate a payment of a closed group, or re-read it from its provider."""
+        payment_id = cmd.payment_id
+        async with uow:
+            reason = await uow.payments.compensate_reason(payment_id)
+        payment, changed = await self._sync(uow, payment_id, RECONCILER.label)
+        if changed:
+            logger.info("reconciliation repaired %s: now %s", payment_id, payment.status.value)
+        if not reason:
+            return
+        if payment.status in (S.AUTHORIZED, S.REQUIRES_ACTION):
+            payment = await self.void_payment(
+                commands.VoidPayment(RECONCILER, payment_id, reason), uow
+            )
+            logger.info("voided %s of closed group %s", payment_id, payment.group_id)
+        elif payment.status in (S.CAPTURED, S.PARTIALLY_REFUNDED):
+            payment = await self.refund_payment(
+                commands.RefundPayment(RECONCILER, payment_id, None, reason, key="compensation"),
+                uow,
+            )
+            logger.info("refunded %s of closed group %s", payment_id, payment.group_id)
+
+    async def warn_expiring_authorizations(
+        self, cmd: commands.WarnExpiringAuthorizations, uow: PaymentUnitOfWork
+    ) -> int:
+        """payment.authorization_expiring for holds that lapse within the warning window."""
+        horizon = self._clock() + timedelta(seconds=self.settings.authorization_warning_seconds)
+        warned = 0
+        async with uow:
+            for payment_id in await uow.payments.expiring(horizon, cmd.limit):
+                payment = await uow.payments.get(payment_id)
+                if payment is None:
+                    continue
+                payment.warn_authorization_expiring()
+                await uow.payments.mark_warned(payment_id)
+                warned += 1
+                logger.warning("authorization of %s lapses soon", payment_id)
+            await uow.commit()
+        return warned
+
+    # events ------------------------------------------------------------------------------------
+    async def group_closed(self, message: GroupClosed, uow: PaymentUnitOfWork) -> None:
+        """group.expired, group.cancelled, order.failed: every hold of the group is to be
+        voided and every capture refunded. Recorded here (in the inbox transaction the consumer
+        opened); the reconciler, woken after the commit, talks to the providers."""
+        subject = uow.event.event_type if uow.event is not None else subject_of(type(message))
+        if isinstance(message, order_events_pb2.OrderFailed):
+            why = message.detail
+        else:
+            why = message.reason
+        reason = f"{subject}: {why}" if why else subject
+        with bind_ids(group_id=message.group_id):
+            await uow.payments.close_group(message.group_id, reason)
+            await uow.payments.compensate(list(message.payment_ids), reason)
+            logger.info("group closed (%s): holds will be voided, captures refunded", reason)
+        uow.after_commit(self._compensation_due)
