@@ -1,52 +1,39 @@
-"""Wiring of the notification service: one place that connects the parts, nothing at import time."""
+"""Wiring of the notification service: `build(infra)` connects the parts once per process."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
-import grpc
-
+from mppo.clients.group import GroupClient
 from mppo.notification.v1 import notification_service_pb2, notification_service_pb2_grpc
-from mppo.platform.config import service_addr
 from mppo.platform.db import create_sessionmaker
-from mppo.platform.membership import GroupAccess
-from mppo.platform.runtime import Infra, ServiceSpec, Worker
+from mppo.platform.runtime import Infra, Parts, Servicer, ServiceSpec
 from notification_svc.adapters.contacts import GrpcContactDirectory
 from notification_svc.adapters.mailer import SmtpMailer
 from notification_svc.adapters.webhook import WebhookPoster
 from notification_svc.config import NotificationConfig
 from notification_svc.entrypoints.consumers import build_consumers
 from notification_svc.entrypoints.grpc_servicer import NotificationServiceServicer
-from notification_svc.service_layer.handlers import GroupEventHandler
+from notification_svc.service_layer.handlers import GroupEventHandlers, list_notifications
 from notification_svc.service_layer.sender import Sender, SenderPolicy
+from notification_svc.service_layer.unit_of_work import NotificationUnitOfWork
 
 SERVICE_NAME = notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
 
 
-def _config(infra: Infra) -> NotificationConfig:
+def build(infra: Infra) -> Parts:
+    """The servicer, the event consumers and the sender, sharing one group-service client."""
     config = infra.config
     if not isinstance(config, NotificationConfig):
         raise TypeError("the notification service runs with NotificationConfig (load_config)")
-    return config
+    sessions = create_sessionmaker(infra.engine)
 
+    def uow() -> NotificationUnitOfWork:
+        return NotificationUnitOfWork(sessions)
 
-def register(server: grpc.aio.Server, infra: Infra) -> None:
-    """Add the notification service's servicers to `server`."""
-    notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
-        NotificationServiceServicer(
-            create_sessionmaker(infra.engine),
-            GroupAccess(service_addr(os.environ, "group"), "notification"),
-        ),
-        server,
-    )
-
-
-def workers(infra: Infra) -> Sequence[Worker]:
-    """The event consumers and the sender."""
-    config = _config(infra)
-    contacts = GrpcContactDirectory(config.group_addr)
+    groups = GroupClient(config.group_addr, "notification")
+    contacts = GrpcContactDirectory(groups)
     mailer = SmtpMailer(
         smtp_addr=config.smtp_addr,
         sink_addr=config.smtp_sink_addr,
@@ -63,7 +50,7 @@ def workers(infra: Infra) -> Sequence[Worker]:
         else None
     )
     sender = Sender(
-        infra.engine,
+        uow,
         contacts,
         mailer,
         poster,
@@ -75,16 +62,34 @@ def workers(infra: Infra) -> Sequence[Worker]:
             settle_seconds=config.settle_seconds,
         ),
     )
-    handler = GroupEventHandler(
-        contacts, webhook_enabled=config.webhook_enabled, on_created=sender.wake
+    group_events = GroupEventHandlers(
+        contacts, webhook_enabled=config.webhook_enabled, wake=sender.wake
     )
-    return [*build_consumers(infra, handler), sender]
+    consumers = build_consumers(
+        infra.js, uow, prefix=config.infra.nats_prefix, group_handlers=group_events.handlers()
+    )
+    servicer = NotificationServiceServicer(uow, partial(list_notifications, groups=groups))
+
+    async def close() -> None:
+        await contacts.close()
+        if poster is not None:
+            await poster.close()
+        await groups.close()
+
+    return Parts(
+        servicers=[
+            Servicer(
+                notification_service_pb2_grpc.add_NotificationServiceServicer_to_server, servicer
+            )
+        ],
+        workers=[*consumers, sender],
+        close=close,
+    )
 
 
 SPEC = ServiceSpec(
     name="notification",
     grpc_services=[SERVICE_NAME],
     migrations=Path(__file__).resolve().parent / "migrations",
-    register=register,
-    workers=workers,
+    build=build,
 )

@@ -26,34 +26,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 from mppo.platform.config import ConfigError, ServiceConfig, service_addr
+from mppo.platform.settings import Env
 
 DEFAULT_SMTP_ADDR = "127.0.0.1:8025"
 DEFAULT_FROM = "MPPO <no-reply@mppo.local>"
-
-
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}")
-    return value
-
-
-def _addr(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if value:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"{name}={value!r} is not host:port")
-    return value
 
 
 @dataclass(frozen=True)
@@ -83,34 +61,28 @@ class NotificationConfig(ServiceConfig):
         """Read every setting; raises ConfigError on a malformed or inconsistent one."""
         source = os.environ if env is None else env
         base = ServiceConfig.from_env(service, source)
-        webhook_url = source.get("MPPO_NOTIFY_WEBHOOK_URL", "").strip()
-        webhook_secret = source.get("MPPO_NOTIFY_WEBHOOK_SECRET", "").strip()
-        if webhook_url:
-            parsed = urlparse(webhook_url)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
-                raise ConfigError("MPPO_NOTIFY_WEBHOOK_URL must be an http(s) URL")
-            if not webhook_secret:
-                raise ConfigError("MPPO_NOTIFY_WEBHOOK_SECRET is required with the webhook URL")
-        max_attempts = int(_float(source, "MPPO_NOTIFY_MAX_ATTEMPTS", 6, minimum=1))
+        read = Env(source)
+        webhook_url = read.url("MPPO_NOTIFY_WEBHOOK_URL")
+        webhook_secret = read.text("MPPO_NOTIFY_WEBHOOK_SECRET")
+        if webhook_url and not webhook_secret:
+            raise ConfigError("MPPO_NOTIFY_WEBHOOK_SECRET is required with the webhook URL")
         return cls(
             name=base.name,
             addr=base.addr,
             infra=base.infra,
             log_level=base.log_level,
             group_addr=service_addr(source, "group"),
-            smtp_addr=_addr(source, "MPPO_SMTP_ADDR"),
-            smtp_sink_addr=_addr(source, "MPPO_SMTP_SINK_ADDR"),
-            mail_from=source.get("MPPO_NOTIFY_FROM", "").strip() or DEFAULT_FROM,
+            smtp_addr=read.addr("MPPO_SMTP_ADDR"),
+            smtp_sink_addr=read.addr("MPPO_SMTP_SINK_ADDR"),
+            mail_from=read.text("MPPO_NOTIFY_FROM", DEFAULT_FROM),
             webhook_url=webhook_url,
             webhook_secret=webhook_secret,
-            max_attempts=max_attempts,
-            retry_base_seconds=_float(source, "MPPO_NOTIFY_RETRY_BASE_SECONDS", 1.0),
-            retry_max_seconds=_float(source, "MPPO_NOTIFY_RETRY_MAX_SECONDS", 300.0),
-            poll_seconds=_float(source, "MPPO_NOTIFY_POLL_SECONDS", 1.0, minimum=0.01),
-            settle_seconds=_float(source, "MPPO_NOTIFY_SETTLE_SECONDS", 30.0),
-            send_timeout_seconds=_float(
-                source, "MPPO_NOTIFY_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1
-            ),
+            max_attempts=read.integer("MPPO_NOTIFY_MAX_ATTEMPTS", 6, minimum=1),
+            retry_base_seconds=read.number("MPPO_NOTIFY_RETRY_BASE_SECONDS", 1.0),
+            retry_max_seconds=read.number("MPPO_NOTIFY_RETRY_MAX_SECONDS", 300.0),
+            poll_seconds=read.number("MPPO_NOTIFY_POLL_SECONDS", 1.0, minimum=0.01),
+            settle_seconds=read.number("MPPO_NOTIFY_SETTLE_SECONDS", 30.0),
+            send_timeout_seconds=read.number("MPPO_NOTIFY_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1),
         )
 
 

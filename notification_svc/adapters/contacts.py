@@ -1,4 +1,5 @@
-"""The members' contact details, fetched from the group service (`GetGroupContacts`).
+"""The members' contact details, fetched from the group service (`GetGroupContacts`, through
+:meth:`mppo.clients.group.GroupClient.contacts`).
 
 Events carry no personal data; addresses are read over gRPC when needed and kept only in
 memory: for the delivery at hand, and in a small per-process cache keyed by group that forgets
@@ -14,12 +15,9 @@ import time
 from collections.abc import Collection
 from typing import Protocol
 
-import grpc
-
-from mppo.group.v1 import group_pb2, group_service_pb2, group_service_pb2_grpc
-from mppo.platform.errors import UnavailableError
-from mppo.platform.identity import service_metadata
-from mppo.platform.telemetry import traced_channel
+from mppo.clients.group import GroupClient
+from mppo.group.v1 import group_pb2
+from mppo.platform.errors import DomainError, UnavailableError
 from notification_svc.domain.model import Contact, Role
 
 _ROLES = {group_pb2.MEMBER_ROLE_HOST: Role.HOST, group_pb2.MEMBER_ROLE_GUEST: Role.GUEST}
@@ -41,23 +39,15 @@ class GrpcContactDirectory:
 
     def __init__(
         self,
-        addr: str,
+        groups: GroupClient,
         *,
-        timeout: float = 5.0,
         cache_seconds: float = 10.0,
         cache_size: int = 1000,
     ) -> None:
-        self._addr = addr
-        self._timeout = timeout
-        self._channel: grpc.aio.Channel | None = None
+        self._groups = groups
         self._cache_seconds = cache_seconds
         self._cache_size = cache_size
         self._cache: dict[str, tuple[float, list[Contact]]] = {}
-
-    def _stub(self) -> group_service_pb2_grpc.GroupServiceAsyncStub:
-        if self._channel is None:
-            self._channel = traced_channel(self._addr)
-        return group_service_pb2_grpc.GroupServiceStub(self._channel)
 
     async def contacts(
         self, group_id: str, *, covering: Collection[str] = (), fresh: bool = False
@@ -88,15 +78,9 @@ class GrpcContactDirectory:
 
     async def _fetch(self, group_id: str) -> list[Contact]:
         try:
-            reply = await self._stub().GetGroupContacts(
-                group_service_pb2.GetGroupContactsRequest(group_id=group_id),
-                metadata=service_metadata("notification"),
-                timeout=self._timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return []
-            raise UnavailableError(f"group service: GetGroupContacts {exc.code().name}") from None
+            found = await self._groups.contacts(group_id)  # [] for an unknown group
+        except DomainError as exc:
+            raise UnavailableError(f"group service: GetGroupContacts {exc.reason}") from None
         return [
             Contact(
                 member_id=c.member_id,
@@ -104,12 +88,9 @@ class GrpcContactDirectory:
                 email=c.email,
                 role=_ROLES.get(c.role, Role.UNKNOWN),
             )
-            for c in reply.contacts
+            for c in found
         ]
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Forget the cache (the group client is closed by whoever opened it)."""
         self._cache.clear()
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await channel.close(None)

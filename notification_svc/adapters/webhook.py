@@ -3,8 +3,9 @@
 ``POST <MPPO_NOTIFY_WEBHOOK_URL>`` with a JSON body (:func:`messages.webhook_body`) and the
 headers ``Content-Type: application/json``, ``Mppo-Signature: t=<unix>,v1=<hex>`` (see
 :mod:`notification_svc.domain.signature`) and ``Mppo-Notification-Id`` (the same on every
-retry, for the receiver's de-duplication). Any 2xx is success; 408, 429, 5xx and network
-errors are retried; other 4xx answers fail at once.
+retry, for the receiver's de-duplication). Any 2xx is success; network errors and the
+statuses :func:`mppo.platform.backoff.retryable_http_status` calls transient (408, 425, 429,
+5xx) are retried; any other answer fails at once.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import time
 
 import aiohttp
 
+from mppo.platform.backoff import retryable_http_status
 from notification_svc.domain import signature
 from notification_svc.domain.model import DeliveryError
 
 HEADER_NOTIFICATION_ID = "Mppo-Notification-Id"
-_RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
 class WebhookPoster:
@@ -46,8 +47,7 @@ class WebhookPoster:
             raise DeliveryError(f"webhook {type(exc).__name__}") from None
         if 200 <= status < 300:
             return
-        permanent = 400 <= status < 500 and status not in _RETRYABLE_STATUS
-        raise DeliveryError(f"webhook HTTP {status}", permanent=permanent)
+        raise DeliveryError(f"webhook HTTP {status}", permanent=not retryable_http_status(status))
 
     async def close(self) -> None:
         """Close the HTTP session."""

@@ -2,7 +2,8 @@
 
 Rendering happens at delivery time from the notification's stored, non-personal facts
 (``params``) plus the recipient's display name, which is fetched for the delivery and never
-stored or logged here. Amounts are integer minor units formatted with their ISO 4217 exponent.
+stored or logged here. Amounts are integer minor units formatted with their ISO 4217 exponent
+(:func:`mppo.platform.money.format_minor`, the form every service writes: ``12.34 USD``).
 """
 
 from __future__ import annotations
@@ -12,15 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from mppo.platform.money import format_minor
 from notification_svc.domain.model import Kind
 from notification_svc.domain.outcome import Outcome
-
-# ISO 4217 minor-unit exponents that are not 2.
-_EXPONENTS = {
-    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG"), 0),
-    **dict.fromkeys(("RWF", "UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF"), 0),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-}
 
 
 @dataclass(frozen=True)
@@ -32,13 +27,8 @@ class EmailContent:
 
 
 def format_money(amount_minor: int | str, currency: str) -> str:
-    """``1050, "USD"`` → ``"USD 10.50"``; integer arithmetic only."""
-    amount = int(amount_minor)
-    exponent = _EXPONENTS.get(currency.upper(), 2)
-    sign = "-" if amount < 0 else ""
-    whole, frac = divmod(abs(amount), 10**exponent)
-    text = f"{whole}.{frac:0{exponent}d}" if exponent else str(whole)
-    return f"{currency.upper()} {sign}{text}"
+    """``1050, "USD"`` → ``"10.50 USD"``: the one ISO 4217 table, integer arithmetic only."""
+    return format_minor(int(amount_minor), currency.strip().upper()).strip()
 
 
 def format_time(rfc3339: str) -> str:

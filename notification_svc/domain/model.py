@@ -1,8 +1,9 @@
 """What a notification is: its kind, channel, status, recipients and the facts it reports.
 
 Pure values: the service layer turns events into :class:`Trigger` objects, plans one
-notification per (event, recipient, channel) with :func:`plan`, and the sender renders each
-one at delivery time (see :mod:`notification_svc.domain.messages`).
+notification per (event, recipient, channel) with :func:`plan`, stores each as a
+:class:`Notification`, and the sender renders each one at delivery time (see
+:mod:`notification_svc.domain.messages`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 class Kind(enum.StrEnum):
@@ -116,6 +118,25 @@ def plan(trigger: Trigger, contacts: Sequence[Contact], *, webhook_enabled: bool
                 Planned(trigger.kind, trigger.group_id, contact.member_id, Channel.WEBHOOK, params)
             )
     return planned
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One stored notification: ids, kind, channel, delivery state and non-personal facts."""
+
+    notification_id: str
+    event_id: str
+    event_type: str
+    group_id: str
+    member_id: str
+    kind: Kind
+    channel: Channel
+    status: Status
+    params: dict[str, str]
+    attempts: int
+    last_error: str
+    created_at: datetime
+    sent_at: datetime | None
 
 
 class DeliveryError(Exception):

@@ -1,4 +1,4 @@
-"""The service's durable JetStream consumers.
+"""The service's durable JetStream consumers (each handler has the shape ``(message, uow)``).
 
 - ``notification-group`` (stream MPPO_GROUP): group.opened, group.reminder_due, member.paid,
   group.confirmed, group.expired, group.cancelled, group.host_fallback → notification rows.
@@ -8,42 +8,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
+from google.protobuf.message import Message
+from nats.js import JetStreamContext
+
 from mppo.platform.inbox import EventConsumer
-from mppo.platform.runtime import Infra
-from notification_svc.service_layer.handlers import (
-    PAYMENT_SUBJECTS,
-    GroupEventHandler,
-    handle_payment_event,
-)
-from notification_svc.service_layer.triggers import GROUP_SUBJECTS
+from notification_svc.service_layer.handlers import PAYMENT_HANDLERS, EventHandler
+from notification_svc.service_layer.unit_of_work import NotificationUnitOfWork
 
 GROUP_DURABLE = "notification-group"
 PAYMENT_DURABLE = "notification-payments"
-# The group handler calls the group service; give an outage time before dead-lettering.
+# The group handlers call the group service; give an outage time before dead-lettering.
 MAX_DELIVER = 12
 
 
-def build_consumers(infra: Infra, group_handler: GroupEventHandler) -> list[EventConsumer]:
+def build_consumers(
+    js: JetStreamContext,
+    uow: Callable[[], NotificationUnitOfWork],
+    *,
+    prefix: str,
+    group_handlers: Mapping[type[Message], EventHandler],
+) -> list[EventConsumer]:
     """The consumers, ready to run."""
-    prefix = infra.config.infra.nats_prefix
     return [
         EventConsumer(
-            infra.engine,
-            infra.js,
+            js,
+            uow=uow,
             durable=GROUP_DURABLE,
             stream="MPPO_GROUP",
-            filter_subjects=list(GROUP_SUBJECTS),
-            handler=group_handler,
+            handlers=group_handlers,
             prefix=prefix,
             max_deliver=MAX_DELIVER,
         ),
         EventConsumer(
-            infra.engine,
-            infra.js,
+            js,
+            uow=uow,
             durable=PAYMENT_DURABLE,
             stream="MPPO_PAYMENT",
-            filter_subjects=list(PAYMENT_SUBJECTS),
-            handler=handle_payment_event,
+            handlers=PAYMENT_HANDLERS,
             prefix=prefix,
         ),
     ]

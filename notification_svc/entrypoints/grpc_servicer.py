@@ -1,4 +1,4 @@
-"""The NotificationService gRPC servicer: thin, proto in, query out, proto back.
+"""The NotificationService gRPC servicer: thin, proto in, command to the service layer, proto back.
 
 ``ListNotifications`` needs a caller identity (a user via the gateway, or one of our
 services): the host of a group sees all of its notifications, a member only their own,
@@ -8,22 +8,19 @@ delivery states only, never addresses.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mppo.notification.v1 import notification_service_pb2 as pb
 from mppo.notification.v1 import notification_service_pb2_grpc
-from mppo.platform.errors import FieldViolation, InvalidArgumentError
 from mppo.platform.identity import caller_from
-from mppo.platform.membership import GroupAccess
-from mppo.platform.rpc_status import grpc_errors
-from notification_svc.adapters import repository
 from notification_svc.adapters.mailer import message_id
-from notification_svc.adapters.repository import NotificationRow
-from notification_svc.domain.model import Channel, Kind, Status
+from notification_svc.domain.model import Channel, Kind, Notification, Status
+from notification_svc.service_layer.commands import ListNotifications
+from notification_svc.service_layer.unit_of_work import NotificationUnitOfWork
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -45,7 +42,7 @@ def _timestamp(row_time: Any) -> Timestamp | None:
     return ts
 
 
-def to_proto(row: NotificationRow) -> pb.Notification:
+def to_proto(row: Notification) -> pb.Notification:
     """The wire form of a stored notification."""
     return pb.Notification(
         notification_id=row.notification_id,
@@ -66,34 +63,28 @@ def to_proto(row: NotificationRow) -> pb.Notification:
     )
 
 
+ListHandler = Callable[[ListNotifications, NotificationUnitOfWork], Awaitable[list[Notification]]]
+
+
 class NotificationServiceServicer(notification_service_pb2_grpc.NotificationServiceServicer):
-    """Serves mppo.notification.v1.NotificationService."""
+    """Serves mppo.notification.v1.NotificationService (errors are mapped by the runtime)."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], access: GroupAccess) -> None:
-        self._sessions = sessions
-        self._access = access
+    def __init__(
+        self, uow: Callable[[], NotificationUnitOfWork], list_notifications: ListHandler
+    ) -> None:
+        self._uow = uow
+        self._list = list_notifications
 
-    @grpc_errors
     async def ListNotifications(  # noqa: N802 (gRPC method name)
         self, request: pb.ListNotificationsRequest, context: Context
     ) -> pb.ListNotificationsResponse:
         """A group's notifications, oldest first, optionally by member, kind and channel."""
-        caller = caller_from(context.invocation_metadata())
-        if not request.group_id:
-            raise InvalidArgumentError(
-                "group_id is required", [FieldViolation("group_id", "required")]
-            )
-        view = await self._access.view(caller, request.group_id)
-        kind = next((k for k, v in _KINDS.items() if v == request.kind), None)
-        channel = next((c for c, v in _CHANNELS.items() if v == request.channel), None)
-        async with self._sessions() as session:
-            rows = await repository.list_notifications(
-                session,
-                group_id=request.group_id,
-                member_id=request.member_id,
-                kind=kind,
-                channel=channel,
-            )
-        return pb.ListNotificationsResponse(
-            notifications=[to_proto(r) for r in rows if view.may_see_member(r.member_id)]
+        command = ListNotifications(
+            caller=caller_from(context.invocation_metadata()),
+            group_id=request.group_id,
+            member_id=request.member_id,
+            kind=next((k for k, v in _KINDS.items() if v == request.kind), None),
+            channel=next((c for c, v in _CHANNELS.items() if v == request.channel), None),
         )
+        found = await self._list(command, self._uow())
+        return pb.ListNotificationsResponse(notifications=[to_proto(n) for n in found])

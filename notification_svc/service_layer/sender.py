@@ -1,4 +1,5 @@
-"""The sender: delivers committed notification rows, retrying with bounded backoff.
+"""The sender: a :class:`~mppo.platform.worker.LoopWorker` delivering committed notification
+rows in batches, retrying each with bounded backoff.
 
 Rows are claimed (``FOR UPDATE SKIP LOCKED``, then leased) in a short transaction and
 delivered outside it; the outcome is recorded in another. A process that dies after
@@ -11,25 +12,27 @@ voided or refunded, so they can say which happened. Logs carry ids only, never a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from mppo.platform.db import create_sessionmaker
 from mppo.platform.errors import UnavailableError
 from mppo.platform.events import format_timestamp
 from mppo.platform.logs import bind_ids
-from notification_svc.adapters import repository
+from mppo.platform.worker import LoopWorker
 from notification_svc.adapters.contacts import ContactDirectory
-from notification_svc.adapters.repository import NotificationRow
 from notification_svc.domain.messages import EmailContent, render_email, webhook_body
-from notification_svc.domain.model import SETTLEMENT_KINDS, Channel, Contact, DeliveryError
+from notification_svc.domain.model import (
+    SETTLEMENT_KINDS,
+    Channel,
+    Contact,
+    DeliveryError,
+    Notification,
+)
 from notification_svc.domain.outcome import SETTLED, outcome_for
+from notification_svc.service_layer.unit_of_work import NotificationUnitOfWork
 
 logger = logging.getLogger(__name__)
 
@@ -79,57 +82,38 @@ class _NotSettledError(Exception):
     """The row is not ready to be rendered yet (payments still settling)."""
 
 
-class Sender:
-    """Background worker delivering PENDING notifications."""
+class Sender(LoopWorker):
+    """Background worker delivering PENDING notifications (woken after new rows commit)."""
+
+    name = "notification sender"
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        uow: Callable[[], NotificationUnitOfWork],
         contacts: ContactDirectory,
         mailer: Mailer,
         poster: Poster | None,
         policy: SenderPolicy,
     ) -> None:
-        self._sessions = create_sessionmaker(engine)
+        super().__init__(poll_interval=policy.poll_seconds)
+        self._uow = uow
         self._contacts = contacts
         self._mailer = mailer
         self._poster = poster
         self._policy = policy
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
 
-    def stop(self) -> None:
-        """Ask :meth:`run` to return after the current batch."""
-        self._stopping.set()
-        self._wake.set()
-
-    def wake(self) -> None:
-        """Hint that new rows may be due (the poll finds them anyway)."""
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Deliver until stopped; a database outage is waited out, not fatal."""
-        logger.info("notification sender started")
-        while not self._stopping.is_set():
-            try:
-                delivered = await self.run_once()
-            except Exception as exc:
-                logger.warning("notification sender: batch failed: %s", type(exc).__name__)
-                delivered = 0
-            if delivered == 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._policy.poll_seconds)
-        logger.info("notification sender stopped")
+    async def work(self) -> bool:
+        """Claim one batch of due rows and deliver them; True when any was claimed."""
+        return await self.run_once() > 0
 
     async def run_once(self) -> int:
         """Claim one batch of due rows and deliver them; returns how many were claimed."""
-        async with self._sessions() as session, session.begin():
-            rows = await repository.claim_due(
-                session,
+        async with self._uow() as uow:
+            rows = await uow.notifications.claim_due(
                 limit=self._policy.batch,
                 lease=timedelta(seconds=self._policy.lease_seconds),
             )
+            await uow.commit()
         if not rows:
             return 0
         contacts = await self._load_contacts(rows)
@@ -138,8 +122,9 @@ class Sender:
         if delivered:
             # one transaction records the batch (a crash before it re-sends after the lease,
             # as for a single row; receivers see the same ids)
-            async with self._sessions() as session, session.begin():
-                await repository.mark_all_sent(session, [r.notification_id for r in delivered])
+            async with self._uow() as uow:
+                await uow.notifications.mark_sent([r.notification_id for r in delivered])
+                await uow.commit()
             for row in delivered:
                 with bind_ids(group_id=row.group_id, member_id=row.member_id):
                     logger.info(
@@ -152,7 +137,7 @@ class Sender:
         return len(rows)
 
     async def _load_contacts(
-        self, rows: Sequence[NotificationRow]
+        self, rows: Sequence[Notification]
     ) -> dict[str, dict[str, Contact] | None]:
         """Contacts of each group with an e-mail to send (None where the lookup failed)."""
         found: dict[str, dict[str, Contact] | None] = {}
@@ -169,7 +154,7 @@ class Sender:
         return found
 
     async def _deliver(
-        self, row: NotificationRow, contacts: dict[str, dict[str, Contact] | None]
+        self, row: Notification, contacts: dict[str, dict[str, Contact] | None]
     ) -> bool:
         """Deliver one row: True when sent (the caller records it), else False (recorded)."""
         with bind_ids(
@@ -185,12 +170,11 @@ class Sender:
                 else:
                     await self._send_webhook(row, params)
             except _NotSettledError:
-                async with self._sessions() as session, session.begin():
-                    await repository.defer(
-                        session,
-                        row.notification_id,
-                        seconds=min(self._policy.poll_seconds * 2, 1.0),
+                async with self._uow() as uow:
+                    await uow.notifications.defer(
+                        row.notification_id, seconds=min(self._policy.poll_seconds * 2, 1.0)
                     )
+                    await uow.commit()
                 return False
             except DeliveryError as exc:
                 await self._failed(row, exc)
@@ -200,12 +184,12 @@ class Sender:
                 return False
             return True
 
-    async def _params(self, row: NotificationRow) -> dict[str, str]:
+    async def _params(self, row: Notification) -> dict[str, str]:
         params = dict(row.params)
         if row.kind not in SETTLEMENT_KINDS:
             return params
-        async with self._sessions() as session:
-            facts = await repository.payment_facts(session, row.group_id, row.member_id)
+        async with self._uow() as uow:
+            facts = await uow.payments.for_member(row.group_id, row.member_id)
         outcome = outcome_for(facts)
         age = (datetime.now(UTC) - row.created_at).total_seconds()
         if outcome not in SETTLED and age < self._policy.settle_seconds:
@@ -219,7 +203,7 @@ class Sender:
 
     async def _send_email(
         self,
-        row: NotificationRow,
+        row: Notification,
         params: dict[str, str],
         group_contacts: dict[str, Contact] | None,
     ) -> None:
@@ -242,7 +226,7 @@ class Sender:
             },
         )
 
-    async def _send_webhook(self, row: NotificationRow, params: dict[str, str]) -> None:
+    async def _send_webhook(self, row: Notification, params: dict[str, str]) -> None:
         if self._poster is None:
             raise DeliveryError("webhook URL not configured", permanent=True)
         body = webhook_body(
@@ -257,14 +241,15 @@ class Sender:
         )
         await self._poster.send(delivery_id=row.notification_id, body=body)
 
-    async def _failed(self, row: NotificationRow, exc: DeliveryError) -> None:
+    async def _failed(self, row: Notification, exc: DeliveryError) -> None:
         attempts = row.attempts + 1
         final = exc.permanent or attempts >= self._policy.max_attempts
         retry_in = None if final else self._policy.retry_delay(attempts)
-        async with self._sessions() as session, session.begin():
-            await repository.mark_attempt_failed(
-                session, row.notification_id, error=exc.reason, retry_in=retry_in
+        async with self._uow() as uow:
+            await uow.notifications.mark_attempt_failed(
+                row.notification_id, error=exc.reason, retry_in=retry_in
             )
+            await uow.commit()
         if final:
             logger.warning(
                 "notification %s %s/%s FAILED after %s attempts: %s",

@@ -16,15 +16,15 @@ from mppo.group.v1 import group_events_pb2 as ge
 from mppo.platform.events import format_timestamp
 from notification_svc.domain.model import Kind, Trigger
 
-#: the group-stream subjects this service turns into notifications
-GROUP_SUBJECTS = (
-    "group.opened",
-    "group.reminder_due",
-    "member.paid",
-    "group.confirmed",
-    "group.expired",
-    "group.cancelled",
-    "group.host_fallback",
+#: the group event payloads this service turns into notifications
+TRIGGERING_EVENTS: tuple[type[Message], ...] = (
+    ge.GroupOpened,
+    ge.PaymentReminderDue,
+    ge.MemberPaid,
+    ge.GroupConfirmed,
+    ge.GroupExpired,
+    ge.GroupCancelled,
+    ge.HostFallbackRequested,
 )
 
 

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import notification_svc
 from mppo.platform.db import create_engine, create_sessionmaker
 from mppo.platform.migrations import upgrade_head
-from notification_svc.adapters import repository
 from notification_svc.domain.model import Channel, Kind, Planned, Status
+from notification_svc.service_layer.unit_of_work import NotificationUnitOfWork
 
 MIGRATIONS = Path(notification_svc.__file__).parent / "migrations"
 
@@ -42,15 +42,16 @@ async def test_same_event_planned_again_adds_nothing(engine: AsyncEngine) -> Non
     sessions = create_sessionmaker(engine)
     counts = []
     for _ in range(3):
-        async with sessions() as session, session.begin():
+        async with NotificationUnitOfWork(sessions) as uow:
             counts.append(
-                await repository.add_notifications(
-                    session, event_id="e1", event_type="group.confirmed", planned=_planned(["a"])
+                await uow.notifications.add(
+                    event_id="e1", event_type="group.confirmed", planned=_planned(["a"])
                 )
             )
+            await uow.commit()
     assert counts == [2, 0, 0]
-    async with sessions() as session:
-        rows = await repository.list_notifications(session, group_id="g1")
+    async with NotificationUnitOfWork(sessions) as uow:
+        rows = await uow.notifications.for_group(group_id="g1")
     assert len(rows) == 2
     assert {r.status for r in rows} == {Status.PENDING}
 
@@ -59,14 +60,16 @@ async def test_claims_do_not_overlap_and_a_lost_lease_is_claimed_again(
     engine: AsyncEngine,
 ) -> None:
     sessions = create_sessionmaker(engine)
-    async with sessions() as session, session.begin():
-        await repository.add_notifications(
-            session, event_id="e2", event_type="group.confirmed", planned=_planned(list("abcde"))
+    async with NotificationUnitOfWork(sessions) as uow:
+        await uow.notifications.add(
+            event_id="e2", event_type="group.confirmed", planned=_planned(list("abcde"))
         )
+        await uow.commit()
 
     async def claim(lease: float) -> list[str]:
-        async with sessions() as session, session.begin():
-            rows = await repository.claim_due(session, limit=4, lease=timedelta(seconds=lease))
+        async with NotificationUnitOfWork(sessions) as uow:
+            rows = await uow.notifications.claim_due(limit=4, lease=timedelta(seconds=lease))
+            await uow.commit()
         return [r.notification_id for r in rows]
 
     first, second, third = await asyncio.gather(claim(0.5), claim(0.5), claim(0.5))
@@ -75,8 +78,9 @@ async def test_claims_do_not_overlap_and_a_lost_lease_is_claimed_again(
     assert len(set(claimed)) == 10  # SKIP LOCKED: no row went to two senders
     assert await claim(0.5) == []  # all leased
     # the "sender" of `first` delivers and records one; the rest of its rows it never records
-    async with sessions() as session, session.begin():
-        await repository.mark_sent(session, first[0])
+    async with NotificationUnitOfWork(sessions) as uow:
+        await uow.notifications.mark_sent([first[0]])
+        await uow.commit()
 
     async def again() -> list[str]:
         return await claim(30)

@@ -3,6 +3,7 @@ a member the cached list lacks or a ``fresh`` read goes to the source, entries e
 
 from __future__ import annotations
 
+from mppo.clients.group import GroupClient
 from notification_svc.adapters.contacts import GrpcContactDirectory
 from notification_svc.domain.model import Contact, Role
 
@@ -11,7 +12,7 @@ class _CountingDirectory(GrpcContactDirectory):
     """The real cache over a stand-in for the gRPC call."""
 
     def __init__(self, members: list[str], **kwargs: float) -> None:
-        super().__init__("127.0.0.1:1", **kwargs)  # type: ignore[arg-type]
+        super().__init__(GroupClient("127.0.0.1:1", "notification"), **kwargs)  # type: ignore[arg-type]
         self.members = members
         self.calls = 0
 
