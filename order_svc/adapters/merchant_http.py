@@ -2,9 +2,11 @@
 
 Every request is signed (adapters/merchant_signature.py) and every mutating request carries an
 ``Idempotency-Key`` header; a retry re-sends the same key, so the merchant applies it once.
-Each attempt has a timeout; connection errors, timeouts, 5xx, 429 and "same key in progress"
-answers are retried a bounded number of times with exponential backoff and jitter, after which
-:class:`MerchantUnavailableError` is raised. A 4xx answer with an ``error`` code is a refusal.
+Each attempt has a timeout; connection errors, timeouts, the statuses
+:func:`mppo.platform.backoff.retryable_http_status` calls transient (408, 425, 429, 5xx) and
+"same key in progress" answers are retried a bounded number of times with exponential backoff
+and jitter, after which :class:`MerchantUnavailableError` is raised. A 4xx answer with an
+``error`` code is a refusal.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from mppo.platform.backoff import retryable_http_status
 from order_svc.adapters.merchant_signature import HEADER as SIGNATURE_HEADER
 from order_svc.adapters.merchant_signature import sign
 from order_svc.domain.model import FailureReason, Line
@@ -190,7 +193,7 @@ class HttpMerchantClient(MerchantClient):
             return body
         code = str(body.get("error", ""))
         detail = str(body.get("detail", "")) or f"HTTP {status}"
-        if status >= 500 or status == 429 or code in _RETRYABLE_CODES:
+        if retryable_http_status(status) or code in _RETRYABLE_CODES:
             raise _RetryableError(f"HTTP {status} {code} {detail}".strip())
         if status in (401, 403):
             raise MerchantUnavailableError(f"merchant refused our credentials: {detail}")

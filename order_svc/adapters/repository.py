@@ -2,11 +2,13 @@
 
 `save()` is an optimistic write: it succeeds only if nobody saved the order since it was
 loaded (version check), writes the new `order_events` rows in the same transaction and
-extends the caller's lease on the order.
+extends the caller's lease on the order. Every order the repository stores or hands out is
+given to `track` (the unit of work's), which publishes the events the order recorded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -32,11 +34,16 @@ from order_svc.domain.model import (
 )
 
 
-class OrderRepository:
-    """Orders in one session (one transaction)."""
+def _untracked(order: Order) -> None:
+    return None
 
-    def __init__(self, session: AsyncSession) -> None:
+
+class OrderRepository:
+    """Orders in one session (one transaction); implements service_layer.ports.Orders."""
+
+    def __init__(self, session: AsyncSession, track: Callable[[Order], None] = _untracked) -> None:
         self._session = session
+        self._track = track
 
     async def add_if_absent(self, order: Order) -> str:
         """Insert `order` unless its group has one already; the group's order id either way."""
@@ -93,6 +100,7 @@ class OrderRepository:
                 ],
             )
         await self._write_steps(order)
+        self._track(order)
         return order.order_id
 
     async def get(self, order_id: str, *, for_update: bool = False) -> Order | None:
@@ -124,7 +132,7 @@ class OrderRepository:
                 .order_by(order_events.c.event_no)
             )
         ).mappings()
-        return Order(
+        order = Order(
             order_id=row["order_id"],
             group_id=row["group_id"],
             merchant_id=row["merchant_id"],
@@ -152,6 +160,8 @@ class OrderRepository:
             updated_at=row["updated_at"],
             steps=[Step(r["step"], r["outcome"], r["detail"], r["created_at"]) for r in steps],
         )
+        self._track(order)
+        return order
 
     async def id_for_group(self, group_id: str) -> str | None:
         """The id of the group's order, if there is one."""
@@ -194,6 +204,7 @@ class OrderRepository:
         await self._write_steps(order)
         order.version += 1
         order.updated_at = updated[0]
+        self._track(order)
 
     async def _write_steps(self, order: Order) -> None:
         if order.new_steps:

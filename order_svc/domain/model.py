@@ -1,8 +1,9 @@
 """The order aggregate: lines, shares, the saga's status and its forward-only transitions.
 
 Pure Python. The saga (service_layer/saga.py) calls the methods here after each external step
-succeeds or fails; each method checks the transition is legal and records the step, so the
-order row, its `order_events` rows and any outbox event commit together.
+succeeds or fails; each method checks the transition is legal and records the step (and, for
+creation, confirmation and failure, a domain event in `events`), so the order row, its
+`order_events` rows and the outbox event the unit of work translates commit together.
 """
 
 from __future__ import annotations
@@ -107,6 +108,45 @@ class Step:
     at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class OrderCreated:
+    """A new order was recorded for a finalized group."""
+
+    order_id: str
+    group_id: str
+    merchant_id: str
+    currency: str
+    total_minor: int
+
+
+@dataclass(frozen=True)
+class OrderConfirmed:
+    """The merchant placed the order and every share was captured."""
+
+    order_id: str
+    group_id: str
+    merchant_id: str
+    merchant_order_id: str
+    currency: str
+    total_minor: int
+    payment_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OrderFailed:
+    """The order failed and compensation finished: nothing is held or kept."""
+
+    order_id: str
+    group_id: str
+    merchant_id: str
+    reason: FailureReason | None
+    detail: str
+    payment_ids: tuple[str, ...]
+
+
+OrderEvent = OrderCreated | OrderConfirmed | OrderFailed
+
+
 @dataclass
 class Order:
     """The merchant order for one finalized group (one order per group)."""
@@ -132,6 +172,44 @@ class Order:
     updated_at: datetime | None = None
     steps: list[Step] = field(default_factory=list)
     new_steps: list[Step] = field(default_factory=list)
+    #: domain events recorded since the order was loaded (the unit of work publishes them)
+    events: list[OrderEvent] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        order_id: str,
+        group_id: str,
+        merchant_id: str,
+        currency: str,
+        total_minor: int,
+        fees_minor: int,
+        tax_minor: int,
+        tip_minor: int,
+        lines: list[Line],
+        shares: list[Share],
+    ) -> Order:
+        """A new CREATED order; it records OrderCreated (published only if it is stored)."""
+        order = cls(
+            order_id=order_id,
+            group_id=group_id,
+            merchant_id=merchant_id,
+            currency=currency,
+            total_minor=total_minor,
+            fees_minor=fees_minor,
+            tax_minor=tax_minor,
+            tip_minor=tip_minor,
+            lines=lines,
+            shares=shares,
+        )
+        order.events.append(OrderCreated(order_id, group_id, merchant_id, currency, total_minor))
+        return order
+
+    @property
+    def payment_ids(self) -> tuple[str, ...]:
+        """The payments of every share, in share order."""
+        return tuple(s.payment_id for s in self.shares)
 
     def _record(self, step: str, outcome: str, detail: str = "") -> None:
         recorded = Step(step, outcome, detail)
@@ -189,6 +267,17 @@ class Order:
             raise FailedPreconditionError(f"order {self.order_id} has uncaptured shares")
         self._move(OrderStatus.CONFIRMED)
         self._record("confirm", "ok")
+        self.events.append(
+            OrderConfirmed(
+                self.order_id,
+                self.group_id,
+                self.merchant_id,
+                self.merchant_order_id,
+                self.currency,
+                self.total_minor,
+                self.payment_ids,
+            )
+        )
 
     def fail(self, reason: FailureReason, detail: str, step: str) -> None:
         """A forward step failed for good: start compensating."""
@@ -233,3 +322,13 @@ class Order:
             raise FailedPreconditionError(f"order {self.order_id} still holds money")
         self._move(OrderStatus.FAILED)
         self._record("fail", "ok", str(self.failure_reason or ""))
+        self.events.append(
+            OrderFailed(
+                self.order_id,
+                self.group_id,
+                self.merchant_id,
+                self.failure_reason,
+                self.failure_detail,
+                self.payment_ids,
+            )
+        )

@@ -1,7 +1,10 @@
-"""What the saga needs from the outside world: a merchant backend and the payment service.
+"""What the service layer needs from the outside world: its orders (the repository), a
+merchant backend, the payment service, the group service's view of who may read an order, and
+a cache of finished orders.
 
-Adapters implement these (adapters/merchant_http.py, adapters/payments_grpc.py); tests and
-other merchants can supply their own. Errors say whether retrying can help.
+Adapters implement these (adapters/repository.py, adapters/merchant_http.py,
+adapters/payment_gateway.py, adapters/redis_aids.py, mppo.clients.group.GroupClient); unit
+tests and other merchants supply their own. Errors say whether retrying can help.
 """
 
 from __future__ import annotations
@@ -10,8 +13,75 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from order_svc.domain.model import FailureReason, Line
+from mppo.clients.group import GroupView
+from mppo.platform.identity import Caller
+from order_svc.domain.model import FailureReason, Line, Order
 from order_svc.domain.validator import CatalogueItem
+
+
+class Orders(Protocol):
+    """The orders of one unit of work (one transaction).
+
+    Every order it hands out or stores is tracked by the unit of work, whose commit publishes
+    the events the order recorded.
+    """
+
+    async def add_if_absent(self, order: Order) -> str:
+        """Store `order` unless its group has one already; the group's order id either way."""
+        ...
+
+    async def get(self, order_id: str) -> Order | None:
+        """The order with its lines, shares and steps, or None."""
+        ...
+
+    async def id_for_group(self, group_id: str) -> str | None:
+        """The id of the group's order, if there is one."""
+        ...
+
+    async def save(self, order: Order, *, lease_seconds: float) -> None:
+        """Write the order's changes if nobody saved it since it was loaded (ConflictError
+        otherwise), and extend the caller's lease on it."""
+        ...
+
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[str]:
+        """Lease up to `limit` unfinished orders that are due and not leased by anyone else."""
+        ...
+
+    async def schedule_retry(self, order_id: str, delay_seconds: float) -> int:
+        """Release the lease and try again after `delay_seconds`; the new attempt count."""
+        ...
+
+    async def add_step(self, order_id: str, step: str, outcome: str, detail: str) -> None:
+        """Record a step outcome that does not change the order (e.g. a retry)."""
+        ...
+
+    async def attempts(self, order_id: str) -> int:
+        """Failed attempts since the last step that succeeded."""
+        ...
+
+    async def release(self, order_id: str) -> None:
+        """Give the lease back."""
+        ...
+
+
+class GroupViews(Protocol):
+    """Who may see what about a group (the group service answers)."""
+
+    async def view(self, caller: Caller, group_id: str) -> GroupView:
+        """The caller's view; NotFoundError when they may not see the group at all."""
+        ...
+
+
+class OrderCache(Protocol):
+    """Serialized Order messages of finished orders (an aid: misses are always fine)."""
+
+    async def get(self, order_id: str) -> bytes | None:
+        """The cached order, or None."""
+        ...
+
+    async def put(self, order_id: str, order: bytes) -> None:
+        """Cache a finished order."""
+        ...
 
 
 class MerchantRefusedError(Exception):
@@ -79,11 +149,12 @@ class MerchantDirectory(Protocol):
 
 
 class PaymentRefusedError(Exception):
-    """The payment service refused the operation for good (declined, wrong state)."""
+    """The payment service refused the operation for good (declined, wrong state, unknown):
+    any answer that is not worth retrying."""
 
 
 class PaymentUnavailableError(Exception):
-    """The payment service could not be reached or failed transiently."""
+    """The payment service could not be reached or failed transiently (retry later)."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +186,4 @@ class PaymentGateway(Protocol):
 
     async def get(self, payment_id: str) -> PaymentState:
         """Re-read the payment."""
-        ...
-
-    async def close(self) -> None:
-        """Release the channel."""
         ...

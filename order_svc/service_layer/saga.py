@@ -1,10 +1,12 @@
 """The order orchestrator: validate → reserve → place → capture each share → confirmed.
 
-One step at a time: an external call, then one transaction that saves the order, its
-`order_events` row(s) and any outbox event. The capture step is the exception to "one call":
-the shares are independent payments, so they are captured concurrently (each with its own key
-and its own `capture` row), and the order is confirmed in the same transaction. A crash
-between the call and the commit repeats the call on resume with the same idempotency key
+One step at a time: an external call, then one unit of work that saves the order and its
+`order_events` row(s); the events the order records (order.confirmed, order.failed) reach the
+outbox through that unit of work, in the same transaction. The capture step is the exception
+to "one call": the shares are independent payments, so they are captured concurrently (each
+with its own key and its own `capture` row), and the order is confirmed in the same
+transaction. A crash between the call and the commit repeats the call on resume with the same
+idempotency key
 (merchant: ``<order>:reserve|place|cancel``; payment: ``<order>:capture|void|refund:<payment>``),
 so its effect happens once.
 
@@ -25,28 +27,25 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from google.protobuf.message import Message
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from mppo.platform.event_types import new_event
 from mppo.platform.logs import bind_ids
-from mppo.platform.outbox import add_to_outbox, fault_point
-from order_svc.adapters.redis_aids import OrderLocks, OrderStatusCache
-from order_svc.adapters.repository import OrderRepository
+from mppo.platform.outbox import fault_point
 from order_svc.domain.model import FailureReason, Order, OrderStatus, Share, ShareStatus
 from order_svc.domain.validator import check_against_catalogue, check_consistency
-from order_svc.service_layer.messages import confirmed_event, failed_event, to_proto
+from order_svc.service_layer.messages import to_proto
 from order_svc.service_layer.ports import (
     MerchantClient,
     MerchantDirectory,
     MerchantRefusedError,
     MerchantUnavailableError,
+    OrderCache,
     PaymentGateway,
     PaymentRefusedError,
     PaymentState,
     PaymentUnavailableError,
 )
+from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +70,18 @@ class SagaSettings:
         return float(min(self.retry_base_seconds * 2**attempts, self.retry_max_seconds))
 
 
+class OrderLocks(Protocol):
+    """A per-order lock (an aid in front of the database lease; adapters/redis_aids.py)."""
+
+    async def acquire(self, order_id: str, ttl_seconds: float) -> str | None:
+        """A token when the lock is ours, None when another holds it."""
+        ...
+
+    async def release(self, order_id: str, token: str) -> None:
+        """Release the lock if `token` still holds it."""
+        ...
+
+
 class _TransientError(Exception):
     """A step could not finish now; retry later (forward steps give up with `reason`)."""
 
@@ -86,15 +97,15 @@ class OrderSaga:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        uow: Callable[[], OrderUnitOfWork],
         merchants: MerchantDirectory,
         payments: PaymentGateway,
         locks: OrderLocks,
-        cache: OrderStatusCache,
+        cache: OrderCache,
         settings: SagaSettings,
         on_finished: Callable[[Order], None] | None = None,
     ) -> None:
-        self._sessions = sessions
+        self._uow = uow
         self._merchants = merchants
         self._payments = payments
         self._locks = locks
@@ -116,34 +127,34 @@ class OrderSaga:
 
     async def _advance(self, order_id: str) -> None:
         while True:
-            async with self._sessions() as session:
-                order = await OrderRepository(session).get(order_id)
+            async with self._uow() as uow:
+                order = await uow.orders.get(order_id)
             if order is None or order.status.terminal:
                 return
             with bind_ids(group_id=order.group_id):
-                events: list[Message] = []
                 try:
-                    await self._step(order, events)
+                    await self._step(order)
                 except _TransientError as exc:
                     if not await self._retry_later(order, exc):
                         return
-                    events = []  # gave up on a forward step: commit the failure
-                await self._commit(order, events)
+                    # gave up on a forward step: commit the failure
+                await self._commit(order)
                 if order.status.terminal:
                     await self._finished(order)
                     return
 
-    async def _commit(self, order: Order, events: list[Message]) -> None:
-        async with self._sessions() as session, session.begin():
-            await OrderRepository(session).save(order, lease_seconds=self._settings.lease_seconds)
-            for message in events:
-                await add_to_outbox(session, new_event(order.order_id, message))
+    async def _commit(self, order: Order) -> None:
+        """Save the order's step; the events it recorded go to the outbox with it."""
+        async with self._uow() as uow:
+            await uow.orders.save(order, lease_seconds=self._settings.lease_seconds)
+            await uow.commit()
         logger.info("order %s is %s (%s)", order.order_id, order.status, order.steps[-1].step)
 
     async def _finished(self, order: Order) -> None:
-        async with self._sessions() as session, session.begin():
-            await OrderRepository(session).release(order.order_id)
-            final = await OrderRepository(session).get(order.order_id)
+        async with self._uow() as uow:
+            await uow.orders.release(order.order_id)
+            final = await uow.orders.get(order.order_id)
+            await uow.commit()
         if final is not None:
             await self._cache.put(order.order_id, to_proto(final).SerializeToString())
         if self._on_finished is not None:
@@ -151,17 +162,17 @@ class OrderSaga:
 
     async def _retry_later(self, order: Order, exc: _TransientError) -> bool:
         """Schedule a retry, or give up on a forward step (then True: commit the failure)."""
-        async with self._sessions() as session, session.begin():
-            repo = OrderRepository(session)
-            attempts = await repo.attempts(order.order_id)
+        async with self._uow() as uow:
+            attempts = await uow.orders.attempts(order.order_id)
             forward = order.status is not OrderStatus.COMPENSATING
             if forward and exc.reason and attempts + 1 >= self._settings.max_forward_attempts:
                 logger.warning("order %s: giving up on %s: %s", order.order_id, exc.step, exc)
                 order.fail(exc.reason, exc.detail, exc.step)
                 return True
             delay = self._settings.backoff(attempts)
-            await repo.schedule_retry(order.order_id, delay)
-            await repo.add_step(order.order_id, exc.step, "retry", exc.detail)
+            await uow.orders.schedule_retry(order.order_id, delay)
+            await uow.orders.add_step(order.order_id, exc.step, "retry", exc.detail)
+            await uow.commit()
         logger.warning(
             "order %s: %s not done (%s); retry %s in %.1fs",
             order.order_id,
@@ -172,16 +183,16 @@ class OrderSaga:
         )
         return False
 
-    async def _step(self, order: Order, events: list[Message]) -> None:
+    async def _step(self, order: Order) -> None:
         merchant = self._merchants.client_for(order.merchant_id)
         if order.status is OrderStatus.CREATED:
             await self._validate(order, merchant)
         elif order.status is OrderStatus.VALIDATED:
             await self._place(order, merchant)
         elif order.status is OrderStatus.PLACED:
-            await self._capture_next(order, events)
+            await self._capture_next(order)
         elif order.status is OrderStatus.COMPENSATING:
-            await self._compensate_next(order, merchant, events)
+            await self._compensate_next(order, merchant)
 
     async def _validate(self, order: Order, merchant: MerchantClient) -> None:
         problems = check_consistency(
@@ -233,7 +244,7 @@ class OrderSaga:
         fault_point(FAULT_AFTER_MERCHANT_PLACE)
         order.mark_placed(placement.merchant_order_id)
 
-    async def _capture_next(self, order: Order, events: list[Message]) -> None:
+    async def _capture_next(self, order: Order) -> None:
         """Capture every pending share at once (independent payments, one key each), record
         each capture, and confirm in the same step when none is left.
 
@@ -274,10 +285,9 @@ class OrderSaga:
             return
         if transient is not None:
             if order.new_steps:
-                await self._commit(order, [])  # keep what was captured
+                await self._commit(order)  # keep what was captured
             raise transient
-        order.mark_confirmed()
-        events.append(confirmed_event(order))
+        order.mark_confirmed()  # records order.confirmed
 
     async def _capture(self, order: Order, share: Share) -> str | None:
         """Capture one share with its own idempotency key: None when captured, else why not."""
@@ -307,9 +317,7 @@ class OrderSaga:
             reason = None if step == "release" else FailureReason.CAPTURE_FAILED
             raise _TransientError(step, f"re-reading {share.payment_id}: {exc}", reason) from exc
 
-    async def _compensate_next(
-        self, order: Order, merchant: MerchantClient, events: list[Message]
-    ) -> None:
+    async def _compensate_next(self, order: Order, merchant: MerchantClient) -> None:
         if order.merchant_touched and not order.merchant_cancelled:
             try:
                 result = await merchant.cancel(
@@ -327,8 +335,7 @@ class OrderSaga:
             return
         unreleased = order.unreleased_shares
         if not unreleased:
-            order.mark_failed()
-            events.append(failed_event(order))
+            order.mark_failed()  # records order.failed
             return
         await self._release(order, unreleased[0])
 

@@ -81,17 +81,17 @@ class OrderStack:
         decline_capture: int | None = None,
     ) -> group_events_pb2.GroupFinalized:
         """A GroupFinalized for `lines` (sku, qty, unit price) whose shares are authorized."""
-        group_id = f"grp_{uuid.uuid4().hex[:10]}"
+        group_id = str(uuid.uuid4())  # ids we issue are UUIDs (the services check their shape)
         total = sum(q * p for _, q, p in lines) + fees + tax + tip
         amounts = [total // members] * members
         amounts[0] += total - sum(amounts)
         shares = []
         for index, amount in enumerate(amounts):
-            payment_id = f"pay_{uuid.uuid4().hex[:10]}"
+            payment_id = str(uuid.uuid4())
             self.payments.authorize(payment_id, amount, decline_capture=index == decline_capture)
             shares.append(
                 group_events_pb2.FinalizedShare(
-                    member_id=f"m{index}",
+                    member_id=str(uuid.uuid4()),
                     payment_id=payment_id,
                     amount=money_pb2.Money(amount_minor=amount, currency_code="USD"),
                 )

@@ -75,14 +75,15 @@ class RealStack:
     async def finalized(
         self, lines: list[tuple[str, int, int]], cards: list[str]
     ) -> group_events_pb2.GroupFinalized:
-        group_id = f"grp_{uuid.uuid4().hex[:10]}"
+        group_id = str(uuid.uuid4())  # ids we issue are UUIDs (the services check their shape)
         total = sum(q * p for _, q, p in lines)
         amounts = [total // len(cards)] * len(cards)
         amounts[0] += total - sum(amounts)
+        members = [str(uuid.uuid4()) for _ in cards]
         payment_ids = await asyncio.gather(
             *(
-                self.authorized(group_id, f"m{i}", amount, card)
-                for i, (amount, card) in enumerate(zip(amounts, cards, strict=True))
+                self.authorized(group_id, member, amount, card)
+                for member, amount, card in zip(members, amounts, cards, strict=True)
             )
         )
         return group_events_pb2.GroupFinalized(
@@ -95,11 +96,11 @@ class RealStack:
             total=money_pb2.Money(amount_minor=total, currency_code="USD"),
             shares=[
                 group_events_pb2.FinalizedShare(
-                    member_id=f"m{i}",
+                    member_id=member,
                     payment_id=pid,
                     amount=money_pb2.Money(amount_minor=amount, currency_code="USD"),
                 )
-                for i, (pid, amount) in enumerate(zip(payment_ids, amounts, strict=True))
+                for member, pid, amount in zip(members, payment_ids, amounts, strict=True)
             ],
         )
 
