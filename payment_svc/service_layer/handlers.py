@@ -39,7 +39,6 @@ from mppo.platform.errors import (
 from mppo.platform.event_types import subject_of
 from mppo.platform.identity import Caller
 from mppo.platform.logs import bind_ids
-from payment_svc.adapters.cache import IntentCache
 from payment_svc.adapters.providers.base import (
     CheckoutRequest,
     PaymentProvider,
@@ -80,6 +79,17 @@ class GroupViews(Protocol):
 
     async def view(self, caller: Caller, group_id: str) -> GroupView:
         """The caller's view of `group_id`; NotFoundError when they may not see it at all."""
+
+
+class IntentReplay(Protocol):
+    """(group, member, attempt) → payment id, a fast path for replays (Redis in production;
+    never the source of truth, so a miss or an outage only means a database read)."""
+
+    async def get(self, group_id: str, member_id: str, attempt: int) -> str | None:
+        """The payment id, or None."""
+
+    async def put(self, group_id: str, member_id: str, attempt: int, payment_id: str) -> None:
+        """Remember a committed payment."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,7 @@ class PaymentHandlers:
         settings: PaymentSettings,
         groups: GroupViews,
         *,
-        cache: IntentCache | None = None,
+        cache: IntentReplay | None = None,
         compensation_due: Callable[[], None] = _nothing,
         clock: Callable[[], datetime] = _now,
     ) -> None:
