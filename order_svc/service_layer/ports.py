@@ -1,6 +1,6 @@
 """What the service layer needs from the outside world: its orders (the repository), a
-merchant backend, the payment service, the group service's view of who may read an order, and
-a cache of finished orders.
+merchant backend, the payment service, the group service's view of who may read an order, a
+per-order lock and a cache of finished orders.
 
 Adapters implement these (adapters/repository.py, adapters/merchant_http.py,
 adapters/payment_gateway.py, adapters/redis_aids.py, mppo.clients.group.GroupClient); unit
@@ -69,6 +69,18 @@ class GroupViews(Protocol):
 
     async def view(self, caller: Caller, group_id: str) -> GroupView:
         """The caller's view; NotFoundError when they may not see the group at all."""
+        ...
+
+
+class OrderLocks(Protocol):
+    """A per-order lock (an aid in front of the database lease; adapters/redis_aids.py)."""
+
+    async def acquire(self, order_id: str, ttl_seconds: float) -> str | None:
+        """A token when the lock is ours, None when another holds it."""
+        ...
+
+    async def release(self, order_id: str, token: str) -> None:
+        """Release the lock if `token` still holds it."""
         ...
 
 

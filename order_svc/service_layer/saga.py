@@ -27,7 +27,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from mppo.platform.logs import bind_ids
 from mppo.platform.outbox import fault_point
@@ -40,6 +39,7 @@ from order_svc.service_layer.ports import (
     MerchantRefusedError,
     MerchantUnavailableError,
     OrderCache,
+    OrderLocks,
     PaymentGateway,
     PaymentRefusedError,
     PaymentState,
@@ -68,18 +68,6 @@ class SagaSettings:
     def backoff(self, attempts: int) -> float:
         """Delay before the next try after `attempts` failed ones."""
         return float(min(self.retry_base_seconds * 2**attempts, self.retry_max_seconds))
-
-
-class OrderLocks(Protocol):
-    """A per-order lock (an aid in front of the database lease; adapters/redis_aids.py)."""
-
-    async def acquire(self, order_id: str, ttl_seconds: float) -> str | None:
-        """A token when the lock is ours, None when another holds it."""
-        ...
-
-    async def release(self, order_id: str, token: str) -> None:
-        """Release the lock if `token` still holds it."""
-        ...
 
 
 class _TransientError(Exception):
