@@ -1,91 +1,94 @@
-"""Wiring of the group service: one place that connects the parts, nothing at import time."""
+"""Wiring of the group service: `build(infra)` connects the parts once; nothing at import time."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
 from pathlib import Path
 
-import grpc
-
 from group_svc.adapters.cache import GroupCache
-from group_svc.adapters.payment_client import PaymentClient
 from group_svc.adapters.pii import PiiKeyring
 from group_svc.config import GroupSettings
+from group_svc.entrypoints.expiry_scheduler import ExpiryScheduler
 from group_svc.entrypoints.grpc_servicer import GroupServiceServicer
-from group_svc.service_layer.event_handlers import order_handler, payment_handler
-from group_svc.service_layer.scheduler import ExpiryScheduler
-from group_svc.service_layer.unit_of_work import Deps
+from group_svc.service_layer.handlers import GroupHandlers, utcnow
+from group_svc.service_layer.unit_of_work import GroupUnitOfWork
+from mppo.clients.payment import PaymentClient
 from mppo.group.v1 import group_service_pb2, group_service_pb2_grpc
+from mppo.order.v1 import order_events_pb2
+from mppo.payment.v1 import payment_events_pb2
 from mppo.platform.db import create_sessionmaker
 from mppo.platform.inbox import EventConsumer
-from mppo.platform.runtime import Infra, ServiceSpec, Worker
+from mppo.platform.runtime import Infra, Parts, Servicer, ServiceSpec
+from mppo.platform.worker import Worker
 
 SERVICE_NAME = group_service_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-_deps: dict[int, Deps] = {}
 
 
-def build_deps(infra: Infra) -> Deps:
-    """The handlers' dependencies for this process's connections (built once per Infra)."""
-    if id(infra) not in _deps:
-        settings = GroupSettings.from_env()
+class Core:
+    """What every group process shares: settings, units of work, handlers, the payment client."""
+
+    def __init__(self, infra: Infra) -> None:
+        self.settings = GroupSettings.from_env()
         keyring = PiiKeyring.from_env()
         prefix = infra.config.infra.nats_prefix
-        _deps[id(infra)] = Deps(
-            sessions=create_sessionmaker(infra.engine),
-            keyring=keyring,
-            payments=PaymentClient(settings.payment_addr, settings.payment_timeout),
-            cache=GroupCache(infra.redis, keyring, f"mppo:{prefix}:" if prefix else "mppo:"),
-            settings=settings,
+        self.cache = GroupCache(infra.redis, keyring, f"mppo:{prefix}:" if prefix else "mppo:")
+        self.payments = PaymentClient(
+            self.settings.payment_addr, "group", timeout=self.settings.payment_timeout
         )
-    return _deps[id(infra)]
+        self.uow = functools.partial(GroupUnitOfWork, create_sessionmaker(infra.engine), keyring)
+        self.handlers = GroupHandlers(
+            payments=self.payments,
+            host_grace=self.settings.host_grace,
+            reminder_lead=self.settings.reminder_lead,
+            cache=self.cache,
+            clock=utcnow,
+        )
+
+    def scheduler(self) -> ExpiryScheduler:
+        """The expiry scheduler over these parts."""
+        return ExpiryScheduler(
+            self.handlers, self.uow, poll_interval=self.settings.scheduler_interval
+        )
 
 
-def register(server: grpc.aio.Server, infra: Infra) -> None:
-    """Add the group service's servicers to `server`."""
-    group_service_pb2_grpc.add_GroupServiceServicer_to_server(
-        GroupServiceServicer(build_deps(infra)), server
-    )
-
-
-def consumers(infra: Infra, deps: Deps) -> list[Worker]:
-    """The durable consumers shared by every replica."""
+def build(infra: Infra) -> Parts:
+    """The servicer, the durable consumers and (unless MPPO_GROUP_SCHEDULER=off) the scheduler."""
+    core = Core(infra)
+    h = core.handlers
     prefix = infra.config.infra.nats_prefix
-    return [
+    workers: list[Worker] = [
         EventConsumer(
-            infra.engine,
             infra.js,
+            uow=core.uow,
             durable="group-payments",
             stream="MPPO_PAYMENT",
-            filter_subjects=["payment.succeeded", "payment.failed"],
-            handler=payment_handler(deps),
+            handlers={
+                payment_events_pb2.PaymentSucceeded: h.payment_succeeded,
+                payment_events_pb2.PaymentFailed: h.payment_failed,
+            },
             prefix=prefix,
         ),
         EventConsumer(
-            infra.engine,
             infra.js,
+            uow=core.uow,
             durable="group-orders",
             stream="MPPO_ORDER",
-            filter_subjects=["order.confirmed", "order.failed"],
-            handler=order_handler(deps),
+            handlers={
+                order_events_pb2.OrderConfirmed: h.order_confirmed,
+                order_events_pb2.OrderFailed: h.order_failed,
+            },
             prefix=prefix,
         ),
     ]
+    if core.settings.scheduler_enabled:
+        workers.append(core.scheduler())
+    servicer = GroupServiceServicer(h, core.uow, core.cache, utcnow)
+    return Parts(
+        servicers=[Servicer(group_service_pb2_grpc.add_GroupServiceServicer_to_server, servicer)],
+        workers=workers,
+        close=core.payments.close,
+    )
 
 
-def workers(infra: Infra) -> Sequence[Worker]:
-    """Consumers, and the expiry scheduler unless MPPO_GROUP_SCHEDULER=off."""
-    deps = build_deps(infra)
-    found = consumers(infra, deps)
-    if deps.settings.scheduler_enabled:
-        found.append(ExpiryScheduler(deps))
-    return found
-
-
-SPEC = ServiceSpec(
-    name="group",
-    grpc_services=[SERVICE_NAME],
-    migrations=MIGRATIONS,
-    register=register,
-    workers=workers,
-)
+SPEC = ServiceSpec(name="group", grpc_services=[SERVICE_NAME], migrations=MIGRATIONS, build=build)

@@ -7,25 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from mppo.platform.config import ConfigError, ServiceConfig, service_addr
+from mppo.platform.config import ServiceConfig, service_addr
+from mppo.platform.settings import Env
 
 
 def load_config() -> ServiceConfig:
     """The group service's shared settings (docs/conventions.md lists the variables)."""
     return ServiceConfig.from_env("group")
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative")
-    return value
 
 
 @dataclass(frozen=True)
@@ -39,6 +27,7 @@ class GroupSettings:
     | MPPO_GROUP_REMINDER_LEAD_SECONDS | group.reminder_due this long before the deadline | 3600 |
     | MPPO_GROUP_SCHEDULER | run the expiry scheduler in the service (`on`/`off`) | on |
     | MPPO_GROUP_SCHEDULER_INTERVAL | seconds between scheduler rounds | 1.0 |
+    | MPPO_GROUP_SCHEDULER_ADDR | health address of the standalone scheduler | free port |
     | MPPO_GROUP_PII_KEYS | `id:<base64 32 bytes>,…`, first is active (adapters/pii.py) | dev key |
     """
 
@@ -47,21 +36,19 @@ class GroupSettings:
     reminder_lead: timedelta
     scheduler_enabled: bool
     scheduler_interval: float
+    scheduler_addr: str = ""
     payment_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GroupSettings:
         """Read the settings, failing fast on malformed values."""
         source = os.environ if env is None else env
-        enabled = source.get("MPPO_GROUP_SCHEDULER", "on").strip().lower()
-        if enabled not in ("on", "off"):
-            raise ConfigError("MPPO_GROUP_SCHEDULER must be on or off")
+        read = Env(source)
         return cls(
             payment_addr=service_addr(source, "payment"),
-            host_grace=timedelta(seconds=_seconds(source, "MPPO_GROUP_HOST_GRACE_SECONDS", 900)),
-            reminder_lead=timedelta(
-                seconds=_seconds(source, "MPPO_GROUP_REMINDER_LEAD_SECONDS", 3600)
-            ),
-            scheduler_enabled=enabled == "on",
-            scheduler_interval=_seconds(source, "MPPO_GROUP_SCHEDULER_INTERVAL", 1.0) or 1.0,
+            host_grace=read.seconds("MPPO_GROUP_HOST_GRACE_SECONDS", 900),
+            reminder_lead=read.seconds("MPPO_GROUP_REMINDER_LEAD_SECONDS", 3600),
+            scheduler_enabled=read.switch("MPPO_GROUP_SCHEDULER", True),
+            scheduler_interval=read.number("MPPO_GROUP_SCHEDULER_INTERVAL", 1.0, minimum=0.01),
+            scheduler_addr=read.addr("MPPO_GROUP_SCHEDULER_ADDR"),
         )

@@ -1,4 +1,4 @@
-"""Run the group expiry scheduler alone: `python -m group_svc.scheduler`.
+"""Run the group expiry scheduler alone: `python -m group_svc.standalone_scheduler`.
 
 The same worker the group service runs (unless MPPO_GROUP_SCHEDULER=off), as its own
 process so it can be scaled separately. It uses the group database, Redis and NATS like the
@@ -10,39 +10,30 @@ from __future__ import annotations
 
 import os
 
-import grpc
-
-from group_svc.bootstrap import MIGRATIONS, build_deps
-from group_svc.service_layer.scheduler import ExpiryScheduler
+from group_svc.bootstrap import MIGRATIONS, Core
+from group_svc.config import GroupSettings
 from mppo.platform.config import InfraConfig, ServiceConfig
-from mppo.platform.runtime import Infra, ServiceSpec, Worker, run_service
+from mppo.platform.runtime import Infra, Parts, ServiceSpec, run_service
+from mppo.platform.settings import Env
 
 
 def load_config() -> ServiceConfig:
     """The group service's infrastructure, with the scheduler's own listen address."""
     return ServiceConfig(
         name="group-scheduler",
-        addr=os.environ.get("MPPO_GROUP_SCHEDULER_ADDR", "").strip() or "127.0.0.1:0",
+        addr=GroupSettings.from_env().scheduler_addr or "127.0.0.1:0",
         infra=InfraConfig.from_env("group"),
-        log_level=os.environ.get("MPPO_LOG_LEVEL", "INFO").upper(),
+        log_level=Env(os.environ).text("MPPO_LOG_LEVEL", "INFO").upper(),
     )
 
 
-def _register(server: grpc.aio.Server, infra: Infra) -> None:
-    """No servicers besides health."""
+def build(infra: Infra) -> Parts:
+    """No servicers besides health; the scheduler as the one worker."""
+    core = Core(infra)
+    return Parts(servicers=[], workers=[core.scheduler()], close=core.payments.close)
 
 
-def _workers(infra: Infra) -> list[Worker]:
-    return [ExpiryScheduler(build_deps(infra))]
-
-
-SPEC = ServiceSpec(
-    name="group-scheduler",
-    grpc_services=[],
-    migrations=MIGRATIONS,
-    register=_register,
-    workers=_workers,
-)
+SPEC = ServiceSpec(name="group-scheduler", grpc_services=[], migrations=MIGRATIONS, build=build)
 
 if __name__ == "__main__":
     run_service(SPEC, load_config)

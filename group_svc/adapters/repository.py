@@ -1,4 +1,9 @@
-"""Loads and saves the Group aggregate; a loaded group can be locked for the transaction.
+"""Every SQL statement of the group service: the Group aggregate, the queue of payments to
+release, and the idempotency keys of mutating calls.
+
+`GroupRepository` loads and saves the Group aggregate; a loaded group can be locked for the
+transaction, and every group it hands out is tracked by the unit of work (which publishes the
+events the group records).
 
 Every change of a group runs under ``SELECT … FOR UPDATE`` of its group_orders row (so two
 replicas handling events for the same group serialize), and `save` additionally checks and
@@ -10,10 +15,12 @@ per member on every save).
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,6 +44,7 @@ from group_svc.domain.model import (
     Role,
 )
 from group_svc.domain.split import ShareSpec, SplitMode
+from mppo.platform import idempotency
 from mppo.platform.errors import ConflictError
 
 
@@ -63,9 +71,15 @@ def spec_from_json(data: dict[str, Any]) -> ShareSpec:
 class GroupRepository:
     """Group persistence within one session/transaction."""
 
-    def __init__(self, session: AsyncSession, keyring: PiiKeyring) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        keyring: PiiKeyring,
+        track: Callable[[Group], None] = lambda group: None,
+    ) -> None:
         self._session = session
         self._keyring = keyring
+        self._track = track
         # what the database holds, as far as this transaction knows: member id / attempt row
         # id -> the columns `_write_children` would write
         self._members_written: dict[str, dict[str, Any]] = {}
@@ -79,6 +93,7 @@ class GroupRepository:
             update(group_orders).where(group_orders.c.group_id == group.group_id).values(version=1)
         )
         await self._write_children(group, new_members={m.member_id for m in group.members})
+        self._track(group)
 
     def _remember(self, group: Group) -> None:
         for m in group.members:
@@ -155,7 +170,91 @@ class GroupRepository:
             reminder_sent_at=row["reminder_sent_at"],
         )
         self._remember(group)
+        self._track(group)
         return group
+
+    async def version(self, group_id: str) -> int | None:
+        """The group's current version (one indexed row), or None for an unknown group."""
+        found = await self._session.execute(
+            select(group_orders.c.version).where(group_orders.c.group_id == group_id)
+        )
+        return found.scalar()
+
+    async def ids_for_user(
+        self,
+        user_id: str,
+        status: GroupStatus | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[tuple[str, datetime]]:
+        """(group id, created at) of groups `user_id` hosts or belongs to, newest first,
+        strictly after the cursor `after` (created at, group id)."""
+        member_of = select(group_members.c.group_id).where(group_members.c.user_id == user_id)
+        query = select(group_orders.c.group_id, group_orders.c.created_at).where(
+            or_(group_orders.c.host_user_id == user_id, group_orders.c.group_id.in_(member_of))
+        )
+        if status is not None:
+            query = query.where(group_orders.c.status == status.value)
+        if after is not None:
+            created, last_id = after
+            query = query.where(
+                or_(
+                    group_orders.c.created_at < created,
+                    and_(group_orders.c.created_at == created, group_orders.c.group_id < last_id),
+                )
+            )
+        query = query.order_by(group_orders.c.created_at.desc(), group_orders.c.group_id.desc())
+        rows = (await self._session.execute(query.limit(limit))).all()
+        return [(row.group_id, row.created_at) for row in rows]
+
+    async def claim_due(self, now: datetime, limit: int) -> list[str]:
+        """Lock (SKIP LOCKED) DRAFT/OPEN groups past their deadline or their host's grace."""
+        due = await self._session.execute(
+            select(group_orders.c.group_id)
+            .where(
+                group_orders.c.status.in_(["DRAFT", "OPEN"]),
+                or_(
+                    and_(group_orders.c.fallback_at.is_(None), group_orders.c.deadline <= now),
+                    group_orders.c.grace_deadline <= now,
+                ),
+            )
+            .order_by(group_orders.c.deadline)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list(due.scalars().all())
+
+    async def fallbacks_without_intent(self, limit: int) -> list[str]:
+        """OPEN groups whose host fallback was applied but not announced yet."""
+        rows = await self._session.execute(
+            select(group_orders.c.group_id)
+            .where(
+                group_orders.c.status == "OPEN",
+                group_orders.c.fallback_at.is_not(None),
+                group_orders.c.fallback_notified_at.is_(None),
+            )
+            .limit(limit)
+        )
+        return list(rows.scalars().all())
+
+    async def claim_reminders_due(self, now: datetime, lead: timedelta, limit: int) -> list[str]:
+        """Lock (SKIP LOCKED) OPEN groups due a reminder: the deadline within `lead`, half of
+        the payment window passed (never right after the invitation), none sent yet."""
+        due = await self._session.execute(
+            select(group_orders.c.group_id)
+            .where(
+                group_orders.c.status == "OPEN",
+                group_orders.c.reminder_sent_at.is_(None),
+                group_orders.c.fallback_at.is_(None),
+                group_orders.c.deadline <= now + lead,
+                group_orders.c.deadline > now,
+                group_orders.c.frozen_at + (group_orders.c.deadline - group_orders.c.frozen_at) / 2
+                <= now,
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list(due.scalars().all())
 
     async def members(self, group_id: str) -> list[Member]:
         """Just the members of a group, in join order ([] for an unknown group: a group always
@@ -334,10 +433,41 @@ class GroupRepository:
             "updated_at": group.updated_at,
         }
 
-    async def enqueue_void(
+    async def history(self, group_id: str) -> list[Any]:
+        """Every status change of a group, oldest first."""
+        rows = await self._session.execute(
+            select(group_status_history)
+            .where(group_status_history.c.group_id == group_id)
+            .order_by(group_status_history.c.id)
+        )
+        return list(rows.mappings().all())
+
+
+@dataclass(frozen=True)
+class Release:
+    """A payment the group does not keep, waiting to be voided (or refunded)."""
+
+    payment_id: str
+    group_id: str
+    captured: bool
+    reason: str
+    attempts: int
+
+
+class ReleaseQueue:
+    """group_payment_voids: payments to release, claimed with SKIP LOCKED.
+
+    Status: PENDING (to do; `next_attempt_at` backs off after a transient failure), DONE
+    (released), REFUSED (the payment service refused for good; `last_error` says why).
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(
         self, group_id: str, payment_id: str, captured: bool, reason: str, now: datetime
     ) -> None:
-        """Ask the void worker to release a payment the group does not keep (once)."""
+        """Queue a payment for release (once per payment)."""
         await self._session.execute(
             pg_insert(group_payment_voids)
             .values(
@@ -351,11 +481,62 @@ class GroupRepository:
             .on_conflict_do_nothing(index_elements=["payment_id"])
         )
 
-    async def history(self, group_id: str) -> list[Any]:
-        """Every status change of a group, oldest first."""
+    async def claim_due(self, now: datetime, limit: int) -> Sequence[Release]:
+        """Lock (SKIP LOCKED) pending releases whose back-off has passed, oldest first."""
+        c = group_payment_voids.c
         rows = await self._session.execute(
-            select(group_status_history)
-            .where(group_status_history.c.group_id == group_id)
-            .order_by(group_status_history.c.id)
+            select(c.payment_id, c.group_id, c.captured, c.reason, c.attempts)
+            .where(
+                c.status == "PENDING",
+                or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
+            )
+            .order_by(c.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
         )
-        return list(rows.mappings().all())
+        return [Release(**row) for row in rows.mappings().all()]
+
+    async def done(self, payment_id: str, now: datetime) -> None:
+        """The payment was released."""
+        await self._finish(payment_id, "DONE", now, None)
+
+    async def refused(self, payment_id: str, now: datetime, error: str) -> None:
+        """The payment service refused for good: stop retrying, keep its answer."""
+        await self._finish(payment_id, "REFUSED", now, error)
+
+    async def retry_later(self, payment_id: str, at: datetime, error: str) -> None:
+        """A transient failure: count it and try again at `at`."""
+        await self._session.execute(
+            update(group_payment_voids)
+            .where(group_payment_voids.c.payment_id == payment_id)
+            .values(
+                attempts=group_payment_voids.c.attempts + 1,
+                last_error=error[:1000],
+                next_attempt_at=at,
+            )
+        )
+
+    async def _finish(self, payment_id: str, status: str, now: datetime, error: str | None) -> None:
+        values: dict[str, Any] = {"status": status, "done_at": now}
+        if error is not None:
+            values["last_error"] = error[:1000]
+        await self._session.execute(
+            update(group_payment_voids)
+            .where(group_payment_voids.c.payment_id == payment_id)
+            .values(**values)
+        )
+
+
+class IdempotencyKeys:
+    """Idempotency keys of mutating calls, claimed in the call's own transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def claim(self, key: idempotency.IdempotencyKey) -> bytes | None:
+        """None for the first call with `key`; the stored response of the first otherwise."""
+        return await idempotency.claim(self._session, key)
+
+    async def complete(self, key: idempotency.IdempotencyKey, response: bytes) -> None:
+        """Store the first call's response (committed with the change)."""
+        await idempotency.complete(self._session, key, response)

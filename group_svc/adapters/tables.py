@@ -139,11 +139,12 @@ group_payment_voids = Table(
     Column("group_id", Text, nullable=False),
     Column("captured", Boolean, nullable=False),
     Column("reason", Text, nullable=False),
-    Column("status", Text, nullable=False),  # PENDING | DONE
+    Column("status", Text, nullable=False),  # PENDING | DONE | REFUSED
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("done_at", DateTime(timezone=True)),
+    Column("next_attempt_at", DateTime(timezone=True)),  # back-off after a transient failure
 )
 Index(
     "ix_group_payment_voids_pending",

@@ -1,8 +1,9 @@
 """The group order aggregate: cart, members, shares, payments and lifecycle.
 
-Pure Python. The service layer loads a `Group` (under a row lock), calls one method, saves it
-and turns what changed into events. Every status change goes through `Group.transition`, which
-checks the state machine and records a history entry.
+Pure Python. The service layer loads a `Group` (under a row lock), calls one method and saves
+it; the methods record what happened in `group.events` (domain/events.py), which the unit of
+work publishes on commit. Every status change goes through `Group.transition`, which checks the
+state machine and records a history entry.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from group_svc.domain import events as ev
 from group_svc.domain.lifecycle import GroupStatus, check_transition
 from group_svc.domain.split import Line, ShareSpec, SplitMode, compute_shares
 from mppo.platform.errors import (
@@ -187,6 +189,70 @@ class Group:
     reminder_sent_at: datetime | None = None
     new_history: list[HistoryEntry] = field(default_factory=list)
     removed_member_ids: list[str] = field(default_factory=list)
+    #: recorded domain events, drained (and published) by the unit of work on commit
+    events: list[ev.GroupEvent] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        group_id: str,
+        host_user_id: str,
+        merchant_id: str,
+        currency_code: str,
+        items: list[CartLine],
+        fees_minor: int,
+        tax_minor: int,
+        tip_minor: int,
+        split_mode: SplitMode,
+        fallback_policy: FallbackPolicy,
+        deadline: datetime,
+        host: NewMember,
+        members: Sequence[NewMember],
+        actor: str,
+        now: datetime,
+    ) -> Group:
+        """A new DRAFT group with its host (bound to `host_user_id`) and invited guests."""
+        check_member_list(
+            [(host.email, host_user_id), *[(m.email, m.user_id) for m in members]], skip=1
+        )
+        group = cls(
+            group_id=group_id,
+            host_user_id=host_user_id,
+            merchant_id=merchant_id,
+            currency_code=currency_code,
+            items=items,
+            fees_minor=fees_minor,
+            tax_minor=tax_minor,
+            tip_minor=tip_minor,
+            split_mode=split_mode,
+            fallback_policy=fallback_policy,
+            deadline=deadline,
+            created_at=now,
+            updated_at=now,
+        )
+        group.events.append(ev.Created())
+        owner = Member(
+            member_id=str(uuid.uuid4()),
+            position=0,
+            role=Role.HOST,
+            display_name=host.display_name,
+            email=host.email,
+            phone=host.phone,
+            user_id=host_user_id,
+            share_spec=host.share_spec,
+            status=MemberStatus.JOINED,
+            invite_token=secrets.token_urlsafe(24),
+            joined_at=now,
+        )
+        group.members.append(owner)
+        group.events.append(ev.MemberAdded(owner.member_id))
+        group.add_members(members, now, "members", recompute=False)
+        group.recompute_shares(
+            ["host.share_spec", *(f"members[{i}].share_spec" for i in range(len(members)))]
+        )
+        group.new_history.append(HistoryEntry(None, GroupStatus.DRAFT, "group created", actor, now))
+        return group
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -319,6 +385,7 @@ class Group:
                 )
             )
         self.members.extend(added)
+        self.events.extend(ev.MemberAdded(m.member_id) for m in added)
         if recompute:
             self.recompute_shares([f"members[{i}].share_spec" for i in range(len(self.members))])
         self.updated_at = now
@@ -332,6 +399,7 @@ class Group:
             raise FailedPreconditionError("the host cannot be removed", reason="HOST_NOT_REMOVABLE")
         self.members.remove(member)
         self.removed_member_ids.append(member_id)
+        self.events.append(ev.MemberRemoved(member_id))
         self.recompute_shares()
         self.updated_at = now
         return member
@@ -431,6 +499,7 @@ class Group:
         for m in self.members:
             if m.required:
                 m.status = MemberStatus.AWAITING_PAYMENT
+        self.events.append(ev.Opened())
         return True
 
     def retry_payment(self, member_id: str, now: datetime) -> PaymentAttempt:
@@ -497,6 +566,9 @@ class Group:
             member.status = MemberStatus.PAID
             member.paid_at = now
         self.updated_at = now
+        self.events.append(
+            ev.MemberPaid(member_id, payment_id, amount_minor, len(self.unpaid_required))
+        )
         return PaymentOutcome.ACCEPTED
 
     def payment_failed(
@@ -525,6 +597,7 @@ class Group:
         if self.status is not GroupStatus.OPEN or not self.fully_paid:
             return False
         self.transition(GroupStatus.PENDING, "all shares secured", "system:payments", now)
+        self.events += [ev.FullyPaid(), ev.Finalized()]
         return True
 
     # ---- deadline and fallback ---------------------------------------------------------
@@ -573,16 +646,41 @@ class Group:
         """OPEN/DRAFT → EXPIRED."""
         self.transition(GroupStatus.EXPIRED, reason, actor, now)
         self.close_reason = reason
+        self.events.append(ev.Expired(tuple(self.payment_ids), reason))
 
     def cancel(self, reason: str, actor: str, now: datetime) -> None:
         """→ CANCELLED (host from DRAFT/OPEN; order failure from PENDING)."""
         self.transition(GroupStatus.CANCELLED, reason, actor, now)
         self.close_reason = reason
+        self.events.append(ev.Cancelled(tuple(self.payment_ids), reason, actor))
 
     def confirm(self, order_id: str, now: datetime) -> None:
         """PENDING → CONFIRMED."""
         self.transition(GroupStatus.CONFIRMED, "order confirmed", "system:orders", now)
         self.order_id = order_id
+        self.events.append(ev.Confirmed(order_id))
+
+    def announce_fallback(self, now: datetime) -> bool:
+        """`group.host_fallback`, once, when the host's fallback intent exists."""
+        if (
+            self.status is not GroupStatus.OPEN
+            or self.fallback_at is None
+            or self.fallback_notified_at is not None
+            or self.attempts_missing_intent()
+        ):
+            return False
+        self.fallback_notified_at = now
+        self.events.append(ev.HostFallback())
+        return True
+
+    def remind_unpaid(self, now: datetime) -> int:
+        """`group.reminder_due` for each unpaid member, once per group; how many."""
+        if self.reminder_sent_at is not None:
+            return 0
+        self.reminder_sent_at = now
+        unpaid = self.unpaid_required
+        self.events.extend(ev.ReminderDue(m.member_id) for m in unpaid)
+        return len(unpaid)
 
 
 def check_member_list(

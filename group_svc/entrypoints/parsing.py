@@ -1,4 +1,4 @@
-"""Request validation: protobuf requests in, domain inputs out, INVALID_ARGUMENT with field
+"""Request validation: protobuf requests in, commands out, INVALID_ARGUMENT with field
 violations for anything malformed."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from group_svc.adapters.proto_mapping import (
     from_timestamp,
     spec_from_proto,
 )
-from group_svc.domain.currency import exponent
 from group_svc.domain.model import MAX_MEMBERS, CartLine, FallbackPolicy, NewMember
 from group_svc.domain.split import SplitMode
-from group_svc.service_layer.commands import CreateGroupInput
+from group_svc.service_layer.commands import CreateGroup
 from mppo.group.v1 import group_pb2, group_service_pb2
 from mppo.platform.errors import FieldViolation, InvalidArgumentError
+from mppo.platform.identity import Caller
+from mppo.platform.money import exponent
 
 #: Largest group total accepted, in minor units (keeps every sum far inside int64).
 MAX_TOTAL_MINOR = 10**13
@@ -57,14 +58,14 @@ def split_mode(value: group_pb2.SplitMode.ValueType, bad: list[FieldViolation]) 
 
 
 def create_group(
-    request: group_service_pb2.CreateGroupRequest, host_user_id: str, now: datetime
-) -> CreateGroupInput:
-    """Validate a CreateGroupRequest."""
+    request: group_service_pb2.CreateGroupRequest, caller: Caller, now: datetime
+) -> CreateGroup:
+    """Validate a CreateGroupRequest from `caller` (the host-to-be, an end user)."""
     bad: list[FieldViolation] = []
     if not request.merchant_id.strip():
         bad.append(FieldViolation("merchant_id", "required"))
     try:
-        exponent(request.currency_code)
+        exponent(request.currency_code, "currency_code")
     except InvalidArgumentError as exc:
         bad.extend(exc.violations)
     if not request.items:
@@ -107,11 +108,12 @@ def create_group(
             bad.append(FieldViolation("deadline", "must be in the future"))
     if len(request.members) + 1 > MAX_MEMBERS:
         bad.append(FieldViolation("members", f"at most {MAX_MEMBERS} members including the host"))
-    host = member_input(request.host, "host", bad, user_id=host_user_id)
+    host = member_input(request.host, "host", bad, user_id=caller.user_id)
     members = [member_input(m, f"members[{i}]", bad) for i, m in enumerate(request.members)]
     if bad:
         raise InvalidArgumentError("invalid group", bad)
-    return CreateGroupInput(
+    return CreateGroup(
+        caller=caller,
         merchant_id=request.merchant_id.strip(),
         currency_code=request.currency_code,
         items=items,

@@ -66,7 +66,7 @@ async def group_stack(
         sched_addr = f"127.0.0.1:{free_port()}"
         scheduler = start_service(
             "group",
-            module="group_svc.scheduler",
+            module="group_svc.standalone_scheduler",
             addr=sched_addr,
             env={**env, "MPPO_GROUP_SCHEDULER_ADDR": sched_addr},
             **common,

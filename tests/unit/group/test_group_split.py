@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from group_svc.domain.currency import EXPONENTS, exponent, format_minor
 from group_svc.domain.split import (
     Line,
     ShareSpec,
@@ -18,6 +17,7 @@ from group_svc.domain.split import (
     largest_remainder,
 )
 from mppo.platform.errors import InvalidArgumentError
+from mppo.platform.money import EXPONENTS, exponent, format_minor
 
 
 def test_equal_split_of_a_total_not_divisible_gives_the_extra_units_to_the_earliest() -> None:

@@ -1,0 +1,504 @@
+"""Every handler of the group service: commands, queries and consumed events alike have the
+shape ``handler(message, uow)``.
+
+Transactions. A handler that changes state in one transaction runs inside the unit of work
+its caller opened, and the caller commits — the same contract as the platform's event
+consumer, which records the inbox row in that transaction: the servicer claims the call's
+idempotency key in it, the expiry scheduler its SKIP LOCKED rows. Handlers that call the
+payment service must not hold a group's row lock across the call, so they are given the unit of
+work closed and open their transactions themselves: `open_group`, `retry_payment`,
+`force_finalize`, `complete_intents` (and `release_payments`, which keeps only its queue rows
+locked while it calls).
+
+Authorization (ARCHITECTURE.md §7): only the host changes, opens, cancels or force-finalizes
+a group; members see only groups they belong to. Someone who may not see a group gets
+NOT_FOUND (its existence is not revealed); a member who may see it but not change it gets
+PERMISSION_DENIED.
+
+Events consumed (each applied once, inside the consumer's unit of work):
+* payment.succeeded → the member's share is secured (`member.paid`); when every required share
+  is, OPEN → PENDING with `group.fully_paid` and `group.finalized`. The group row is locked
+  (``FOR UPDATE``) for the whole handler, so payments handled concurrently by two replicas
+  serialize and exactly one of them sees the group become fully paid. A payment the group
+  must not keep (group no longer OPEN, superseded attempt, share already covered) is queued
+  for release.
+* payment.failed → the member's current attempt failed; they may RetryPayment.
+* order.confirmed → PENDING → CONFIRMED (`group.confirmed`).
+* order.failed → PENDING → CANCELLED (`group.cancelled`, listing the payments to release).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from group_svc.domain.lifecycle import GroupStatus
+from group_svc.domain.model import FallbackOutcome, Group, Member, PaymentOutcome
+from group_svc.service_layer import commands as c
+from group_svc.service_layer.unit_of_work import GroupUnitOfWork
+from mppo.order.v1 import order_events_pb2
+from mppo.payment.v1 import payment_events_pb2, payment_pb2
+from mppo.platform.errors import (
+    ConflictError,
+    DomainError,
+    FailedPreconditionError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from mppo.platform.identity import Caller
+from mppo.platform.logs import bind_ids
+from mppo.platform.money import format_minor
+from mppo.platform.rpc_status import is_retryable
+
+logger = logging.getLogger(__name__)
+
+
+class Payments(Protocol):
+    """What the group service asks of the payment service (mppo.clients.payment)."""
+
+    async def create_intent(
+        self,
+        *,
+        group_id: str,
+        member_id: str,
+        attempt: int,
+        amount_minor: int,
+        currency_code: str,
+        description: str,
+        payer_user_id: str,
+    ) -> payment_pb2.Payment: ...
+
+    async def release(
+        self, payment_id: str, captured: bool, reason: str
+    ) -> payment_pb2.Payment: ...
+
+
+class SnapshotCache(Protocol):
+    """The read cache of group snapshots (adapters/cache.py)."""
+
+    async def invalidate(self, group_id: str, version: int) -> None: ...
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware."""
+    return datetime.now(UTC)
+
+
+# ---- authorization ----------------------------------------------------------------------
+
+
+def require_user(caller: Caller) -> str:
+    """The end user's id; services may not act as a user."""
+    if not caller.user_id:
+        raise PermissionDeniedError("this call needs an end user's identity")
+    return caller.user_id
+
+
+def is_service(caller: Caller) -> bool:
+    """One of our services, not acting for a user (sees every group)."""
+    return bool(caller.service and not caller.user_id)
+
+
+def check_visible(group: Group | None, caller: Caller, group_id: str) -> Group:
+    """The group if the caller may see it; NotFoundError otherwise."""
+    if group is None or not (is_service(caller) or group.is_visible_to(caller.user_id)):
+        raise NotFoundError(f"group {group_id} not found")
+    return group
+
+
+def check_host(group: Group | None, caller: Caller, group_id: str) -> Group:
+    """The group if the caller is its host."""
+    visible = check_visible(group, caller, group_id)
+    if caller.user_id != visible.host_user_id:
+        raise PermissionDeniedError("only the host can do this", reason="HOST_ONLY")
+    return visible
+
+
+async def _load_for_host(uow: GroupUnitOfWork, caller: Caller, group_id: str) -> Group:
+    require_user(caller)
+    return check_host(await uow.groups.get(group_id, lock=True), caller, group_id)
+
+
+@dataclass(frozen=True)
+class ListedGroups:
+    """One page of ListGroups: the groups, and the cursor of the next page (None: last)."""
+
+    groups: list[Group]
+    next_after: tuple[datetime, str] | None
+
+
+class GroupHandlers:
+    """The handlers, with the dependencies bootstrap binds: clock, settings, payment client
+    and snapshot cache."""
+
+    def __init__(
+        self,
+        *,
+        payments: Payments,
+        host_grace: timedelta,
+        reminder_lead: timedelta,
+        cache: SnapshotCache | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._payments = payments
+        self._host_grace = host_grace
+        self._reminder_lead = reminder_lead
+        self._cache = cache
+        self._clock = clock
+
+    def _invalidate_after_commit(self, uow: GroupUnitOfWork, group: Group) -> None:
+        if self._cache is not None:
+            uow.after_commit(
+                functools.partial(self._cache.invalidate, group.group_id, group.version)
+            )
+
+    # ---- commands and queries (inside the caller's unit of work) -------------------------
+
+    async def create_group(self, cmd: c.CreateGroup, uow: GroupUnitOfWork) -> Group:
+        """A new DRAFT group; the caller becomes the host."""
+        group = Group.create(
+            group_id=str(uuid.uuid4()),
+            host_user_id=require_user(cmd.caller),
+            merchant_id=cmd.merchant_id,
+            currency_code=cmd.currency_code,
+            items=cmd.items,
+            fees_minor=cmd.fees_minor,
+            tax_minor=cmd.tax_minor,
+            tip_minor=cmd.tip_minor,
+            split_mode=cmd.split_mode,
+            fallback_policy=cmd.fallback_policy,
+            deadline=cmd.deadline,
+            host=cmd.host,
+            members=cmd.members,
+            actor=cmd.caller.label,
+            now=self._clock(),
+        )
+        await uow.groups.add(group)
+        return group
+
+    async def get_group(self, query: c.GetGroup, uow: GroupUnitOfWork) -> Group:
+        """A group the caller may see."""
+        return check_visible(await uow.groups.get(query.group_id), query.caller, query.group_id)
+
+    async def list_groups(self, query: c.ListGroups, uow: GroupUnitOfWork) -> ListedGroups:
+        """One page of the groups the caller hosts or belongs to."""
+        user_id = require_user(query.caller)
+        rows = await uow.groups.ids_for_user(
+            user_id, query.status, query.after, query.page_size + 1
+        )
+        groups = []
+        for group_id, _ in rows[: query.page_size]:
+            group = await uow.groups.get(group_id)
+            if group is not None:
+                groups.append(group)
+        more = len(rows) > query.page_size
+        last = rows[query.page_size - 1] if more else None
+        return ListedGroups(groups, (last[1], last[0]) if last else None)
+
+    async def add_members(self, cmd: c.AddMembers, uow: GroupUnitOfWork) -> Group:
+        """The host adds guests to a DRAFT group."""
+        group = await _load_for_host(uow, cmd.caller, cmd.group_id)
+        added = group.add_members(cmd.members, self._clock(), "members")
+        await uow.groups.save(group, new_members={m.member_id for m in added})
+        self._invalidate_after_commit(uow, group)
+        return group
+
+    async def remove_member(self, cmd: c.RemoveMember, uow: GroupUnitOfWork) -> Group:
+        """The host removes a guest from a DRAFT group."""
+        group = await _load_for_host(uow, cmd.caller, cmd.group_id)
+        group.remove_member(cmd.member_id, self._clock())
+        await uow.groups.save(group)
+        return group
+
+    async def update_split(self, cmd: c.UpdateSplit, uow: GroupUnitOfWork) -> Group:
+        """The host changes the split of a DRAFT group."""
+        group = await _load_for_host(uow, cmd.caller, cmd.group_id)
+        if cmd.expected_version and cmd.expected_version != group.version:
+            raise ConflictError(
+                f"the group is at version {group.version}, not {cmd.expected_version}",
+                reason="VERSION_MISMATCH",
+            )
+        group.update_split(cmd.mode, cmd.specs, cmd.labels, self._clock())
+        await uow.groups.save(group)
+        return group
+
+    async def join_group(self, cmd: c.JoinGroup, uow: GroupUnitOfWork) -> tuple[Group, Member]:
+        """A user accepts an invitation."""
+        user_id = require_user(cmd.caller)
+        group = await uow.groups.get(cmd.group_id, lock=True)
+        if group is None:
+            raise NotFoundError(f"group {cmd.group_id} not found")
+        member = group.join(cmd.invite_token, user_id, self._clock())
+        await uow.groups.save(group)
+        return group, member
+
+    async def cancel_group(self, cmd: c.CancelGroup, uow: GroupUnitOfWork) -> Group:
+        """The host cancels a DRAFT or OPEN group; the payment service releases the holds."""
+        group = await _load_for_host(uow, cmd.caller, cmd.group_id)
+        if group.status is GroupStatus.PENDING:
+            raise FailedPreconditionError(
+                "the order is being placed; it can no longer be cancelled", reason="GROUP_PENDING"
+            )
+        group.cancel(cmd.reason.strip() or "cancelled by the host", cmd.caller.label, self._clock())
+        await uow.groups.save(group)
+        return group
+
+    async def group_history(self, query: c.GetGroupHistory, uow: GroupUnitOfWork) -> list[Any]:
+        """Every status change of a group the caller may see, oldest first."""
+        await self.get_group(c.GetGroup(query.caller, query.group_id), uow)
+        return await uow.groups.history(query.group_id)
+
+    async def group_contacts(self, query: c.GetGroupContacts, uow: GroupUnitOfWork) -> list[Member]:
+        """The members, contact details included (our services only)."""
+        if not is_service(query.caller):
+            raise PermissionDeniedError("contacts are for our services only")
+        members = await uow.groups.members(query.group_id)
+        if not members:
+            raise NotFoundError(f"group {query.group_id} not found")
+        return members
+
+    # ---- commands that call the payment service (own transactions) -----------------------
+
+    async def open_group(self, cmd: c.OpenGroup, uow: GroupUnitOfWork) -> Group:
+        """Freeze (transaction 1) → request the intents → open and publish group.opened
+        (transaction 2). Asking again after any failure resumes where it stopped."""
+        async with uow:
+            group = await _load_for_host(uow, cmd.caller, cmd.group_id)
+            if group.status is GroupStatus.DRAFT and group.frozen_at is None:
+                group.freeze(self._clock())
+                await uow.groups.save(group)
+            elif group.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
+                raise FailedPreconditionError(
+                    f"the group is {group.status}", reason="GROUP_NOT_DRAFT"
+                )
+            await uow.commit()
+        return await self.complete_intents(c.CompleteIntents(cmd.group_id, cmd.caller.label), uow)
+
+    async def retry_payment(self, cmd: c.RetryPayment, uow: GroupUnitOfWork) -> Group:
+        """Plan a fresh attempt for a member whose payment failed, and request its intent."""
+        require_user(cmd.caller)
+        async with uow:
+            group = check_visible(
+                await uow.groups.get(cmd.group_id, lock=True), cmd.caller, cmd.group_id
+            )
+            member = group.member(cmd.member_id)
+            if cmd.caller.user_id not in (group.host_user_id, member.user_id):
+                raise PermissionDeniedError("only the member or the host can retry this payment")
+            group.retry_payment(cmd.member_id, self._clock())
+            await uow.groups.save(group)
+            await uow.commit()
+        return await self.complete_intents(c.CompleteIntents(cmd.group_id, cmd.caller.label), uow)
+
+    async def force_finalize(self, cmd: c.ForceFinalize, uow: GroupUnitOfWork) -> Group:
+        """The host applies the fallback now (again: nothing changes)."""
+        async with uow:
+            group = await _load_for_host(uow, cmd.caller, cmd.group_id)
+            if group.status is not GroupStatus.OPEN:
+                raise FailedPreconditionError(
+                    f"only an OPEN group can be force-finalized; this one is {group.status}",
+                    reason="GROUP_NOT_OPEN",
+                )
+            if group.fallback_at is None:  # else the host covers the rest already
+                group.apply_fallback(
+                    cmd.caller.label, "force-finalized by the host", self._host_grace, self._clock()
+                )
+                await uow.groups.save(group)
+                await uow.commit()
+        if group.status is GroupStatus.OPEN:
+            return await self.complete_intents(
+                c.CompleteIntents(cmd.group_id, cmd.caller.label), uow
+            )
+        return group
+
+    async def complete_intents(self, cmd: c.CompleteIntents, uow: GroupUnitOfWork) -> Group:
+        """Request the missing intents (outside any transaction, idempotent per attempt),
+        store them under the group's row lock, publish what became possible: `group.opened`
+        once every intent of a frozen DRAFT group exists, `group.host_fallback` once the
+        host's fallback intent does. Whoever asks again resumes where it stopped."""
+        async with uow:
+            group = await uow.groups.get(cmd.group_id)
+        if group is None:
+            raise NotFoundError(f"group {cmd.group_id} not found")
+        answers: dict[tuple[str, int], payment_pb2.Payment] = {}
+        for attempt in group.attempts_missing_intent():
+            member = group.member(attempt.member_id)
+            answers[(attempt.member_id, attempt.attempt)] = await self._payments.create_intent(
+                group_id=group.group_id,
+                member_id=attempt.member_id,
+                attempt=attempt.attempt,
+                amount_minor=attempt.amount_minor,
+                currency_code=group.currency_code,
+                description=(
+                    f"Your share of group order {group.group_id[:8]} at {group.merchant_id}: "
+                    f"{format_minor(attempt.amount_minor, group.currency_code)}"
+                ),
+                payer_user_id=member.user_id,
+            )
+        async with uow:
+            locked = await uow.groups.get(cmd.group_id, lock=True)
+            if locked is None:
+                raise NotFoundError(f"group {cmd.group_id} not found")
+            changed = bool(answers)
+            for (member_id, attempt_no), payment in answers.items():
+                locked.attach_intent(
+                    member_id, attempt_no, payment.payment_id, payment.payment_link
+                )
+            now = self._clock()
+            changed = locked.open(cmd.actor, now) or changed
+            changed = locked.announce_fallback(now) or changed
+            if changed:
+                await uow.groups.save(locked)
+                self._invalidate_after_commit(uow, locked)
+                await uow.commit()
+        return locked
+
+    # ---- the expiry scheduler's duties ----------------------------------------------------
+
+    async def expire_due_groups(self, cmd: c.ExpireDueGroups, uow: GroupUnitOfWork) -> list[str]:
+        """Apply the fallback to due groups (claimed with SKIP LOCKED, re-checked under the
+        lock); the ids of groups whose host fallback still needs its intent."""
+        now = self._clock()
+        for group_id in await uow.groups.claim_due(now, cmd.limit):
+            group = await uow.groups.get(group_id, lock=True)
+            if group is None or group.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
+                continue
+            with bind_ids(group_id=group_id):
+                reason = "grace period passed" if group.fallback_at else "deadline passed"
+                outcome = group.apply_fallback(cmd.actor, reason, self._host_grace, now)
+                await uow.groups.save(group)
+                if outcome is FallbackOutcome.EXPIRED:
+                    logger.info("group expired (%s)", reason)
+                else:
+                    logger.info("deadline passed: the host covers the rest")
+        return await uow.groups.fallbacks_without_intent(cmd.limit)
+
+    async def send_reminders(self, cmd: c.SendReminders, uow: GroupUnitOfWork) -> int:
+        """`group.reminder_due` once per unpaid member of groups close to their deadline."""
+        now = self._clock()
+        sent = 0
+        for group_id in await uow.groups.claim_reminders_due(now, self._reminder_lead, cmd.limit):
+            group = await uow.groups.get(group_id, lock=True)
+            if group is None or group.reminder_sent_at is not None:
+                continue
+            sent += group.remind_unpaid(now)
+            await uow.groups.save(group)
+        return sent
+
+    async def release_payments(self, cmd: c.ReleasePayments, uow: GroupUnitOfWork) -> int:
+        """Void (or refund) the payments the groups do not keep; how many were released.
+
+        A refusal by the payment service (FAILED_PRECONDITION: already voided or refunded;
+        NOT_FOUND; any other answer that is not retryable) is final and recorded; a transient
+        failure (rpc_status.is_retryable) is retried later with a growing pause."""
+        released = 0
+        async with uow:
+            now = self._clock()
+            for item in await uow.releases.claim_due(now, cmd.limit):
+                with bind_ids(group_id=item.group_id, payment_id=item.payment_id):
+                    try:
+                        await self._payments.release(item.payment_id, item.captured, item.reason)
+                    except DomainError as exc:
+                        if is_retryable(exc):
+                            pause = min(
+                                cmd.max_backoff_seconds,
+                                cmd.backoff_seconds * 2 ** min(item.attempts, 16),
+                            )
+                            logger.warning("release failed, retry in %.0fs: %s", pause, exc)
+                            await uow.releases.retry_later(
+                                item.payment_id, now + timedelta(seconds=pause), str(exc)
+                            )
+                        else:
+                            logger.warning("payment service refused the release: %s", exc)
+                            await uow.releases.refused(
+                                item.payment_id, now, f"{type(exc).__name__}: {exc}"
+                            )
+                        continue
+                    await uow.releases.done(item.payment_id, now)
+                    released += 1
+                    logger.info("released a payment the group does not keep")
+            await uow.commit()
+        return released
+
+    # ---- consumed events (inside the consumer's unit of work) ----------------------------
+
+    async def payment_succeeded(
+        self, msg: payment_events_pb2.PaymentSucceeded, uow: GroupUnitOfWork
+    ) -> None:
+        """Count a secured payment; finalize the group when it was the last one needed."""
+        with bind_ids(group_id=msg.group_id, member_id=msg.member_id, payment_id=msg.payment_id):
+            group = await uow.groups.get(msg.group_id, lock=True)
+            if group is None:
+                logger.warning("payment.succeeded for an unknown group; ignored")
+                return
+            now = self._clock()
+            outcome = group.payment_succeeded(
+                msg.payment_id,
+                msg.member_id,
+                msg.attempt,
+                msg.amount.amount_minor,
+                msg.captured,
+                now,
+            )
+            if outcome is PaymentOutcome.DUPLICATE:
+                return
+            if outcome is PaymentOutcome.REJECTED:
+                logger.warning(
+                    "payment not kept (group %s): queued for release", group.status.value
+                )
+                await uow.groups.save(group)
+                await uow.releases.add(
+                    group.group_id,
+                    msg.payment_id,
+                    msg.captured,
+                    f"group {group.status.value.lower()}: payment not needed",
+                    now,
+                )
+                return
+            if group.mark_pending(now):
+                logger.info("group fully paid; finalized")
+            await uow.groups.save(group)
+
+    async def payment_failed(
+        self, msg: payment_events_pb2.PaymentFailed, uow: GroupUnitOfWork
+    ) -> None:
+        """Mark the attempt failed."""
+        with bind_ids(group_id=msg.group_id, member_id=msg.member_id, payment_id=msg.payment_id):
+            group = await uow.groups.get(msg.group_id, lock=True)
+            if group is None:
+                logger.warning("payment.failed for an unknown group; ignored")
+                return
+            if group.payment_failed(msg.payment_id, msg.member_id, msg.attempt, self._clock()):
+                logger.info("member's payment failed: %s", msg.reason)
+            await uow.groups.save(group)
+
+    async def order_confirmed(
+        self, msg: order_events_pb2.OrderConfirmed, uow: GroupUnitOfWork
+    ) -> None:
+        """PENDING → CONFIRMED."""
+        with bind_ids(group_id=msg.group_id, order_id=msg.order_id):
+            group = await uow.groups.get(msg.group_id, lock=True)
+            if group is None or group.status is not GroupStatus.PENDING:
+                state = group.status.value if group else "unknown"
+                logger.error("order.confirmed for a group in %s; nothing changed", state)
+                return
+            group.confirm(msg.order_id, self._clock())
+            await uow.groups.save(group)
+
+    async def order_failed(self, msg: order_events_pb2.OrderFailed, uow: GroupUnitOfWork) -> None:
+        """PENDING → CANCELLED; the payment service releases the holds of a cancelled group."""
+        with bind_ids(group_id=msg.group_id, order_id=msg.order_id):
+            group = await uow.groups.get(msg.group_id, lock=True)
+            if group is None or group.status is not GroupStatus.PENDING:
+                state = group.status.value if group else "unknown"
+                logger.error("order.failed for a group in %s; nothing changed", state)
+                return
+            group.order_id = msg.order_id
+            group.cancel(
+                f"order failed: {msg.detail or 'not placed'}", "system:orders", self._clock()
+            )
+            await uow.groups.save(group)
