@@ -2,8 +2,14 @@
 
 Per request, in this order: request id and trace context; CORS; `/healthz`, `/openapi.json`;
 per-IP rate limit; route (404 / 405 with `Allow`); JWT (not for webhooks; 401); per-caller rate
-limit (429 with `Retry-After`); body size (413); transcoding (400 naming the field); the gRPC
-call, whose status becomes the HTTP status and a JSON `google.rpc.Status` body.
+limit (429 with `Retry-After`; 503 with `Retry-After` when the limiter cannot decide); body size
+(413); transcoding (400 naming the field: bad JSON, invalid UTF-8, nesting deeper than 32); the
+hostile-input check every service also runs (`mppo.platform.validation.check_message`: control
+characters, lengths, id shapes; 400 with `BadRequest` violations) -- so bad input never reaches
+a service; the gRPC call, whose status becomes the HTTP status and a JSON `google.rpc.Status`
+body. An upstream that is down or too slow (UNAVAILABLE, DEADLINE_EXCEEDED, connection refused)
+is a 503 with `Retry-After`. Whatever else goes wrong inside the gateway is a JSON 500, never an
+HTML page or a dropped connection.
 
 gRPC metadata sent upstream: `x-mppo-user-id` (JWT `sub`, never a client header),
 `idempotency-key`, `x-request-id`, `traceparent`, `tracestate`. Webhooks instead carry every
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -25,7 +32,7 @@ from typing import Any
 import grpc
 import redis.asyncio as aioredis
 from aiohttp import web
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -34,10 +41,12 @@ from gateway.config import GatewayConfig
 from gateway.descriptors import Catalog
 from gateway.errors import http_status, make_status, status_from_rpc_error, status_json
 from gateway.openapi import build_openapi
-from gateway.ratelimit import Limit, RateLimiter
+from gateway.ratelimit import Decision, Limit, RateLimiter
 from gateway.routing import Match, MethodNotAllowedError, RouteNotFoundError, Router
 from gateway.transcode import BadRequestError, Transcoder
 from gateway.upstream import Upstreams
+from mppo.platform.errors import InvalidArgumentError
+from mppo.platform.validation import check_message, rule_for, string_problem
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +74,20 @@ CORS_ALLOWED_HEADERS = "authorization, content-type, idempotency-key, x-request-
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+\Z")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
+# Upstream codes meaning "the service is down or did not answer in time": 503 + Retry-After.
+UNAVAILABLE_CODES = frozenset({code_pb2.UNAVAILABLE, code_pb2.DEADLINE_EXCEEDED})
+UPSTREAM_RETRY_AFTER = 1
+_USER_ID_RULE = rule_for("user_id")
+# For the HTTP errors aiohttp raises itself (bad requests, oversized bodies, ...).
+_CODE_OF_HTTP = {
+    400: code_pb2.INVALID_ARGUMENT,
+    404: code_pb2.NOT_FOUND,
+    405: code_pb2.UNIMPLEMENTED,
+    408: code_pb2.DEADLINE_EXCEEDED,
+    413: code_pb2.INVALID_ARGUMENT,
+    414: code_pb2.INVALID_ARGUMENT,
+    431: code_pb2.INVALID_ARGUMENT,
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,7 +101,13 @@ class Gateway:
         self.router = Router(catalog.bindings)
         self.transcoder = Transcoder(catalog)
         self.verifier = JwtVerifier(JwksSource(config.jwks), config.issuer, config.audience)
-        self.limiter = RateLimiter(redis, config.rate_prefix)
+        self.limiter = RateLimiter(
+            redis,
+            config.rate_prefix,
+            failure_mode=config.failure_mode,
+            max_concurrency=config.redis_pool_size,
+            wait_seconds=config.redis_pool_wait,
+        )
         self.redis = redis
         self.upstreams = Upstreams(catalog, config.upstreams, config.upstream_timeout)
         public = [r.binding for r in self.router.routes]
@@ -124,9 +153,9 @@ class Gateway:
         ip = request.remote or "unknown"
         decision = await self.limiter.take(f"ip:{ip}", self.config.ip_limit)
         if not decision.allowed:
-            return self._too_many(decision.retry_after)
+            return self._refused(decision)
         try:
-            match = self.router.match(request.method, request.path)
+            match = self.router.match(request.method, request.rel_url.raw_path)
         except MethodNotAllowedError as exc:
             return self.error(
                 code_pb2.UNIMPLEMENTED,
@@ -148,10 +177,17 @@ class Gateway:
                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
                 )
             user_id = identity.user_id
+            problem = string_problem(user_id, _USER_ID_RULE)
+            if problem:  # it becomes gRPC metadata and a stored id: the same rule as user_id
+                return self.error(
+                    code_pb2.UNAUTHENTICATED,
+                    f"token subject {problem}",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
             request["user_id"] = user_id
             decision = await self.limiter.take(f"user:{user_id}", self.config.caller_limit)
             if not decision.allowed:
-                return self._too_many(decision.retry_after)
+                return self._refused(decision)
         return await self._forward(request, match, user_id)
 
     async def _forward(self, request: web.Request, match: Match, user_id: str) -> web.Response:
@@ -180,6 +216,15 @@ class Gateway:
                 violations=((exc.field, exc.description),),
                 reason="BAD_REQUEST_BODY",
             )
+        try:
+            check_message(message)
+        except InvalidArgumentError as exc:
+            return self.error(
+                code_pb2.INVALID_ARGUMENT,
+                exc.message,
+                violations=tuple((v.field, v.description) for v in exc.violations),
+                reason=exc.reason,
+            )
         metadata = self._metadata(request, user_id, webhook=binding.webhook)
         if isinstance(metadata, web.Response):
             return metadata
@@ -187,11 +232,19 @@ class Gateway:
             reply = await self.upstreams.call(binding, message, metadata)
         except grpc.aio.AioRpcError as exc:
             status = status_from_rpc_error(exc)
-            if status.code == code_pb2.UNAVAILABLE and not status.details:
+            if status.code not in UNAVAILABLE_CODES:
+                return self._status_response(status)
+            if not status.details:
                 # Usually the channel, not the service: keep addresses out of the reply.
-                logger.warning("upstream %s unavailable: %s", binding.area, status.message)
-                status.message = f"the {binding.area} service is unavailable"
-            return self._status_response(status)
+                logger.warning("upstream %s: %s", binding.area, status.message)
+                status.message = (
+                    f"the {binding.area} service is unavailable"
+                    if status.code == code_pb2.UNAVAILABLE
+                    else f"the {binding.area} service did not answer in time"
+                )
+            return self._status_response(
+                status, headers={"Retry-After": str(_retry_after(status))}, http=503
+            )
         payload, content_type = self.transcoder.response(binding, reply)
         response = web.Response(status=200, body=payload)
         response.headers["Content-Type"] = content_type
@@ -226,7 +279,7 @@ class Gateway:
         origin = request.headers.get("Origin", "")
         if not self._origin_allowed(origin):
             return self.error(code_pb2.PERMISSION_DENIED, "origin not allowed")
-        methods = self.router.allowed_methods(request.path)
+        methods = self.router.allowed_methods(request.rel_url.raw_path)
         if not methods:
             return self.error(code_pb2.NOT_FOUND, f"no route for {request.path}")
         return web.Response(
@@ -242,12 +295,20 @@ class Gateway:
         origins = self.config.cors_origins
         return bool(origin) and ("*" in origins or origin in origins)
 
-    def _too_many(self, retry_after: int) -> web.Response:
+    def _refused(self, decision: Decision) -> web.Response:
+        headers = {"Retry-After": str(decision.retry_after)}
+        if decision.undecided:  # Redis saturated or down: not the client's fault
+            return self.error(
+                code_pb2.UNAVAILABLE,
+                "rate limiter unavailable, retry later",
+                reason=decision.reason,
+                headers=headers,
+            )
         return self.error(
             code_pb2.RESOURCE_EXHAUSTED,
             "rate limit exceeded",
             reason="RATE_LIMITED",
-            headers={"Retry-After": str(retry_after)},
+            headers=headers,
         )
 
     def _too_large(self) -> web.Response:
@@ -275,7 +336,8 @@ class Gateway:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            response = self.error(code_pb2.UNKNOWN, exc.reason, http=exc.status)
+            code = _CODE_OF_HTTP.get(exc.status, code_pb2.UNKNOWN)
+            response = self.error(code, exc.reason, http=exc.status)
         except Exception:
             logger.exception("request %s failed", request_id)
             response = self.error(code_pb2.INTERNAL, "internal gateway error")
@@ -309,6 +371,17 @@ class Gateway:
         await self.redis.aclose()
 
 
+def _retry_after(status: status_pb2.Status) -> int:
+    """Seconds from a RetryInfo detail the service sent, else UPSTREAM_RETRY_AFTER."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                delay = float(info.retry_delay.seconds) + float(info.retry_delay.nanos) / 1e9
+                return max(1, min(3600, math.ceil(delay)))
+    return UPSTREAM_RETRY_AFTER
+
+
 def _webhook_headers(request: web.Request) -> list[tuple[str, str]]:
     connection_named = {
         token.strip().lower() for token in request.headers.get("Connection", "").split(",")
@@ -333,17 +406,20 @@ def build_app(config: GatewayConfig, catalog: Catalog | None = None) -> web.Appl
     """The aiohttp application for `config`."""
     catalog = catalog or Catalog.load(config.descriptors)
     # No client-side retries: a limiter that waits seconds for Redis is worse than none.
+    # The pool is as large as the limiter's concurrency: a full pool is load, not an outage.
     redis = aioredis.Redis.from_url(
         config.redis_url,
         socket_timeout=0.5,
         socket_connect_timeout=0.5,
         retry=Retry(NoBackoff(), 0),
+        max_connections=config.redis_pool_size,
     )
     gateway = Gateway(config, catalog, redis)
     app = web.Application(middlewares=[gateway.middleware], client_max_size=config.max_body)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/openapi.json", gateway.openapi_json)
-    app.router.add_route("*", "/{tail:.*}", gateway.handle)
+    # Every path, control characters included (`.` would stop at a newline), reaches `handle`.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", gateway.handle)
 
     async def on_cleanup(_: web.Application) -> None:
         await gateway.close()
@@ -363,6 +439,9 @@ def describe(config: GatewayConfig) -> dict[str, Any]:
         "audience": config.audience,
         "caller_limit": f"{config.caller_limit.rate}/{config.caller_limit.burst}",
         "ip_limit": f"{config.ip_limit.rate}/{config.ip_limit.burst}",
+        "env": config.environment,
+        "ratelimit_failure_mode": config.failure_mode.value,
+        "redis_pool_size": config.redis_pool_size,
     }
 
 

@@ -14,6 +14,12 @@
 | `MPPO_GATEWAY_MAX_BODY` | largest request body in bytes (413 above) | `1048576` (1 MiB) |
 | `MPPO_GATEWAY_DESCRIPTORS` | descriptor set to serve | `gateway/descriptors.binpb` |
 | `MPPO_GATEWAY_UPSTREAM_TIMEOUT` | seconds per upstream call | `15` |
+| `MPPO_ENV` | `dev`, `test` or `prod`: picks the defaults below | `prod` |
+| `MPPO_RATELIMIT_FAILURE_MODE` | Redis down: `closed` (503) or `open` (let through) | `closed`¹ |
+| `MPPO_GATEWAY_REDIS_POOL_SIZE` | Redis connections of the rate limiter | `256` |
+| `MPPO_GATEWAY_REDIS_POOL_WAIT` | seconds a check waits for a free connection before 503 | `0.5` |
+
+¹ `open` when `MPPO_ENV` is `dev` or `test`.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from pathlib import Path
 
 from gateway.descriptors import DEFAULT_DESCRIPTORS
 from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, dev_keys
-from gateway.ratelimit import Limit
+from gateway.ratelimit import FailureMode, Limit
 from mppo.platform.config import ConfigError, require, service_addr
+from mppo.platform.environment import environment, is_development
 
 UPSTREAMS = ("group", "payment", "order", "notification")
 MAX_BODY_DEFAULT = 1 << 20
@@ -58,6 +65,10 @@ class GatewayConfig:
     descriptors: Path
     upstream_timeout: float
     log_level: str
+    environment: str = "prod"
+    failure_mode: FailureMode = FailureMode.CLOSED
+    redis_pool_size: int = 256
+    redis_pool_wait: float = 0.5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -77,6 +88,21 @@ class GatewayConfig:
             ip_limit = Limit.parse(source.get("MPPO_GATEWAY_IP_RATE_LIMIT", "100/200"))
             max_body = int(source.get("MPPO_GATEWAY_MAX_BODY", str(MAX_BODY_DEFAULT)))
             timeout = float(source.get("MPPO_GATEWAY_UPSTREAM_TIMEOUT", "15"))
+            env_name = environment(source)
+            mode = source.get("MPPO_RATELIMIT_FAILURE_MODE", "").strip()
+            if mode:
+                failure_mode = FailureMode.parse(mode)
+            elif is_development(source):
+                failure_mode = FailureMode.OPEN
+            else:
+                failure_mode = FailureMode.CLOSED
+            pool_size = int(source.get("MPPO_GATEWAY_REDIS_POOL_SIZE", "256"))
+            pool_wait = float(source.get("MPPO_GATEWAY_REDIS_POOL_WAIT", "0.5"))
+            if pool_size < 1 or not 0 <= pool_wait <= 60:
+                raise ValueError(
+                    "MPPO_GATEWAY_REDIS_POOL_SIZE must be at least 1 and "
+                    "MPPO_GATEWAY_REDIS_POOL_WAIT 0 to 60 seconds"
+                )
         except ValueError as exc:
             raise ConfigError(f"bad gateway setting: {exc}") from None
         origins = source.get("MPPO_GATEWAY_CORS_ORIGINS", "")
@@ -97,4 +123,8 @@ class GatewayConfig:
             descriptors=Path(descriptors) if descriptors else DEFAULT_DESCRIPTORS,
             upstream_timeout=timeout,
             log_level=source.get("MPPO_LOG_LEVEL", "INFO").upper(),
+            environment=env_name,
+            failure_mode=failure_mode,
+            redis_pool_size=pool_size,
+            redis_pool_wait=pool_wait,
         )

@@ -9,9 +9,11 @@ Template syntax (google/api/http.proto):
     FieldPath = IDENT { "." IDENT } ;
     Verb     = ":" LITERAL ;
 
-`{x}` is `{x=*}`: one segment, fully percent-decoded. A variable spanning several segments
-(`{name=groups/*/members/*}`) keeps `%2F` encoded, as the spec asks. Among the templates that
-match a path, the one with the most literal segments wins (then the fewest `**`), so
+Paths are matched as sent (still percent-encoded: the gateway passes the raw path) and each
+variable is decoded exactly once. `{x}` is `{x=*}`: one segment, fully percent-decoded. A
+variable spanning several segments (`{name=groups/*/members/*}`) keeps `%2F` encoded, as the
+spec asks. Among the templates that match a path, the one with the most literal segments wins
+(then the fewest `**`), so
 `/order/by-group/{group_id}` beats `/order/{order_id}`.
 """
 
@@ -62,9 +64,13 @@ class PathTemplate:
 
 
 def _decode(raw: str, *, keep_slash: bool) -> str:
+    """Percent-decode once. Bytes that are not UTF-8 become lone surrogates (not U+FFFD), so
+    the request is refused as invalid instead of silently naming something else."""
     if keep_slash:
-        return "%2F".join(unquote(part) for part in re.split("%2[Ff]", raw))
-    return unquote(raw)
+        return "%2F".join(
+            unquote(part, errors="surrogateescape") for part in re.split("%2[Ff]", raw)
+        )
+    return unquote(raw, errors="surrogateescape")
 
 
 def _segment_regex(segment: str) -> tuple[str, int, int]:

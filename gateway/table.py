@@ -39,12 +39,13 @@ def sample_path(template: str, value: str = "x1") -> str:
     return "/".join(value if seg in ("*", "**") else seg for seg in path.split("/"))
 
 
-def rest_table(catalog: Catalog) -> list[RestCase]:
-    """Every HTTP binding in the descriptor set, in file order."""
+def rest_table(catalog: Catalog, value: str = "x1") -> list[RestCase]:
+    """Every HTTP binding in the descriptor set, in file order; path variables set to `value`
+    (give a UUID to get paths whose ids pass the hostile-input check, as issued ids do)."""
     return [
         RestCase(
             verb=b.verb,
-            path=sample_path(b.template),
+            path=sample_path(b.template, value),
             template=b.template,
             grpc_path=b.grpc_path,
             area=b.area,

@@ -11,6 +11,8 @@
 - JSON follows the proto3 JSON mapping (`google.protobuf.json_format`): int64 values are
   written as strings and accepted as numbers or strings; fields with default values are
   printed (Envoy's `always_print_primitive_fields`).
+- A JSON body must be UTF-8 and nested at most `MAX_JSON_DEPTH` arrays/objects deep; the depth
+  is measured before parsing, so a 2,000-deep document is a 400, not a RecursionError.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from google.protobuf.message import Message
 from gateway.descriptors import Catalog, HttpBinding
 
 HTTP_BODY = "google.api.HttpBody"
+MAX_JSON_DEPTH = 32
+# A JSON string literal (escapes included), and anything that is not a bracket.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+# What json_format may raise besides ParseError on hostile values (huge or odd numbers, ...).
+_PARSE_ERRORS = (json_format.ParseError, ValueError, TypeError, OverflowError, RecursionError)
 # Well-known types whose JSON form is a string or scalar, so a query parameter can hold them.
 _SCALAR_WKT = {
     "google.protobuf.Timestamp",
@@ -110,7 +118,7 @@ def _set_path(
         node[last.name] = value
 
 
-def parse_failure(error: json_format.ParseError) -> BadRequestError:
+def parse_failure(error: Exception) -> BadRequestError:
     """Turn a json_format error into a BadRequestError naming the field (JSON path)."""
     text = str(error)
     missing = re.search(r'has no field named "([^"]+)" at "([^"]+)"', text)
@@ -169,7 +177,7 @@ class Transcoder:
             extra = self.catalog.message_class(descriptor)()
             try:
                 json_format.ParseDict(fields, extra, descriptor_pool=self.catalog.pool)
-            except json_format.ParseError as exc:
+            except _PARSE_ERRORS as exc:
                 raise parse_failure(exc) from None
             for path in variables:
                 _clear_path(message, path)
@@ -182,7 +190,7 @@ class Transcoder:
             raise BadRequestError(where or "body", "must be a JSON object")
         try:
             json_format.ParseDict(value, target, descriptor_pool=self.catalog.pool)
-        except json_format.ParseError as exc:
+        except _PARSE_ERRORS as exc:
             failure = parse_failure(exc)
             field = (
                 f"{where}.{failure.field}" if where and failure.field else where or failure.field
@@ -193,7 +201,7 @@ class Transcoder:
         value = _load_json(body, fld.json_name)
         try:
             json_format.ParseDict({fld.name: value}, message, descriptor_pool=self.catalog.pool)
-        except json_format.ParseError as exc:
+        except _PARSE_ERRORS as exc:
             raise BadRequestError(fld.json_name, str(exc)) from None
 
     def response(self, binding: HttpBinding, message: Message) -> tuple[bytes, str]:
@@ -222,13 +230,42 @@ class Transcoder:
         return text.encode(), "application/json"
 
 
+def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply arrays/objects nest in `text`, counted up to `limit + 1` (then it stops).
+
+    Strings are removed first (brackets inside them do not count); the rest is a scan of the
+    brackets alone, so the cost is linear and no recursion happens whatever the input.
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    depth = deepest = 0
+    for char in brackets:
+        if char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        else:
+            depth -= 1
+    return deepest
+
+
 def _load_json(body: bytes, where: str) -> Any:
     if not body.strip():
         return {}
+    field = where or "body"
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequestError(where or "body", f"malformed JSON: {exc}") from None
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(field, f"not UTF-8 (byte {exc.start}: {exc.reason})") from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise BadRequestError(field, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:  # pragma: no cover - json_depth refuses such documents first
+        raise BadRequestError(field, "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer literal too long to convert
+        raise BadRequestError(field, f"malformed JSON: {exc}") from None
 
 
 def _clear_path(message: Any, dotted: str) -> None:

@@ -5,8 +5,9 @@ The recording upstream is a real grpc.aio server that accepts every method of ou
 services (a generic handler, decoding with the descriptor set), remembers each call (method
 path, request, metadata) and answers: HandleWebhook with the SHA-256 of the body bytes it got
 (proving byte-exact passthrough until the payment service verifies real signatures), GetPayment
-with the payment id asked for, GetOrder("missing") with a rich NOT_FOUND status, and every
-other method with an empty response of its type.
+with the payment id asked for, GetOrder(MISSING_ORDER) with a rich NOT_FOUND status,
+GetOrder(DOWN_ORDER) with UNAVAILABLE and a RetryInfo of 7 s, GetOrder(SLOW_ORDER) only after
+SLOW_SECONDS, and every other method with an empty response of its type.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import aiohttp
 import grpc
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -40,6 +42,11 @@ ISSUER = "https://issuer.gateway-test/"
 AUDIENCE = "mppo-api"
 KID = "test-key-1"
 AREAS = ("group", "payment", "order", "notification")
+# Well-formed order ids (ids we issue are UUIDs) the recording upstream answers specially.
+MISSING_ORDER = "00000000-0000-4000-8000-00000000dead"
+DOWN_ORDER = "00000000-0000-4000-8000-000000000503"
+SLOW_ORDER = "00000000-0000-4000-8000-000000000504"
+SLOW_SECONDS = 6.0
 
 
 @dataclass
@@ -193,7 +200,7 @@ class _Handler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 reply.payment.payment_id = request.payment_id  # type: ignore[attr-defined]
                 reply.payment.amount.amount_minor = 2**53 + 7
                 reply.payment.amount.currency_code = "EUR"
-            elif method_name == "GetOrder" and request.order_id == "missing":  # type: ignore[attr-defined]
+            elif method_name == "GetOrder" and request.order_id == MISSING_ORDER:  # type: ignore[attr-defined]
                 info = error_details_pb2.ErrorInfo(reason="ORDER_NOT_FOUND", domain="mppo.dev")
                 status = status_pb2.Status(code=code_pb2.NOT_FOUND, message="no such order")
                 status.details.add().Pack(info)
@@ -202,6 +209,17 @@ class _Handler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                     status.message,
                     trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
                 )
+            elif method_name == "GetOrder" and request.order_id == DOWN_ORDER:  # type: ignore[attr-defined]
+                retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=7))
+                status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="merchant down")
+                status.details.add().Pack(retry)
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    status.message,
+                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                )
+            elif method_name == "GetOrder" and request.order_id == SLOW_ORDER:  # type: ignore[attr-defined]
+                await asyncio.sleep(SLOW_SECONDS)
             data: bytes = reply.SerializeToString()
             return data
 

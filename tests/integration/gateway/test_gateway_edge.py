@@ -1,6 +1,7 @@
 """The real gateway process in front of a recording gRPC upstream: every REST binding reaches
 its RPC (walked from the descriptor set), webhooks pass byte-exact with their headers, JWTs are
-enforced, bursts get 429, bad JSON 400, big bodies 413, and errors keep their details."""
+enforced, bursts get 429, bad JSON 400, big bodies 413, hostile input 400 without reaching a
+service, a down or slow upstream 503 with Retry-After, and errors keep their details."""
 
 from __future__ import annotations
 
@@ -19,14 +20,19 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import json_format
+from yarl import URL
 
 from gateway.descriptors import Catalog
 from gateway.table import RestCase, rest_table
 from mppo.devstack import Infra
+from mppo.devstack.probes import free_port
 from tests.integration.gateway.support import (
     AREAS,
     AUDIENCE,
+    DOWN_ORDER,
     ISSUER,
+    MISSING_ORDER,
+    SLOW_ORDER,
     GatewayProcess,
     Issuer,
     RecordingUpstream,
@@ -36,6 +42,8 @@ from tests.integration.gateway.support import (
 
 CATALOG = Catalog.load()
 BURST = 8
+SAMPLE_ID = "3f2b8c1e-4d5a-4b6c-9d7e-0f1a2b3c4d5e"
+UPSTREAM_TIMEOUT = 2
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -44,11 +52,6 @@ async def upstream() -> AsyncIterator[RecordingUpstream]:
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture(scope="module")
-def issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
-    return Issuer.create(tmp_path_factory.mktemp("issuer"))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -64,6 +67,7 @@ async def gateway(
         dict.fromkeys(AREAS, upstream.addr),
         MPPO_GATEWAY_RATE_LIMIT=f"2/{BURST}",
         MPPO_GATEWAY_IP_RATE_LIMIT="1000/2000",
+        MPPO_GATEWAY_UPSTREAM_TIMEOUT=str(UPSTREAM_TIMEOUT),
     )
     gw = await start_gateway(env, tmp_path_factory.mktemp("gateway-logs"))
     yield gw
@@ -104,7 +108,7 @@ async def test_every_binding_reaches_its_rpc(
     issuer: Issuer,
     http: aiohttp.ClientSession,
 ) -> None:
-    cases = rest_table(CATALOG)
+    cases = rest_table(CATALOG, SAMPLE_ID)
     assert len(cases) >= 15, "expected the whole API in the descriptor set"
     for case in cases:
         sub = _sub()
@@ -126,7 +130,7 @@ async def test_every_binding_reaches_its_rpc(
             node: Any = request
             for part in field.split("."):
                 node = node[part]
-            assert node == "x1", f"{case.template}: {field} not bound from the path"
+            assert node == SAMPLE_ID, f"{case.template}: {field} not bound from the path"
         if case.webhook:
             assert "x-mppo-user-id" not in call.metadata
         else:
@@ -224,11 +228,11 @@ async def test_identity_comes_only_from_the_token(
         "X-Request-Id": "req-1",
         "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     }
-    async with http.get(gateway.url + "/payments/p-7", headers=headers) as reply:
+    async with http.get(gateway.url + f"/payments/{SAMPLE_ID}", headers=headers) as reply:
         assert reply.status == 200
         assert reply.headers["X-Request-Id"] == "req-1"
         body = await reply.json()
-    assert body["payment"]["paymentId"] == "p-7"
+    assert body["payment"]["paymentId"] == SAMPLE_ID
     assert body["payment"]["amount"]["amountMinor"] == str(2**53 + 7)  # int64 as a string
     assert body["payment"]["status"] == "PAYMENT_STATUS_UNSPECIFIED"  # defaults printed
     call = upstream.calls[-1]
@@ -238,7 +242,8 @@ async def test_identity_comes_only_from_the_token(
     assert call.metadata["x-request-id"] == "req-1"
     assert call.metadata["traceparent"] == headers["traceparent"]
     # Without a request id or trace context the gateway makes them.
-    async with http.get(gateway.url + "/payments/p-8", headers=issuer.auth("alice")) as reply:
+    other = str(uuid.uuid4())
+    async with http.get(gateway.url + f"/payments/{other}", headers=issuer.auth("alice")) as reply:
         generated = reply.headers["X-Request-Id"]
     assert upstream.calls[-1].metadata["x-request-id"] == generated
     assert upstream.calls[-1].metadata["traceparent"].startswith("00-")
@@ -330,7 +335,8 @@ async def test_unknown_path_404_wrong_method_405(
 async def test_service_error_keeps_status_and_details(
     gateway: GatewayProcess, issuer: Issuer, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(gateway.url + "/order/missing", headers=issuer.auth(_sub())) as reply:
+    url = f"{gateway.url}/order/{MISSING_ORDER}"
+    async with http.get(url, headers=issuer.auth(_sub())) as reply:
         assert reply.status == 404
         status = await reply.json()
     assert status["code"] == 5
@@ -366,3 +372,157 @@ async def test_cors_openapi_and_health(
     assert served == {c.grpc_path for c in rest_table(CATALOG) if not c.internal}
     async with http.get(gateway.url + "/healthz") as reply:
         assert reply.status == 200
+
+
+def _violations(status: dict[str, Any]) -> list[str]:
+    return [
+        v["field"]
+        for d in status.get("details", [])
+        if d["@type"].endswith("BadRequest")
+        for v in d["fieldViolations"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/group/%00", "group_id"),
+        ("/payments/%00", "payment_id"),
+        ("/order/by-group/%00", "group_id"),
+        (f"/group/{SAMPLE_ID}%0A", "group_id"),
+        ("/group/x1", "group_id"),
+        (f"/group/{SAMPLE_ID.upper()}", "group_id"),
+        ("/group/%FF%FE", "group_id"),  # not UTF-8
+        ("/group/%2500", "group_id"),  # decoded once: "%00", not NUL, and still no UUID
+        (f"/group/{SAMPLE_ID}/members/%7F", "member_id"),
+        ("/notifications?group_id=%01", "group_id"),
+        ("/group?page_token=a%00b", "page_token"),
+        ("/group?page_token=" + "t" * 300, "page_token"),
+    ],
+)
+async def test_hostile_path_and_query_values_are_400_before_any_upstream_call(
+    path: str,
+    field: str,
+    gateway: GatewayProcess,
+    upstream: RecordingUpstream,
+    issuer: Issuer,
+    http: aiohttp.ClientSession,
+) -> None:
+    verb = "DELETE" if "/members/" in path else "GET"
+    before = len(upstream.calls)
+    url = URL(gateway.url + path, encoded=True)
+    async with http.request(verb, url, headers=issuer.auth(_sub())) as reply:
+        assert reply.status == 400, await reply.text()
+        status = await reply.json()
+    assert status["code"] == 3
+    assert _violations(status) == [field], status
+    assert len(upstream.calls) == before, "hostile input reached a service"
+
+
+async def test_path_values_are_percent_decoded_exactly_once(
+    gateway: GatewayProcess, upstream: RecordingUpstream, http: aiohttp.ClientSession
+) -> None:
+    url = URL(gateway.url + "/payments/webhook/str%2569pe", encoded=True)
+    async with http.post(url, data=b"{}") as reply:
+        assert reply.status == 200, await reply.text()
+    call = upstream.calls_to("/mppo.payment.v1.PaymentService/HandleWebhook")[-1]
+    assert call.request.provider == "str%69pe"  # type: ignore[attr-defined]
+
+
+def _cart(**host: Any) -> dict[str, Any]:
+    return {
+        "merchantId": "m-1",
+        "currencyCode": "EUR",
+        "items": [{"lineId": "l1", "sku": "p1", "name": "Pizza", "quantity": 1}],
+        "host": {"displayName": "Ann", **host},
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (json.dumps(_cart(displayName="Ann\u0000")).encode(), "host.display_name"),
+        (
+            json.dumps({**_cart(), "items": [{"lineId": "l1", "sku": "p\u00001"}]}).encode(),
+            "items[0].sku",
+        ),
+        (json.dumps(_cart(displayName="A" * 1_000_000)).encode(), "host.display_name"),
+        (json.dumps(_cart(displayName="Ann\u001b[2J")).encode(), "host.display_name"),
+        (json.dumps({**_cart(), "merchantId": "m 1"}).encode(), "merchant_id"),
+        (b'{"merchantId": ' + b"[" * 2000 + b"]" * 2000 + b"}", "body"),
+        (b"[" * 100_000, "body"),
+        (b'{"merchantId": "caf\xe9"}', "body"),  # Latin-1, not UTF-8
+        (json.dumps(_cart()).encode("utf-16"), "body"),
+        (b'{"feesMinor": ' + b"9" * 5000 + b"}", "body"),  # longer than int() converts
+        (b'{"merchantId": "\\ud800"}', "merchantId"),  # an unpaired surrogate
+    ],
+)
+async def test_hostile_bodies_are_400_before_any_upstream_call(
+    body: bytes,
+    field: str,
+    gateway: GatewayProcess,
+    upstream: RecordingUpstream,
+    issuer: Issuer,
+    http: aiohttp.ClientSession,
+) -> None:
+    before = len(upstream.calls)
+    headers = {**issuer.auth(_sub()), "Content-Type": "application/json"}
+    async with http.post(gateway.url + "/group", data=body, headers=headers) as reply:
+        assert reply.status == 400, await reply.text()
+        status = await reply.json()
+    assert status["code"] == 3
+    assert _violations(status) == [field], status
+    assert len(upstream.calls) == before, "hostile input reached a service"
+
+
+@pytest.mark.parametrize("sub", ["alice\u0000", "ann smith", "zoë", "x" * 200])
+async def test_a_token_subject_unfit_for_an_id_is_401(
+    sub: str,
+    gateway: GatewayProcess,
+    upstream: RecordingUpstream,
+    issuer: Issuer,
+    http: aiohttp.ClientSession,
+) -> None:
+    before = len(upstream.calls)
+    async with http.get(gateway.url + "/group", headers=issuer.auth(sub)) as reply:
+        assert reply.status == 401, await reply.text()
+        assert (await reply.json())["message"].startswith("token subject ")
+    assert len(upstream.calls) == before
+
+
+async def test_a_down_or_slow_upstream_is_503_with_retry_after(
+    infra: Infra,
+    gateway: GatewayProcess,
+    issuer: Issuer,
+    http: aiohttp.ClientSession,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    headers = issuer.auth(_sub())
+    # The service says it cannot serve now, and when to come back.
+    async with http.get(f"{gateway.url}/order/{DOWN_ORDER}", headers=headers) as reply:
+        assert reply.status == 503
+        assert reply.headers["Retry-After"] == "7"
+        status = await reply.json()
+    assert (status["code"], status["message"]) == (14, "merchant down")
+    # The service does not answer within the gateway's deadline.
+    started = time.monotonic()
+    async with http.get(f"{gateway.url}/order/{SLOW_ORDER}", headers=headers) as reply:
+        assert reply.status == 503
+        assert reply.headers["Retry-After"] == "1"
+        status = await reply.json()
+    assert time.monotonic() - started < UPSTREAM_TIMEOUT + 2
+    assert status["code"] == 4  # DEADLINE_EXCEEDED, kept in the body
+    assert status["message"] == "the order service did not answer in time"
+    # Nothing listens at the upstream address at all.
+    dead = f"127.0.0.1:{free_port()}"
+    env = gateway_env(issuer, infra.redis_url, dict.fromkeys(AREAS, dead))
+    lonely = await start_gateway(env, tmp_path_factory.mktemp("gateway-dead-upstream"))
+    try:
+        url = f"{lonely.url}/order/{SAMPLE_ID}"
+        async with http.get(url, headers=issuer.auth(_sub())) as reply:
+            assert reply.status == 503
+            assert reply.headers["Retry-After"] == "1"
+            status = await reply.json()
+        assert status == {"code": 14, "message": "the order service is unavailable", "details": []}
+    finally:
+        assert lonely.stop() == 0, lonely.log_text()

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.auth import JwksSource, JwtVerifier
 from gateway.config import GatewayConfig
+from gateway.ratelimit import FailureMode
 from mppo.cli import main
 from mppo.devstack.services import DEFAULT_SERVICES
 from mppo.platform.config import ConfigError
@@ -41,6 +42,55 @@ def test_config_reads_everything(tmp_path: Path) -> None:
     assert (config.caller_limit.rate, config.caller_limit.burst) == (5.0, 10)
     assert config.cors_origins == {"https://a.example", "https://b.example"}
     assert config.max_body == 1 << 20
+
+
+BASE = {
+    "MPPO_REDIS_URL": "redis://r",
+    "MPPO_JWT_JWKS": "/k.json",
+    "MPPO_JWT_ISSUER": "https://idp/",
+    "MPPO_JWT_AUDIENCE": "api",
+}
+
+
+@pytest.mark.parametrize(
+    ("env", "mode"),
+    [
+        ({}, FailureMode.CLOSED),  # MPPO_ENV defaults to prod
+        ({"MPPO_ENV": "prod"}, FailureMode.CLOSED),
+        ({"MPPO_ENV": "dev"}, FailureMode.OPEN),
+        ({"MPPO_ENV": "test"}, FailureMode.OPEN),
+        ({"MPPO_ENV": "prod", "MPPO_RATELIMIT_FAILURE_MODE": "open"}, FailureMode.OPEN),
+        ({"MPPO_ENV": "dev", "MPPO_RATELIMIT_FAILURE_MODE": "CLOSED"}, FailureMode.CLOSED),
+    ],
+)
+def test_rate_limiter_fails_closed_unless_dev_or_told_otherwise(
+    env: dict[str, str], mode: FailureMode
+) -> None:
+    assert GatewayConfig.from_env(BASE | env).failure_mode is mode
+
+
+def test_redis_pool_is_sized_for_concurrency_and_configurable() -> None:
+    config = GatewayConfig.from_env(BASE)
+    assert (config.redis_pool_size, config.redis_pool_wait) == (256, 0.5)
+    config = GatewayConfig.from_env(
+        BASE | {"MPPO_GATEWAY_REDIS_POOL_SIZE": "1000", "MPPO_GATEWAY_REDIS_POOL_WAIT": "2"}
+    )
+    assert (config.redis_pool_size, config.redis_pool_wait) == (1000, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"MPPO_ENV": "staging"}, "MPPO_ENV"),
+        ({"MPPO_RATELIMIT_FAILURE_MODE": "sometimes"}, "failure mode"),
+        ({"MPPO_GATEWAY_REDIS_POOL_SIZE": "0"}, "MPPO_GATEWAY_REDIS_POOL_SIZE"),
+        ({"MPPO_GATEWAY_REDIS_POOL_WAIT": "-1"}, "MPPO_GATEWAY_REDIS_POOL_WAIT"),
+        ({"MPPO_GATEWAY_REDIS_POOL_SIZE": "many"}, "many"),
+    ],
+)
+def test_bad_limiter_settings_refuse_to_start(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        GatewayConfig.from_env(BASE | env)
 
 
 async def test_mppo_token_is_accepted_by_the_dev_configuration(tmp_path: Path) -> None:

@@ -22,6 +22,16 @@ def test_single_segment_variable_is_fully_decoded() -> None:
     assert template.match("/group/g1/members/m1/extra") is None
 
 
+def test_variables_are_decoded_once_and_bytes_that_are_not_utf8_stay_invalid() -> None:
+    template = compile_template("/group/{group_id}")
+    assert template.match("/group/%2500") == {"group_id": "%00"}
+    assert template.match("/group/%00") == {"group_id": "\x00"}
+    assert template.match("/group/caf%C3%A9") == {"group_id": "café"}
+    # Not silently U+FFFD (which would name some other, valid-looking value): a lone
+    # surrogate, which the hostile-input check and protobuf both refuse.
+    assert template.match("/group/caf%E9") == {"group_id": "caf\udce9"}
+
+
 def test_multi_segment_variable_keeps_encoded_slashes() -> None:
     template = compile_template("/v1/{name=shelves/*/books/*}")
     assert template.match("/v1/shelves/s1/books/b%2F2") == {"name": "shelves/s1/books/b%2F2"}

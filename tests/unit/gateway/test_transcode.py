@@ -8,7 +8,7 @@ import pytest
 
 from gateway.descriptors import Catalog
 from gateway.routing import Router
-from gateway.transcode import BadRequestError, Transcoder
+from gateway.transcode import MAX_JSON_DEPTH, BadRequestError, Transcoder, json_depth
 
 
 def _request(
@@ -136,3 +136,44 @@ def test_response_json_prints_defaults_and_int64_as_string(library: Catalog) -> 
         "priceMinor": str(2**53 + 1),
         "genre": "GENRE_UNSPECIFIED",
     }
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"book": ' + b"[" * 2000 + b"]" * 2000 + b"}", "JSON nested deeper than 32 levels"),
+        (b"[" * 100_000, "JSON nested deeper than 32 levels"),
+        (b'{"book": {"title": "caf\xe9"}}', "not UTF-8 (byte 23: invalid continuation byte)"),
+        ('{"book": {"title": "x"}}'.encode("utf-16"), "not UTF-8 (byte 0: invalid start byte)"),
+        (b'{"book": {"priceMinor": ' + b"9" * 5000 + b"}}", "malformed JSON: Exceeds the limit"),
+    ],
+)
+def test_hostile_json_is_a_bad_request_not_a_crash(
+    library: Catalog, body: bytes, message: str
+) -> None:
+    with pytest.raises(BadRequestError) as info:
+        _request(library, "POST", "/v1/shelves/s1/books", body=body)
+    assert info.value.field == "body"
+    assert info.value.description.startswith(message)
+
+
+def test_json_depth_is_counted_outside_strings_up_to_the_limit() -> None:
+    assert json_depth('{"a": [1, {"b": "[[[[{{{{"}], "c": {}}') == 3
+    assert json_depth('["\\"[[[", []]') == 2  # an escaped quote does not end the string
+    assert json_depth("[" * 10 + "]" * 10) == 10
+    assert json_depth("[" * 2000, limit=32) == 33  # stops counting past the limit
+    assert MAX_JSON_DEPTH == 32
+
+
+def test_nesting_up_to_the_limit_is_parsed(library: Catalog) -> None:
+    def body(depth: int) -> bytes:  # the object, "book", then lists down to `depth` levels
+        lists = depth - 2
+        return b'{"book": {"title": ' + b"[" * lists + b'"x"' + b"]" * lists + b"}}"
+
+    with pytest.raises(BadRequestError) as info:
+        _request(library, "POST", "/v1/shelves/s1/books", body=body(MAX_JSON_DEPTH))
+    assert info.value.field == "book.title"  # parsed, then refused for its type
+    with pytest.raises(BadRequestError) as info:
+        _request(library, "POST", "/v1/shelves/s1/books", body=body(MAX_JSON_DEPTH + 1))
+    assert info.value.field == "body"
+    assert info.value.description == "JSON nested deeper than 32 levels"

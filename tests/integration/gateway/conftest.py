@@ -1,0 +1,53 @@
+"""Fixtures shared by the gateway's integration tests: the four real services (plaintext,
+MPPO_ENV=test, each on its own database, each knowing where the others are) and a JWT
+issuer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from mppo.devstack import Infra
+from mppo.devstack.probes import free_port
+from tests.integration.gateway.support import AREAS, Issuer
+from tests.support.services import ServiceProcess, start_service, wait_serving
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def services(
+    infra: Infra, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[dict[str, ServiceProcess]]:
+    """The group, payment, order and notification services, SERVING."""
+    logs = tmp_path_factory.mktemp("service-logs")
+    prefix = f"t{uuid.uuid4().hex[:6]}"
+    addrs = {area: f"127.0.0.1:{free_port()}" for area in AREAS}
+    peers = {f"MPPO_{area.upper()}_ADDR": addr for area, addr in addrs.items()}
+    started: dict[str, ServiceProcess] = {}
+    try:
+        for area in AREAS:
+            url = await infra.create_database(f"gw_{area}_{uuid.uuid4().hex[:8]}")
+            started[area] = start_service(
+                area,
+                database_url=url,
+                redis_url=infra.redis_url,
+                nats_url=infra.nats_url,
+                nats_prefix=prefix,
+                log_dir=logs,
+                addr=addrs[area],
+                env=peers,
+            )
+        await asyncio.gather(*(wait_serving(p, within=60) for p in started.values()))
+        yield started
+    finally:
+        for proc in started.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
+    """Signs test JWTs; the gateways under test trust its JWKS file."""
+    return Issuer.create(tmp_path_factory.mktemp("issuer"))
