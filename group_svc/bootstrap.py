@@ -91,4 +91,11 @@ def build(infra: Infra) -> Parts:
     )
 
 
-SPEC = ServiceSpec(name="group", grpc_services=[SERVICE_NAME], migrations=MIGRATIONS, build=build)
+SPEC = ServiceSpec(
+    name="group",
+    grpc_services=[SERVICE_NAME],
+    migrations=MIGRATIONS,
+    build=build,
+    # members' decrypted e-mail and phone: only the notification service may ask
+    service_only={"GetGroupContacts": frozenset({"notification"})},
+)

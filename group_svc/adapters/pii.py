@@ -4,8 +4,9 @@ Keys come from ``MPPO_GROUP_PII_KEYS`` as ``k1:<base64 32 bytes>,k2:<...>``; the
 active key used for new data, the others still decrypt old rows (rotation: put the new key
 first, keep the old ones until every row is re-encrypted). The key id is stored beside each
 ciphertext and bound to it as associated data. When the variable is unset and ``MPPO_ENV`` is
-``dev`` or ``test`` (the default is ``dev``), a fixed, publicly known DEVELOPMENT key is used
-and a warning logged; in any other environment a missing key stops the service.
+``dev`` or ``test`` (the default is ``prod``, see mppo.platform.environment), a fixed, publicly
+known DEVELOPMENT key is used and a warning logged; in any other environment a missing key, or
+a keyring holding the development key, stops the service.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mppo.platform.config import ConfigError
+from mppo.platform.environment import environment, is_development
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +52,8 @@ class PiiKeyring:
         source = os.environ if env is None else env
         spec = source.get(KEYS_ENV, "").strip()
         if not spec:
-            stage = source.get(ENV_ENV, "dev").strip().lower() or "dev"
-            if stage not in ("dev", "test"):
-                raise ConfigError(f"{KEYS_ENV} is required when {ENV_ENV}={stage}")
+            if not is_development(source):
+                raise ConfigError(f"{KEYS_ENV} is required when {ENV_ENV}={environment(source)}")
             logger.warning("%s unset: using the DEVELOPMENT key (not for real data)", KEYS_ENV)
             return cls({DEV_KEY_ID: DEV_KEY}, DEV_KEY_ID)
         keys: dict[str, bytes] = {}
@@ -65,6 +66,11 @@ class PiiKeyring:
                 key = b""
             if not sep or not key_id or len(key) != 32 or key_id in keys:
                 raise ConfigError(f"{KEYS_ENV}: entry {key_id!r} is not id:<base64 of 32 bytes>")
+            if key == DEV_KEY and not is_development(source):
+                raise ConfigError(
+                    f"{KEYS_ENV}: {key_id!r} is the published development key; refused when "
+                    f"{ENV_ENV}={environment(source)}"
+                )
             keys[key_id] = key
             order.append(key_id)
         return cls(keys, order[0])

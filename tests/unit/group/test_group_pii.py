@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from group_svc.adapters.pii import DEV_KEY_ID, PiiDecryptionError, PiiKeyring
+from group_svc.adapters.pii import DEV_KEY, DEV_KEY_ID, PiiDecryptionError, PiiKeyring
 from group_svc.config import GroupSettings
 from mppo.platform.config import ConfigError
 
@@ -39,13 +39,23 @@ def test_tampering_and_unknown_keys_are_detected() -> None:
 
 
 def test_dev_key_only_in_dev_and_test() -> None:
-    assert PiiKeyring.from_env({}).active_key_id == DEV_KEY_ID
+    assert PiiKeyring.from_env({"MPPO_ENV": "dev"}).active_key_id == DEV_KEY_ID
     assert PiiKeyring.from_env({"MPPO_ENV": "test"}).active_key_id == DEV_KEY_ID
-    with pytest.raises(ConfigError):
-        PiiKeyring.from_env({"MPPO_ENV": "production"})
+    with pytest.raises(ConfigError, match="MPPO_ENV"):
+        PiiKeyring.from_env({"MPPO_ENV": "production"})  # not an environment at all
     for bad in ("k1", "k1:notbase64!", f"k1:{base64.b64encode(b'short').decode()}"):
         with pytest.raises(ConfigError):
-            PiiKeyring.from_env({"MPPO_GROUP_PII_KEYS": bad})
+            PiiKeyring.from_env({"MPPO_ENV": "test", "MPPO_GROUP_PII_KEYS": bad})
+
+
+def test_production_is_the_default_and_refuses_the_development_key() -> None:
+    # unset MPPO_ENV is prod: no key, or the published development key, stops the service
+    with pytest.raises(ConfigError, match="MPPO_GROUP_PII_KEYS is required when MPPO_ENV=prod"):
+        PiiKeyring.from_env({})
+    published = f"old:{base64.b64encode(DEV_KEY).decode()}"
+    with pytest.raises(ConfigError, match="published development key"):
+        PiiKeyring.from_env({"MPPO_GROUP_PII_KEYS": f"k1:{key()},{published}"})
+    assert PiiKeyring.from_env({"MPPO_GROUP_PII_KEYS": f"k1:{key()}"}).active_key_id == "k1"
 
 
 def test_group_settings() -> None:
