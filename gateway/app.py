@@ -11,7 +11,8 @@ body. An upstream that is down or too slow (UNAVAILABLE, DEADLINE_EXCEEDED, conn
 is a 503 with `Retry-After`. Whatever else goes wrong inside the gateway is a JSON 500, never an
 HTML page or a dropped connection.
 
-gRPC metadata sent upstream: `x-mppo-user-id` (JWT `sub`, never a client header),
+gRPC metadata sent upstream: `x-mppo-user-token` (a short-lived token the gateway signs for
+the JWT's `sub`; `x-mppo-user-id` only in plaintext development mode; never a client header),
 `idempotency-key`, `x-request-id`, `traceparent`, `tracestate`. Webhooks instead carry every
 request header except hop-by-hop ones and our identity headers, lower-cased, so the payment
 service can verify the provider's signature over the untouched body.
@@ -46,6 +47,7 @@ from gateway.routing import Match, MethodNotAllowedError, RouteNotFoundError, Ro
 from gateway.transcode import BadRequestError, Transcoder
 from gateway.upstream import Upstreams
 from mppo.platform.errors import InvalidArgumentError
+from mppo.platform.user_token import USER_TOKEN_KEY, UserTokenSigner
 from mppo.platform.validation import check_message, rule_for, string_problem
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ HOP_BY_HOP = frozenset(
 # Not hop-by-hop, but owned by HTTP/2 and gRPC themselves (gRPC refuses them as metadata);
 # the content type travels inside the HttpBody.
 TRANSPORT_HEADERS = frozenset({"host", "content-length", "content-type", "user-agent"})
-IDENTITY_HEADERS = frozenset({USER_ID_KEY, SERVICE_KEY})
+IDENTITY_HEADERS = frozenset({USER_ID_KEY, SERVICE_KEY, USER_TOKEN_KEY})
 CORS_ALLOWED_HEADERS = "authorization, content-type, idempotency-key, x-request-id, traceparent"
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+\Z")
@@ -92,6 +94,34 @@ _CODE_OF_HTTP = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class UserTokens:
+    """The end user's identity as the services accept it: a token the gateway signs.
+
+    Tokens live 60 s; one is reused for a user while it has more than half its life left, so
+    a busy user costs one signature per 30 s, not one per request. Without a signer (plaintext
+    development mode) the user id travels as `x-mppo-user-id`.
+    """
+
+    def __init__(self, signer: UserTokenSigner | None, size: int = 10_000) -> None:
+        self._signer = signer
+        self._size = size
+        self._cache: dict[str, tuple[float, str]] = {}
+
+    def identity(self, user_id: str) -> tuple[str, str]:
+        """The metadata entry that tells a service who the user is."""
+        if self._signer is None:
+            return (USER_ID_KEY, user_id)
+        now = time.monotonic()
+        cached = self._cache.get(user_id)
+        if cached is not None and cached[0] > now:
+            return (USER_TOKEN_KEY, cached[1])
+        token = self._signer.sign(user_id)
+        if len(self._cache) >= self._size:
+            self._cache.clear()
+        self._cache[user_id] = (now + self._signer.ttl / 2, token)
+        return (USER_TOKEN_KEY, token)
+
+
 class Gateway:
     """The state behind the application: routes, verifier, limiter, upstream channels."""
 
@@ -109,7 +139,8 @@ class Gateway:
             wait_seconds=config.redis_pool_wait,
         )
         self.redis = redis
-        self.upstreams = Upstreams(catalog, config.upstreams, config.upstream_timeout)
+        self.upstreams = Upstreams(catalog, config.upstreams, config.upstream_timeout, config.trust)
+        self.user_tokens = UserTokens(config.signer)
         public = [r.binding for r in self.router.routes]
         order = {id(b): i for i, b in enumerate(catalog.bindings)}
         public.sort(key=lambda b: order[id(b)])
@@ -270,7 +301,9 @@ class Gateway:
                 )
             metadata.append(("idempotency-key", key.strip()))
         if user_id:
-            metadata.append((USER_ID_KEY, user_id))
+            metadata.append(self.user_tokens.identity(user_id))
+        else:
+            metadata.append((SERVICE_KEY, "gateway"))  # e.g. webhooks: the gateway itself
         if webhook:
             metadata.extend(_webhook_headers(request))
         return metadata

@@ -34,6 +34,8 @@ from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, dev_keys
 from gateway.ratelimit import FailureMode, Limit
 from mppo.platform.config import ConfigError, require, service_addr
 from mppo.platform.environment import environment, is_development
+from mppo.platform.trust import Trust
+from mppo.platform.user_token import UserTokenSigner, load_signer
 
 UPSTREAMS = ("group", "payment", "order", "notification")
 MAX_BODY_DEFAULT = 1 << 20
@@ -69,6 +71,10 @@ class GatewayConfig:
     failure_mode: FailureMode = FailureMode.CLOSED
     redis_pool_size: int = 256
     redis_pool_wait: float = 0.5
+    #: how the gateway proves itself to the services (mTLS) — plaintext only in explicit dev
+    trust: Trust | None = None
+    #: signs the user tokens the services accept (required with mutual TLS)
+    signer: UserTokenSigner | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -76,6 +82,11 @@ class GatewayConfig:
         source = os.environ if env is None else env
         host, _, port = service_addr(source, "gateway").rpartition(":")
         jwks = require(source, "MPPO_JWT_JWKS")
+        if jwks == "dev" and not is_development(source):
+            raise ConfigError(
+                "MPPO_JWT_JWKS=dev (the development keys) is refused when "
+                f"MPPO_ENV={environment(source)}; name the identity provider's JWKS"
+            )
         if jwks == "dev":
             jwks = str(dev_keys(_state_dir(source)).jwks_path)
             issuer = source.get("MPPO_JWT_ISSUER", "").strip() or DEV_ISSUER
@@ -105,6 +116,16 @@ class GatewayConfig:
                 )
         except ValueError as exc:
             raise ConfigError(f"bad gateway setting: {exc}") from None
+        trust = Trust.from_env(source, "gateway", serving=False)
+        try:
+            signer = load_signer(source)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if trust.material is not None and signer is None:
+            raise ConfigError(
+                "MPPO_USER_TOKEN_PRIVATE_KEY_FILE is required with mutual TLS (the services "
+                "accept end users only through tokens the gateway signs)"
+            )
         origins = source.get("MPPO_GATEWAY_CORS_ORIGINS", "")
         descriptors = source.get("MPPO_GATEWAY_DESCRIPTORS", "").strip()
         return cls(
@@ -127,4 +148,6 @@ class GatewayConfig:
             failure_mode=failure_mode,
             redis_pool_size=pool_size,
             redis_pool_wait=pool_wait,
+            trust=trust,
+            signer=signer,
         )

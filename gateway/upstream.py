@@ -1,4 +1,8 @@
-"""Generic unary gRPC calls to the upstream services: one channel per service.
+"""Generic unary gRPC calls to the upstream services: one channel per service, mutual TLS.
+
+The gateway presents its certificate (``spiffe://mppo/gateway``); the services know it by
+that, never by metadata. Plaintext only when the process's `Trust` is the explicit
+development mode.
 
 No generated stubs: each call uses the method's HTTP/2 path and the dynamic message classes
 of the descriptor set (`channel.unary_unary(path, serializer, deserializer)`).
@@ -12,13 +16,22 @@ import grpc
 from google.protobuf.message import Message
 
 from gateway.descriptors import Catalog, HttpBinding
+from mppo.platform.tls import channel_credentials
+from mppo.platform.trust import Trust
 
 
 class Upstreams:
     """gRPC channels keyed by area (`group`, `payment`, ...)."""
 
-    def __init__(self, catalog: Catalog, addrs: Mapping[str, str], timeout: float) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        addrs: Mapping[str, str],
+        timeout: float,
+        trust: Trust | None = None,
+    ) -> None:
         self.catalog = catalog
+        self._trust = trust
         self.timeout = timeout
         self._addrs = dict(addrs)
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -29,7 +42,11 @@ class Upstreams:
             addr = self._addrs.get(area)
             if addr is None:
                 raise LookupError(f"no upstream address for service area {area!r}")
-            channel = grpc.aio.insecure_channel(addr)
+            material = self._trust.material if self._trust is not None else None
+            if material is None:
+                channel = grpc.aio.insecure_channel(addr)
+            else:
+                channel = grpc.aio.secure_channel(addr, channel_credentials(material))
             self._channels[area] = channel
         return channel
 

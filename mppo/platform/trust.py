@@ -68,11 +68,14 @@ class Trust:
         return self.material is None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], name: str) -> Trust:
-        """Read the trust settings of process `name`; ConfigError names what is missing."""
+    def from_env(cls, env: Mapping[str, str], name: str, *, serving: bool = True) -> Trust:
+        """Read the trust settings of process `name`; ConfigError names what is missing.
+
+        A process that serves no gRPC (`serving=False`, the gateway) needs no token verifier.
+        """
         try:
             material = TlsMaterial.from_env(env, name)
-            verifier = load_verifier(env)
+            verifier = load_verifier(env) if serving else None
         except (TlsConfigError, ValueError) as exc:
             raise ConfigError(f"TLS settings: {exc}") from None
         if material is None:
@@ -87,7 +90,7 @@ class Trust:
                     )
                 )
             return cls(name=name, material=None, verifier=None)
-        if verifier is None:
+        if verifier is None and serving:
             raise ConfigError(
                 "the gateway's user-token public key is required with TLS: set "
                 "MPPO_USER_TOKEN_PUBLIC_KEY_FILE (or put user-token.pub in MPPO_TLS_DIR)"

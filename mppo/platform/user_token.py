@@ -138,6 +138,11 @@ class UserTokenSigner:
         self._ttl = ttl
         self._clock = clock
 
+    @property
+    def ttl(self) -> float:
+        """Seconds a token lives."""
+        return self._ttl
+
     def sign(self, user_id: str) -> str:
         """A token saying the gateway verified ``user_id``, valid for ``ttl`` seconds."""
         if not _valid_user_id(user_id):

@@ -36,6 +36,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from gateway.descriptors import Catalog
 from gateway.devkeys import jwks_for
 from mppo.devstack.probes import free_port
+from mppo.platform.tls import peer_service
+from tests.support.pki import Pki
 from tests.support.services import ChildProcess
 
 ISSUER = "https://issuer.gateway-test/"
@@ -90,8 +92,11 @@ class GatewayProcess(ChildProcess):
 def gateway_env(
     issuer: Issuer, redis_url: str, upstreams: Mapping[str, str], **extra: str
 ) -> dict[str, str]:
-    """Environment for a gateway process (a unique rate-limit prefix each time)."""
+    """Environment for a gateway process (a unique rate-limit prefix each time); plaintext
+    test mode unless `extra` says otherwise (e.g. MPPO_ENV=prod with a PKI's MPPO_TLS_DIR)."""
     env = {
+        "MPPO_ENV": "test",
+        "MPPO_GRPC_PLAINTEXT": "1",
         "MPPO_REDIS_URL": redis_url,
         "MPPO_JWT_JWKS": str(issuer.jwks_path),
         "MPPO_JWT_ISSUER": ISSUER,
@@ -144,6 +149,8 @@ class Call:
     method: str
     request: Message
     metadata: dict[str, str]
+    #: the caller's identity from its verified client certificate (None over plaintext)
+    peer: str | None = None
 
 
 @dataclass
@@ -154,11 +161,16 @@ class RecordingUpstream:
     calls: list[Call] = field(default_factory=list)
     server: grpc.aio.Server | None = None
     addr: str = ""
+    #: serve mutual TLS with this PKI's "group" certificate (None: plaintext)
+    tls: Pki | None = None
 
     async def start(self) -> None:
         self.server = grpc.aio.server()
         self.server.add_generic_rpc_handlers((_Handler(self),))
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        if self.tls is not None:
+            port = self.server.add_secure_port("127.0.0.1:0", self.tls.server_credentials("group"))
+        else:
+            port = self.server.add_insecure_port("127.0.0.1:0")
         self.addr = f"127.0.0.1:{port}"
         await self.server.start()
 
@@ -192,7 +204,7 @@ class _Handler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             request = request_cls.FromString(raw)
             metadata = {str(k): str(v) for k, v in context.invocation_metadata() or ()}
-            self.upstream.calls.append(Call(method, request, metadata))
+            self.upstream.calls.append(Call(method, request, metadata, peer_service(context)))
             reply: Any = response_cls()
             if method_name == "HandleWebhook":
                 reply.event_id = hashlib.sha256(request.body.data).hexdigest()  # type: ignore[attr-defined]

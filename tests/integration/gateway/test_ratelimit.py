@@ -30,6 +30,7 @@ from tests.integration.gateway.support import (
     gateway_env,
     start_gateway,
 )
+from tests.support.pki import Pki
 
 CATALOG = Catalog.load()
 
@@ -231,14 +232,26 @@ async def test_a_burst_from_one_address_gets_429_and_the_bucket_arithmetic_holds
     assert low <= allowed <= high, (allowed, low, high, outer, inner, statuses)
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def tls_upstream(pki: Pki) -> AsyncIterator[RecordingUpstream]:
+    """The recording upstream over mutual TLS, as a prod gateway must reach it."""
+    server = RecordingUpstream(CATALOG, tls=pki)
+    await server.start()
+    yield server
+    await server.stop()
+
+
 async def test_redis_down_is_503_with_retry_after_unless_failing_open(
     issuer: Issuer,
     upstream: RecordingUpstream,
+    tls_upstream: RecordingUpstream,
+    pki: Pki,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    before = len(upstream.calls)
-    closed = await _gateway(issuer, dead, upstream, tmp_path_factory)  # MPPO_ENV unset: prod
+    prod = {"MPPO_ENV": "prod", "MPPO_GRPC_PLAINTEXT": "", **pki.env()}
+    before = len(tls_upstream.calls)
+    closed = await _gateway(issuer, dead, tls_upstream, tmp_path_factory, **prod)
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(3):
@@ -250,10 +263,13 @@ async def test_redis_down_is_503_with_retry_after_unless_failing_open(
                 assert status["details"][0]["reason"] == "RATE_LIMITER_UNAVAILABLE"
     finally:
         assert closed.stop() == 0, closed.log_text()
-    assert len(upstream.calls) == before, "a request the limiter could not check went through"
+    assert len(tls_upstream.calls) == before, "a request the limiter could not check went through"
     assert "rate limiter failing closed" in closed.log_text()
-    for extra in ({"MPPO_ENV": "dev"}, {"MPPO_RATELIMIT_FAILURE_MODE": "open"}):
-        lenient = await _gateway(issuer, dead, upstream, tmp_path_factory, **extra)
+    for target, extra in (
+        (upstream, {"MPPO_ENV": "dev"}),
+        (tls_upstream, {**prod, "MPPO_RATELIMIT_FAILURE_MODE": "open"}),
+    ):
+        lenient = await _gateway(issuer, dead, target, tmp_path_factory, **extra)
         try:
             async with aiohttp.ClientSession() as http:
                 url = lenient.url + "/notifications"

@@ -4,6 +4,7 @@ configuration accepts."""
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,17 +15,26 @@ from gateway.ratelimit import FailureMode
 from mppo.cli import main
 from mppo.devstack.services import DEFAULT_SERVICES
 from mppo.platform.config import ConfigError
+from tests.support.pki import mint_pki
+
+#: a production gateway needs mutual TLS and a user-token key: a PKI for every config here
+_TLS = mint_pki(Path(tempfile.mkdtemp(prefix="gw-config-pki-"))).env()
+
+
+def _config(env: dict[str, str]) -> GatewayConfig:
+    """GatewayConfig.from_env with the test PKI unless the env names its own TLS setting."""
+    return GatewayConfig.from_env(_TLS | env)
 
 
 def test_config_requires_jwks_and_redis() -> None:
     with pytest.raises(ConfigError, match="MPPO_JWT_JWKS"):
-        GatewayConfig.from_env({"MPPO_REDIS_URL": "redis://x"})
+        _config({"MPPO_REDIS_URL": "redis://x"})
     with pytest.raises(ConfigError, match="MPPO_JWT_ISSUER"):
-        GatewayConfig.from_env({"MPPO_REDIS_URL": "redis://x", "MPPO_JWT_JWKS": "/k.json"})
+        _config({"MPPO_REDIS_URL": "redis://x", "MPPO_JWT_JWKS": "/k.json"})
 
 
 def test_config_reads_everything(tmp_path: Path) -> None:
-    config = GatewayConfig.from_env(
+    config = _config(
         {
             "MPPO_REDIS_URL": "redis://r:6379",
             "MPPO_JWT_JWKS": "https://idp/jwks.json",
@@ -66,13 +76,13 @@ BASE = {
 def test_rate_limiter_fails_closed_unless_dev_or_told_otherwise(
     env: dict[str, str], mode: FailureMode
 ) -> None:
-    assert GatewayConfig.from_env(BASE | env).failure_mode is mode
+    assert _config(BASE | env).failure_mode is mode
 
 
 def test_redis_pool_is_sized_for_concurrency_and_configurable() -> None:
-    config = GatewayConfig.from_env(BASE)
+    config = _config(BASE)
     assert (config.redis_pool_size, config.redis_pool_wait) == (256, 0.5)
-    config = GatewayConfig.from_env(
+    config = _config(
         BASE | {"MPPO_GATEWAY_REDIS_POOL_SIZE": "1000", "MPPO_GATEWAY_REDIS_POOL_WAIT": "2"}
     )
     assert (config.redis_pool_size, config.redis_pool_wait) == (1000, 2.0)
@@ -90,16 +100,17 @@ def test_redis_pool_is_sized_for_concurrency_and_configurable() -> None:
 )
 def test_bad_limiter_settings_refuse_to_start(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
-        GatewayConfig.from_env(BASE | env)
+        _config(BASE | env)
 
 
 async def test_mppo_token_is_accepted_by_the_dev_configuration(tmp_path: Path) -> None:
     out = io.StringIO()
     assert main(["token", "--sub", "dana", "--ttl", "120", "--state-dir", str(tmp_path)], out) == 0
     token = out.getvalue().strip()
-    config = GatewayConfig.from_env(
-        {"MPPO_REDIS_URL": "redis://x", "MPPO_JWT_JWKS": "dev", "MPPO_STATE_DIR": str(tmp_path)}
-    )
+    dev = {"MPPO_REDIS_URL": "redis://x", "MPPO_JWT_JWKS": "dev", "MPPO_STATE_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError, match="MPPO_JWT_JWKS=dev"):
+        _config(dev)  # MPPO_ENV unset is prod: the development keys are refused
+    config = _config(dev | {"MPPO_ENV": "dev"})
     assert Path(config.jwks) == tmp_path / "jwt" / "jwks.json"
     verifier = JwtVerifier(JwksSource(config.jwks), config.issuer, config.audience)
     identity = await verifier.verify(f"Bearer {token}")
