@@ -3,7 +3,8 @@
 Rendering happens at delivery time from the notification's stored, non-personal facts
 (``params``) plus the recipient's display name, which is fetched for the delivery and never
 stored or logged here. Amounts are integer minor units formatted with their ISO 4217 exponent
-(:func:`mppo.platform.money.format_minor`, the form every service writes: ``12.34 USD``).
+(the one table, :mod:`mppo.platform.money`), written code first as our e-mails always have
+been: ``USD 12.34``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ class EmailContent:
 
 
 def format_money(amount_minor: int | str, currency: str) -> str:
-    """``1050, "USD"`` → ``"10.50 USD"``: the one ISO 4217 table, integer arithmetic only."""
-    return format_minor(int(amount_minor), currency.strip().upper()).strip()
+    """``1050, "USD"`` → ``"USD 10.50"``: the one ISO 4217 table, integer arithmetic only."""
+    code = currency.strip().upper()
+    amount = format_minor(int(amount_minor), code).rsplit(" ", 1)[0]
+    return f"{code} {amount}"
 
 
 def format_time(rfc3339: str) -> str:
