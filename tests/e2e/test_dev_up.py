@@ -19,22 +19,41 @@ from tests.support.services import SERVING, health_status
 BIN = Path(sys.executable).parent
 
 
-async def grpcurl_list(addr: str) -> set[str]:
+async def grpcurl(*args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        str(BIN / "grpcurl"), "-plaintext", addr, "list", stdout=subprocess.PIPE
+        str(BIN / "grpcurl"), *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0
-    return set(out.decode().split())
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def grpcurl_list(addr: str, pki: Path) -> set[str]:
+    """The README's operator command: grpcurl with the development operator certificate."""
+    code, out = await grpcurl(
+        "-cacert", str(pki / "ca.pem"),
+        "-cert", str(pki / "operator.pem"),
+        "-key", str(pki / "operator.key"),
+        addr, "list",
+    )  # fmt: skip
+    assert code == 0, out
+    return set(out.split())
 
 
 async def test_dev_up_brings_every_default_service_up(stack: Stack) -> None:
     assert {p["name"] for p in stack.state["processes"]} >= {s.name for s in DEFAULT_SERVICES}
+    pki = Path(stack.state["pki"])
     for svc in DEFAULT_SERVICES:
         addr = stack.addr(svc.name)
         if svc.readiness == "grpc":
-            assert await health_status(addr) == SERVING, svc.name
-            listed = await grpcurl_list(addr)
+            assert await health_status(addr, tls_dir=pki) == SERVING, svc.name
+            # mutual TLS only: no plaintext, no TLS without our client certificate
+            assert await health_status(addr) is None, svc.name
+            code, out = await grpcurl("-plaintext", addr, "list")
+            assert code != 0, out
+            code, out = await grpcurl("-cacert", str(pki / "ca.pem"), addr, "list")
+            assert code != 0, out
+            listed = await grpcurl_list(addr, pki)
             assert "grpc.health.v1.Health" in listed
             assert any(name.startswith("mppo.") for name in listed), listed
         elif svc.readiness == "http":
