@@ -20,6 +20,23 @@ from payment_svc.settings import PaymentSettings
 
 SERVICE_NAME = payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
+#: who may call what (any other caller, end users included, gets PERMISSION_DENIED before the
+#: handler runs). GetPayment and ListPayments are open: they check group membership themselves.
+SERVICE_ONLY: dict[str, frozenset[str]] = {
+    # the group service opens a member's payment (mppo.clients.payment.create_intent)
+    "CreatePaymentIntent": frozenset({"group"}),
+    # the order saga captures once the merchant accepted the order
+    "CapturePayment": frozenset({"order"}),
+    # the group service releases money of a closed group, the order saga of a failed order
+    "VoidPayment": frozenset({"group", "order"}),
+    "RefundPayment": frozenset({"group", "order"}),
+    # a re-read from the provider: no service calls it today (the reconciler re-reads in
+    # process), so it is kept to those that move money on a payment
+    "SyncPayment": frozenset({"group", "order"}),
+    # provider webhooks arrive through the gateway only (their signature is checked here)
+    "HandleWebhook": frozenset({"gateway"}),
+}
+
 
 def build(infra: Infra) -> Parts:
     """The servicer, the event consumers and the reconciler, over one set of handlers."""
@@ -64,4 +81,5 @@ SPEC = ServiceSpec(
     grpc_services=[SERVICE_NAME],
     migrations=Path(__file__).resolve().parent / "migrations",
     build=build,
+    service_only=SERVICE_ONLY,
 )

@@ -1,9 +1,16 @@
 """Settings of the payment service, read from the environment once at start (through the one
 typed reader, :class:`mppo.platform.settings.Env`).
 
-Provider secrets come only from the environment. The sandbox provider (the default) has dev
-defaults shared with ``python -m payment_svc.sandbox``; real providers are enabled only when
-their keys are set, and never fall back to a default secret.
+Provider secrets come only from the environment. Real providers are enabled only when their
+keys are set, and never fall back to a default secret.
+
+The sandbox provider is a development tool. With ``MPPO_ENV=dev|test`` it is always there, is
+the default provider and may use the development key and secret it shares with ``python -m
+payment_svc.sandbox`` (published in docs/payment.md). Outside dev/test (``prod``, the default)
+it is not registered at all unless ``MPPO_SANDBOX_ENABLED=1``, and then only with its own
+``MPPO_SANDBOX_API_KEY`` and ``MPPO_SANDBOX_WEBHOOK_SECRET`` (the published ones refuse to
+start, :func:`mppo.platform.environment.secret`); the default provider is then ``stripe``
+unless ``MPPO_PAYMENT_DEFAULT_PROVIDER`` names another configured one.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mppo.platform.config import ConfigError, ServiceConfig, service_addr
+from mppo.platform.environment import ENV_VAR, environment, is_development, secret
 from mppo.platform.settings import Env
 from payment_svc.sandbox.config import DEFAULT_ADDR as SANDBOX_DEFAULT_ADDR
 from payment_svc.sandbox.config import DEV_API_KEY, DEV_WEBHOOK_SECRET
@@ -20,8 +28,14 @@ from payment_svc.sandbox.config import DEV_API_KEY, DEV_WEBHOOK_SECRET
 PROVIDERS = ("sandbox", "stripe", "razorpay", "paypal")
 
 
+SANDBOX_ENABLED_VAR = "MPPO_SANDBOX_ENABLED"
+
+
 def load_config() -> ServiceConfig:
-    """The payment service's shared settings (docs/conventions.md lists the variables)."""
+    """The payment service's shared settings (docs/conventions.md lists the variables), once
+    its own settings are known to be acceptable: a development secret outside dev/test stops
+    the process here, before anything starts (exit code 2, naming the variable)."""
+    PaymentSettings.from_env()
     return ServiceConfig.from_env("payment")
 
 
@@ -59,7 +73,8 @@ class PaymentSettings:
     """What the payment service needs beyond the shared ServiceConfig."""
 
     default_provider: str
-    sandbox: StripeSettings
+    #: None: the sandbox provider is not registered (prod without MPPO_SANDBOX_ENABLED=1)
+    sandbox: StripeSettings | None
     stripe: StripeSettings | None
     return_url: str
     provider_timeout: float
@@ -81,42 +96,35 @@ class PaymentSettings:
         (docs/payment.md)."""
         values = os.environ if source is None else source
         env = Env(values)
-        default = env.choice("MPPO_PAYMENT_DEFAULT_PROVIDER", PROVIDERS, "sandbox")
-        sandbox_addr = env.addr("MPPO_SANDBOX_ADDR", SANDBOX_DEFAULT_ADDR)
-        stripe: StripeSettings | None = None
-        if env.text("MPPO_STRIPE_API_KEY"):
-            if not env.text("MPPO_STRIPE_WEBHOOK_SECRET"):
-                raise ConfigError("MPPO_STRIPE_WEBHOOK_SECRET is required with MPPO_STRIPE_API_KEY")
-            stripe = StripeSettings(
-                env.text("MPPO_STRIPE_API_KEY"),
-                env.text("MPPO_STRIPE_WEBHOOK_SECRET"),
-                env.url("MPPO_STRIPE_API_BASE") or None,
-            )
-        if default == "stripe" and stripe is None:
-            raise ConfigError("the default provider is stripe but MPPO_STRIPE_API_KEY is not set")
-        razorpay: RazorpaySettings | None = None
-        if env.text("MPPO_RAZORPAY_KEY_ID"):
-            razorpay = RazorpaySettings(
-                key_id=env.text("MPPO_RAZORPAY_KEY_ID"),
-                key_secret=env.text("MPPO_RAZORPAY_KEY_SECRET"),
-                webhook_secret=env.text("MPPO_RAZORPAY_WEBHOOK_SECRET"),
-                api_base=env.url("MPPO_RAZORPAY_API_BASE") or None,
-            )
-        paypal: PayPalSettings | None = None
-        if env.text("MPPO_PAYPAL_CLIENT_ID"):
-            paypal = PayPalSettings(
-                client_id=env.text("MPPO_PAYPAL_CLIENT_ID"),
-                client_secret=env.text("MPPO_PAYPAL_CLIENT_SECRET"),
-                webhook_id=env.text("MPPO_PAYPAL_WEBHOOK_ID"),
-                api_base=env.url("MPPO_PAYPAL_API_BASE") or None,
+        development = is_development(values)
+        sandbox = _sandbox(env, values, development)
+        stripe = _stripe(env, values, development)
+        razorpay = _razorpay(env)
+        paypal = _paypal(env)
+        default = env.choice(
+            "MPPO_PAYMENT_DEFAULT_PROVIDER", PROVIDERS, "sandbox" if development else "stripe"
+        )
+        configured = {
+            "sandbox": sandbox is not None,
+            "stripe": stripe is not None,
+            "razorpay": razorpay is not None,
+            "paypal": paypal is not None,
+        }
+        if not configured[default]:
+            how = {
+                "sandbox": f"{SANDBOX_ENABLED_VAR}=1 (it is off when {ENV_VAR}="
+                f"{environment(values)})",
+                "stripe": "MPPO_STRIPE_API_KEY",
+                "razorpay": "MPPO_RAZORPAY_KEY_ID",
+                "paypal": "MPPO_PAYPAL_CLIENT_ID",
+            }[default]
+            raise ConfigError(
+                f"MPPO_PAYMENT_DEFAULT_PROVIDER is {default}, which is not configured: set "
+                f"{how}, or choose a configured provider"
             )
         return cls(
             default_provider=default,
-            sandbox=StripeSettings(
-                env.text("MPPO_SANDBOX_API_KEY", DEV_API_KEY),
-                env.text("MPPO_SANDBOX_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET),
-                f"http://{sandbox_addr}",
-            ),
+            sandbox=sandbox,
             stripe=stripe,
             # where the hosted page's "Continue" goes: the client app's page. Unset, the
             # sandbox page simply ends on its result (real Stripe requires it to be set).
@@ -137,3 +145,61 @@ class PaymentSettings:
             paypal=paypal,
             group_addr=service_addr(values, "group"),
         )
+
+
+def _sandbox(env: Env, values: Mapping[str, str], development: bool) -> StripeSettings | None:
+    """The sandbox provider: always in dev/test (development key and secret allowed); outside
+    them only when explicitly enabled, with its own key and secret."""
+    if not development and not env.switch(SANDBOX_ENABLED_VAR, False):
+        return None
+    addr = env.addr("MPPO_SANDBOX_ADDR", SANDBOX_DEFAULT_ADDR)
+    return StripeSettings(
+        secret(values, "MPPO_SANDBOX_API_KEY", DEV_API_KEY),
+        secret(values, "MPPO_SANDBOX_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET),
+        f"http://{addr}",
+    )
+
+
+def _not_published(values: Mapping[str, str], name: str, published: str, development: bool) -> str:
+    """A real provider's secret: required, and never the sandbox's published one in prod."""
+    value = values.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required with the provider's other keys")
+    if value == published and not development:
+        raise ConfigError(
+            f"{name} is the sandbox's published development value; set the provider's own "
+            f"(refused because {ENV_VAR}={environment(values)})"
+        )
+    return value
+
+
+def _stripe(env: Env, values: Mapping[str, str], development: bool) -> StripeSettings | None:
+    if not env.text("MPPO_STRIPE_API_KEY"):
+        return None
+    return StripeSettings(
+        _not_published(values, "MPPO_STRIPE_API_KEY", DEV_API_KEY, development),
+        _not_published(values, "MPPO_STRIPE_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET, development),
+        env.url("MPPO_STRIPE_API_BASE") or None,
+    )
+
+
+def _razorpay(env: Env) -> RazorpaySettings | None:
+    if not env.text("MPPO_RAZORPAY_KEY_ID"):
+        return None
+    return RazorpaySettings(
+        key_id=env.text("MPPO_RAZORPAY_KEY_ID"),
+        key_secret=env.required("MPPO_RAZORPAY_KEY_SECRET"),
+        webhook_secret=env.required("MPPO_RAZORPAY_WEBHOOK_SECRET"),
+        api_base=env.url("MPPO_RAZORPAY_API_BASE") or None,
+    )
+
+
+def _paypal(env: Env) -> PayPalSettings | None:
+    if not env.text("MPPO_PAYPAL_CLIENT_ID"):
+        return None
+    return PayPalSettings(
+        client_id=env.text("MPPO_PAYPAL_CLIENT_ID"),
+        client_secret=env.required("MPPO_PAYPAL_CLIENT_SECRET"),
+        webhook_id=env.required("MPPO_PAYPAL_WEBHOOK_ID"),
+        api_base=env.url("MPPO_PAYPAL_API_BASE") or None,
+    )

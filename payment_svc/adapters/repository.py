@@ -28,6 +28,7 @@ from payment_svc.domain.model import Payment, PaymentStatus
 _FIELDS = (
     "status",
     "provider_payment_id",
+    "provider_checkout_id",
     "payment_link",
     "amount_authorized_minor",
     "amount_captured_minor",
@@ -48,6 +49,7 @@ def _to_payment(row: Any) -> Payment:
         provider=row.provider,
         status=PaymentStatus(row.status),
         provider_payment_id=row.provider_payment_id,
+        provider_checkout_id=row.provider_checkout_id,
         payment_link=row.payment_link,
         description=row.description,
         amount_authorized_minor=row.amount_authorized_minor,
@@ -93,9 +95,16 @@ class PaymentRepository(Protocol):
         """Store a verified event once; False when (provider, event id) was seen before."""
 
     async def webhook_outcome(
-        self, provider: str, event_id: str, outcome: str, payment_id: str | None
+        self,
+        provider: str,
+        event_id: str,
+        outcome: str,
+        payment_id: str | None,
+        *,
+        detail: str = "",
     ) -> None:
-        """What handling the event did (applied, stale, refetched, unmatched…)."""
+        """What handling the event did (applied, stale, refetched, unmatched, mismatch,
+        malformed…) and, for the operator, why."""
 
     async def close_group(self, group_id: str, reason: str) -> None:
         """Remember the group is over and mark its payments for void/refund now."""
@@ -265,13 +274,20 @@ class SqlPaymentRepository:
         return inserted.first() is not None
 
     async def webhook_outcome(
-        self, provider: str, event_id: str, outcome: str, payment_id: str | None
+        self,
+        provider: str,
+        event_id: str,
+        outcome: str,
+        payment_id: str | None,
+        *,
+        detail: str = "",
     ) -> None:
-        """What handling the event did (applied, stale, refetched, unmatched…)."""
+        """What handling the event did (applied, stale, refetched, unmatched, mismatch,
+        malformed…) and, for the operator, why."""
         await self.session.execute(
             update(webhook_events)
             .where(webhook_events.c.provider == provider, webhook_events.c.event_id == event_id)
-            .values(outcome=outcome, payment_id=payment_id)
+            .values(outcome=outcome, payment_id=payment_id, detail=detail[:1000])
         )
 
     async def close_group(self, group_id: str, reason: str) -> None:

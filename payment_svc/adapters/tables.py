@@ -1,9 +1,11 @@
 """Tables of the payment service's own database (SQLAlchemy Core).
 
 ``payments`` holds one row per member attempt (unique per group, member and attempt);
-``provider_payment_map`` maps every provider id we have seen for a payment (checkout session,
-payment intent, order, link) to our payment id; ``webhook_events`` keeps each verified provider
-event once per (provider, event id); ``payment_status_history`` records every transition;
+``provider_payment_map`` maps every provider id we recorded for a payment (checkout session,
+payment intent, order, link: at checkout, or proven by re-reading the provider) to our payment
+id, and ``payments.provider_checkout_id`` names the checkout we created; ``webhook_events``
+keeps each verified provider event once per (provider, event id), with its outcome (and, for a
+malformed one, only a hash of the body); ``payment_status_history`` records every transition;
 ``closed_groups`` remembers groups that expired, were cancelled or whose order failed, so
 every hold of theirs is voided and every capture refunded, even ones that arrive later.
 """
@@ -47,6 +49,7 @@ payments = Table(
     Column("provider", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("provider_payment_id", Text, nullable=False, server_default=_EMPTY),
+    Column("provider_checkout_id", Text, nullable=False, server_default=_EMPTY),
     Column("payment_link", Text, nullable=False, server_default=_EMPTY),
     Column("description", Text, nullable=False, server_default=_EMPTY),
     Column("return_url", Text, nullable=False, server_default=_EMPTY),
@@ -92,6 +95,7 @@ webhook_events = Table(
     Column("provider_payment_id", Text, nullable=False, server_default=_EMPTY),
     Column("payment_id", Text, nullable=True),
     Column("outcome", Text, nullable=False),
+    Column("detail", Text, nullable=False, server_default=_EMPTY),
     Column("body", Text, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("provider", "event_id", name="pk_webhook_events"),

@@ -118,6 +118,9 @@ class Payment:
     provider_payment_id: str = ""
     payment_link: str = ""
     description: str = ""
+    #: the provider's id for the checkout we created (never changes once set): a webhook's
+    #: provider id we have not seen is accepted only if the provider lists it on this checkout
+    provider_checkout_id: str = ""
     amount_authorized_minor: int = 0
     amount_captured_minor: int = 0
     amount_refunded_minor: int = 0
@@ -128,11 +131,12 @@ class Payment:
     changes: list[StatusChange] = field(default_factory=list)
 
     # commands --------------------------------------------------------------------------------
-    def attach_checkout(self, provider_payment_id: str, link: str) -> None:
+    def attach_checkout(self, provider_payment_id: str, link: str, checkout_id: str = "") -> None:
         """The provider created the hosted page: record it and announce the request."""
         if self.provider_payment_id:
             return
         self.provider_payment_id = provider_payment_id
+        self.provider_checkout_id = checkout_id or provider_payment_id
         self.payment_link = link
         self.changes.append(StatusChange(None, S.REQUIRES_ACTION, "intent created", "payment"))
         self.events.append(PaymentEvent("requested", self.amount_minor))

@@ -7,11 +7,13 @@ import hashlib
 import json
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from mppo.platform.config import ConfigError
 from mppo.platform.logs import configure_logging
 from payment_svc.sandbox import forms
 from payment_svc.sandbox.config import SandboxConfig
@@ -311,7 +313,12 @@ async def _main(config: SandboxConfig) -> None:
 
 
 def main() -> None:
-    """Process entry point."""
-    config = SandboxConfig.from_env()
+    """Process entry point; a bad setting (a development secret outside dev/test) stops it
+    with exit code 2 and one line naming the variable."""
+    try:
+        config = SandboxConfig.from_env()
+    except ConfigError as exc:
+        sys.stderr.write(f"sandbox: configuration error: {exc}\n")
+        raise SystemExit(2) from None
     configure_logging("sandbox", config.log_level)
     asyncio.run(_main(config))

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mppo.platform.config import ConfigError
+from mppo.platform.environment import secret
 
 DEFAULT_ADDR = "127.0.0.1:8090"
-#: dev/test only: the real Stripe provider never falls back to these
+#: dev/test only (published in docs/payment.md): refused outside MPPO_ENV=dev|test, and the
+#: real Stripe provider never falls back to them
 DEV_API_KEY = "sk_test_mppo_sandbox"
 DEV_WEBHOOK_SECRET = "whsec_mppo_sandbox_dev_only"
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8080/payments/webhook/sandbox"
@@ -45,7 +47,8 @@ class SandboxConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SandboxConfig:
-        """Read MPPO_SANDBOX_* (see docs/payment.md)."""
+        """Read MPPO_SANDBOX_* (see docs/payment.md); the development key and secret only
+        with MPPO_ENV=dev|test."""
         source = os.environ if env is None else env
         addr = source.get("MPPO_SANDBOX_ADDR", "").strip() or DEFAULT_ADDR
         host, sep, port = addr.rpartition(":")
@@ -59,9 +62,8 @@ class SandboxConfig:
             host=host,
             port=int(port),
             public_url=(source.get("MPPO_SANDBOX_PUBLIC_URL", "").strip() or f"http://{addr}"),
-            api_key=source.get("MPPO_SANDBOX_API_KEY", "").strip() or DEV_API_KEY,
-            webhook_secret=source.get("MPPO_SANDBOX_WEBHOOK_SECRET", "").strip()
-            or DEV_WEBHOOK_SECRET,
+            api_key=secret(source, "MPPO_SANDBOX_API_KEY", DEV_API_KEY),
+            webhook_secret=secret(source, "MPPO_SANDBOX_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET),
             webhook_url=source.get("MPPO_SANDBOX_WEBHOOK_URL", "").strip()
             or default_webhook_url(source),
             state_file=Path(state) if state and state != ":memory:" else None,

@@ -13,10 +13,20 @@ order and the provider must be re-read to decide. Each money movement is: read a
 one transaction, call the provider with a stable idempotency key (the adapter retries with the
 same key), then apply what the provider reports in a second transaction that locks the row and
 moves the state only forward, so concurrent or repeated calls end in one outcome.
+
+A webhook is matched to one of our payments only through provider ids we recorded (at
+checkout, or proven since). An id we have not seen yet is accepted only after the provider,
+asked about the checkout we created (``checkout_ids``, before any transaction opens), lists it
+there; the reference the event echoes back (metadata, notes, custom id) only says which
+checkout to ask about. An event whose ids do not belong to the payment it names is recorded as
+``mismatch`` and changes nothing (answered OK, so the provider stops retrying); a signed body
+of the wrong shape is recorded as ``malformed`` (a hash, not the body) and refused with
+INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -98,6 +108,25 @@ class WebhookResult:
 
     event_id: str
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class WebhookMatch:
+    """Which payment a webhook is about: ``payment_id`` when its ids are ours (``new_ids`` are
+    those the provider just confirmed, to remember), else why not (``outcome`` "unmatched" or
+    "mismatch", with ``detail`` for the operator)."""
+
+    payment_id: str | None
+    outcome: str = "matched"
+    new_ids: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 def observation(state: ProviderPaymentState) -> Observation:
@@ -296,12 +325,17 @@ class PaymentHandlers:
             async with uow:
                 locked = await self._load(uow, payment.payment_id, lock=True)
                 if not locked.payment_link:
-                    locked.attach_checkout(result.provider_payment_id, result.payment_link)
+                    locked.attach_checkout(
+                        result.provider_payment_id, result.payment_link, result.checkout_id
+                    )
                     if result.authorization_expires_at is not None:
                         locked.authorization_expires_at = result.authorization_expires_at
-                    await uow.payments.map_provider_id(
-                        locked.provider, result.provider_payment_id, locked.payment_id
-                    )
+                    for provider_id in dict.fromkeys(
+                        (result.provider_payment_id, locked.provider_checkout_id)
+                    ):
+                        await uow.payments.map_provider_id(
+                            locked.provider, provider_id, locked.payment_id
+                        )
                     await uow.payments.save(locked)
                     await uow.commit()
                     logger.info("payment intent created with %s", locked.provider)
@@ -481,7 +515,7 @@ class PaymentHandlers:
     async def handle_webhook(
         self, cmd: commands.HandleWebhook, uow: PaymentUnitOfWork
     ) -> WebhookResult:
-        """Verify, store once, map, and move the payment forward."""
+        """Verify, parse, match to our payment, store once, and move the payment forward."""
         name, provider = self.webhook_provider(cmd.provider)
         request = WebhookRequest(
             method="POST",
@@ -497,7 +531,10 @@ class PaymentHandlers:
         try:
             event = provider.parse_event(request)
         except WebhookVerificationError as exc:
+            await self._record_malformed(uow, name, cmd.body, str(exc))
             raise InvalidArgumentError(f"malformed webhook: {exc}") from exc
+        # provider re-reads (for ids new to us) happen here, outside any transaction
+        match = await self._match(uow, name, provider, event)
         async with uow:
             fresh = await uow.payments.record_webhook(
                 name,
@@ -508,33 +545,103 @@ class PaymentHandlers:
             )
             if not fresh:
                 return WebhookResult(event.event_id, duplicate=True)
-            payment_id = await self._resolve(uow, name, event)
+            payment_id = match.payment_id
             if payment_id is None or event.status is None:
-                outcome = "unmatched" if payment_id is None else "ignored"
-                await uow.payments.webhook_outcome(name, event.event_id, outcome, payment_id)
+                outcome = match.outcome if payment_id is None else "ignored"
+                await uow.payments.webhook_outcome(
+                    name, event.event_id, outcome, payment_id, detail=match.detail
+                )
                 await uow.commit()
+                if outcome == "mismatch":
+                    logger.warning("%s webhook %s ignored: %s", name, event.event_id, match.detail)
                 return WebhookResult(event.event_id, duplicate=False)
             with bind_ids(payment_id=payment_id):
+                for provider_id in match.new_ids:
+                    await uow.payments.map_provider_id(name, provider_id, payment_id)
                 outcome = await self._apply_event(uow, name, provider, payment_id, event)
-            await uow.payments.webhook_outcome(name, event.event_id, outcome, payment_id)
+            await uow.payments.webhook_outcome(
+                name, event.event_id, outcome, payment_id, detail=match.detail
+            )
             await uow.commit()
             logger.info("webhook %s (%s): %s", event.event_id, event.event_type, outcome)
         return WebhookResult(event.event_id, duplicate=False)
 
-    async def _resolve(self, uow: PaymentUnitOfWork, name: str, event: ProviderEvent) -> str | None:
-        if event.provider_payment_id:
-            found = await uow.payments.find_by_provider_id(name, event.provider_payment_id)
-            if found is not None:
-                return found
-        if event.merchant_reference:
-            try:
-                uuid.UUID(event.merchant_reference)
-            except ValueError:
-                return None
-            payment = await uow.payments.get(event.merchant_reference)
-            if payment is not None and payment.provider == name:
-                return payment.payment_id
-        return None
+    async def _record_malformed(
+        self, uow: PaymentUnitOfWork, name: str, body: bytes, why: str
+    ) -> None:
+        """Leave a trace an operator can find (webhook_events, outcome "malformed", keyed by a
+        hash of the body, which itself is not stored) and a warning; never fails the call."""
+        digest = hashlib.sha256(body).hexdigest()
+        event_id = f"malformed:sha256:{digest}"
+        logger.warning(
+            "%s webhook refused as malformed (%d bytes, sha256 %s): %s",
+            name,
+            len(body),
+            digest,
+            why,
+        )
+        try:
+            async with uow:
+                if await uow.payments.record_webhook(name, event_id, "", "", ""):
+                    await uow.payments.webhook_outcome(
+                        name, event_id, "malformed", None, detail=f"{why} ({len(body)} bytes)"
+                    )
+                    await uow.commit()
+        except Exception as exc:  # the refusal stands even when it cannot be recorded
+            logger.warning("could not record the malformed %s webhook: %s", name, exc)
+
+    async def _match(
+        self, uow: PaymentUnitOfWork, name: str, provider: PaymentProvider, event: ProviderEvent
+    ) -> WebhookMatch:
+        """Which of our payments the event is about, decided by provider ids only (see the
+        module docstring)."""
+        ids = event.provider_ids
+        claimed: Payment | None = None
+        why = ""
+        async with uow:
+            known = {i: await uow.payments.find_by_provider_id(name, i) for i in ids}
+            owners = sorted({p for p in known.values() if p is not None})
+            if len(owners) > 1:
+                return WebhookMatch(
+                    None, "mismatch", detail=f"names provider ids of payments {owners}"
+                )
+            unknown = tuple(i for i in ids if known[i] is None)
+            if owners:
+                if not unknown or event.status is None:
+                    return WebhookMatch(owners[0])
+                claimed = await uow.payments.get(owners[0])
+                why = f"{', '.join(unknown)} new next to ids of payment {owners[0]}"
+            elif event.merchant_reference and _is_uuid(event.merchant_reference):
+                if event.status is None:
+                    return WebhookMatch(None, "unmatched")
+                claimed = await uow.payments.get(event.merchant_reference)
+                if claimed is not None and claimed.provider != name:
+                    claimed = None
+                why = f"{', '.join(unknown) or 'no id'} claims payment {event.merchant_reference}"
+            if claimed is None:
+                return WebhookMatch(None, "unmatched")
+        checkout_id = claimed.provider_checkout_id
+        if not checkout_id:  # its checkout is not recorded yet: reconciliation will catch up
+            return WebhookMatch(None, "unmatched", detail=f"{why}, which has no checkout yet")
+        try:
+            belonging = await provider.checkout_ids(checkout_id)
+        except ProviderError as exc:
+            if exc.retryable:  # the provider redelivers; nothing was recorded
+                raise UnavailableError(f"could not re-read the provider: {exc}") from exc
+            return WebhookMatch(
+                None, "mismatch", detail=f"{why}; re-reading checkout {checkout_id} failed: {exc}"
+            )
+        if unknown and all(i in belonging for i in unknown):
+            return WebhookMatch(
+                claimed.payment_id,
+                new_ids=unknown,
+                detail=f"{', '.join(unknown)} confirmed on checkout {checkout_id}",
+            )
+        return WebhookMatch(
+            None,
+            "mismatch",
+            detail=f"{why}, but the provider does not list it on checkout {checkout_id}",
+        )
 
     async def _apply_event(
         self,
@@ -546,9 +653,6 @@ class PaymentHandlers:
     ) -> str:
         assert event.status is not None
         payment = await self._load(uow, payment_id, lock=True)
-        if event.provider_payment_id != payment.provider_payment_id:
-            # (the mapping of the id we already hold was written when we learnt it)
-            await uow.payments.map_provider_id(name, event.provider_payment_id, payment_id)
         reported = PaymentStatus(event.status.value)
         order = ordering(payment.status, reported, can_authorize=payment.can_authorize)
         if order == "stale" and not (
@@ -559,10 +663,11 @@ class PaymentHandlers:
             return "stale"
         reason = f"webhook {event.event_type}"
         if order == "ahead":
-            # Out of order: the provider's current state decides, not this event.
+            # Out of order: the provider's current state decides, not this event (read through
+            # the id we hold, which every adapter resolves; an event's id may be a capture's).
             try:
                 state = await provider.fetch(
-                    event.provider_payment_id or payment.provider_payment_id
+                    payment.provider_payment_id or event.provider_payment_id
                 )
             except ProviderError as exc:
                 raise UnavailableError(f"could not re-read the provider: {exc}") from exc

@@ -94,6 +94,8 @@ def start_sandbox(
     log = log_dir / f"sandbox-{addr.rsplit(':', 1)[1]}.log"
     full_env = {
         **os.environ,
+        # the development key and secret are accepted only in dev/test
+        "MPPO_ENV": "test",
         "MPPO_SANDBOX_ADDR": addr,
         "MPPO_SANDBOX_WEBHOOK_URL": webhook_url,
         "MPPO_SANDBOX_STATE_FILE": str(log_dir / f"sandbox-{addr.rsplit(':', 1)[1]}.jsonl"),

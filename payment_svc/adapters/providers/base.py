@@ -5,6 +5,12 @@ method each (checkout, capture, void, refund, fetch); an incoming webhook goes t
 `verify_webhook` (which header, which bytes, check the signature) and `parse_event` (which
 provider object it names and which of our states it maps to). A webhook arrives as one value,
 `WebhookRequest`, holding the method, path, headers and raw body untouched.
+
+Which of our payments a webhook is about is decided by the service from provider ids it
+recorded (`CheckoutResult`) and, for an id it has not seen yet, by asking the provider which ids
+belong to the checkout it created (`checkout_ids`). The reference an event echoes back
+(`ProviderEvent.merchant_reference`: metadata, notes, custom ids) only says which checkout to
+ask about; it is never trusted on its own.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ class ProviderError(Exception):
 
 
 class WebhookVerificationError(Exception):
-    """The webhook's signature, timestamp or shape is not acceptable; nothing may change."""
+    """The webhook's signature, timestamp or shape is not acceptable; nothing may change.
+
+    Raised by `verify_webhook` (not authentic or not fresh) and by `parse_event` (authentic but
+    malformed)."""
 
 
 class ProviderStatus(enum.Enum):
@@ -70,11 +79,16 @@ class CheckoutRequest:
 
 @dataclass(frozen=True)
 class CheckoutResult:
-    """The provider's id for the payment and the page the payer opens."""
+    """The provider's id for the payment and the page the payer opens.
+
+    `checkout_id` names the checkout we created (Stripe's Checkout Session, Razorpay's payment
+    link, PayPal's order); it is what `checkout_ids` is later asked about. Empty means it is
+    `provider_payment_id` itself."""
 
     provider_payment_id: str
     payment_link: str
     authorization_expires_at: datetime | None = None
+    checkout_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,8 +118,17 @@ class ProviderEvent:
     created_at: datetime | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
     #: our payment_id as the provider echoes it back (metadata / notes / reference id), when
-    #: it does: lets the service find the payment before the provider id is mapped
+    #: it does. Never enough on its own: it only names the checkout the service then asks the
+    #: provider about (`PaymentProvider.checkout_ids`) when the event's ids are new to it
     merchant_reference: str = ""
+    #: further provider ids the event names that belong to the same payment (e.g. a Checkout
+    #: Session's id next to its PaymentIntent's); each must be ours or proven ours
+    other_ids: tuple[str, ...] = ()
+
+    @property
+    def provider_ids(self) -> tuple[str, ...]:
+        """Every provider id the event names, main one first, without blanks or repeats."""
+        return tuple(dict.fromkeys(i for i in (self.provider_payment_id, *self.other_ids) if i))
 
 
 class PaymentProvider(Protocol):
@@ -134,6 +157,11 @@ class PaymentProvider(Protocol):
 
     async def fetch(self, provider_payment_id: str) -> ProviderPaymentState:
         """Re-read the payment's state (reconciliation, out-of-order webhooks)."""
+
+    async def checkout_ids(self, checkout_id: str) -> frozenset[str]:
+        """Re-read the checkout we created (`CheckoutResult.checkout_id`) from the provider:
+        the provider ids that belong to it (itself and the payment objects made on it).
+        Raises ProviderError when the provider cannot tell."""
 
     async def verify_webhook(self, request: WebhookRequest) -> None:
         """Raise WebhookVerificationError unless the request is authentic and fresh."""

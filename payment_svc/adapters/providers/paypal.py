@@ -16,7 +16,11 @@ Design:
   5xx) are retried with bounded exponential backoff; an expired access token (401) is
   refreshed and the call retried; other 4xx are final.
 - Webhooks are verified by PayPal's verify-webhook-signature call with the `PAYPAL-*` headers
-  and our webhook id; the raw body is passed through byte for byte as `webhook_event`.
+  and our webhook id; the raw body is passed through byte for byte as `webhook_event`, then
+  parsed defensively (:mod:`payment_svc.adapters.providers.payload`).
+- The checkout we record is the order; `checkout_ids` re-reads it for the authorization and
+  capture ids hanging off it, so an id first seen in a webhook (a refund names only its
+  capture) is accepted only if the order lists it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import aiohttp
 from mppo.platform.backoff import RetryPolicy, retry_async, retryable_http_status
 from mppo.platform.errors import InvalidArgumentError
 from mppo.platform.money import from_decimal_string, to_decimal_string
+from payment_svc.adapters.providers import payload
 from payment_svc.adapters.providers.base import (
     CheckoutRequest,
     CheckoutResult,
@@ -359,7 +364,9 @@ class PayPalProvider:
         if not order.get("id") or not approve:
             raise ProviderError("paypal create order: no id or approve link", retryable=False)
         logger.info("paypal order %s for payment %s", order["id"], request.payment_id)
-        return CheckoutResult(provider_payment_id=str(order["id"]), payment_link=approve)
+        return CheckoutResult(
+            provider_payment_id=str(order["id"]), payment_link=approve, checkout_id=str(order["id"])
+        )
 
     async def capture(
         self, provider_payment_id: str, amount_minor: int, idempotency_key: str
@@ -443,6 +450,17 @@ class PayPalProvider:
     async def fetch(self, provider_payment_id: str) -> ProviderPaymentState:
         return order_state(await self._authorized_order(provider_payment_id))
 
+    async def checkout_ids(self, checkout_id: str) -> frozenset[str]:
+        """The order and the authorizations and captures PayPal lists on it now."""
+        order = await self._order(checkout_id)
+        ids = {checkout_id}
+        payments = _payments(order)
+        for kind in ("authorizations", "captures"):
+            for entry in payments.get(kind) or []:
+                if isinstance(entry, dict) and entry.get("id"):
+                    ids.add(str(entry["id"]))
+        return frozenset(ids)
+
     # ---- webhooks -----------------------------------------------------------------------
 
     async def verify_webhook(self, request: WebhookRequest) -> None:
@@ -453,11 +471,9 @@ class PayPalProvider:
                 raise WebhookVerificationError(f"missing {header} header")
             fields[field_name] = value
         try:
-            event = json.loads(request.body)
-        except ValueError as exc:
-            raise WebhookVerificationError("paypal webhook body is not JSON") from exc
-        if not isinstance(event, dict):
-            raise WebhookVerificationError("paypal webhook body is not an object")
+            payload.load_object(request.body, "paypal event")
+        except WebhookVerificationError as exc:  # nothing PayPal could have signed
+            raise WebhookVerificationError(f"unverifiable paypal webhook: {exc}") from exc
         fields["webhook_id"] = self._webhook_id
         # the event goes back to PayPal exactly as it arrived, not re-serialized
         head = json.dumps(fields).encode()
@@ -479,45 +495,72 @@ class PayPalProvider:
             )
 
     def parse_event(self, request: WebhookRequest) -> ProviderEvent:
-        try:
-            body = json.loads(request.body)
-        except ValueError as exc:
-            raise WebhookVerificationError("paypal webhook body is not JSON") from exc
-        if not isinstance(body, dict) or not body.get("id") or not body.get("event_type"):
-            raise WebhookVerificationError("paypal webhook has no id or event_type")
-        resource: Json = body["resource"] if isinstance(body.get("resource"), dict) else {}
-        event_type = str(body["event_type"])
+        """The order the event names and the state it reports; WebhookVerificationError for a
+        body of the wrong shape."""
+        body = payload.load_object(request.body, "paypal event")
+        event_id = payload.ident(body, "id", "event", required=True)
+        event_type = payload.ident(body, "event_type", "event", required=True)
+        resource = payload.obj(body, "resource", "event")
         status = _EVENT_STATUS.get(event_type)
-        provider_id = self._order_id(event_type, resource)
+        provider_id = _event_order_id(event_type, resource)
         if status is not None and not provider_id:
-            raise WebhookVerificationError(f"paypal {event_type} names no order")
+            raise payload.malformed(f"paypal {event_type} names no order")
         reason = ""
         if status is ProviderStatus.FAILED:
-            details = resource.get("status_details") or {}
-            reason = str(details.get("reason") or resource.get("status") or "denied")
-        units = resource.get("purchase_units")
-        first = units[0] if isinstance(units, list) and units and isinstance(units[0], dict) else {}
-        custom_id = resource.get("custom_id") or first.get("custom_id") or ""
+            details = payload.obj(resource, "status_details", "resource")
+            reason = (
+                payload.text(details, "reason", "resource.status_details")
+                or payload.text(resource, "status", "resource")
+                or "denied"
+            )
+        units = payload.items(resource, "purchase_units", "resource")
+        first = units[0] if units and isinstance(units[0], dict) else {}
+        custom_id = payload.claim(resource, "custom_id", "resource") or payload.claim(
+            first, "custom_id", "resource.purchase_units[0]"
+        )
         return ProviderEvent(
-            merchant_reference=str(custom_id),
-            event_id=str(body["id"]),
+            merchant_reference=custom_id,
+            event_id=event_id,
             event_type=event_type,
             provider_payment_id=provider_id,
             status=status,
-            amount_minor=_minor(resource.get("amount")),
-            failure_reason=reason,
+            amount_minor=_event_amount(resource),
+            failure_reason=reason[:500],
             created_at=_time(body.get("create_time")),
             raw=body,
         )
 
-    @staticmethod
-    def _order_id(event_type: str, resource: Mapping[str, Any]) -> str:
-        if event_type.startswith("CHECKOUT.ORDER."):
-            return str(resource.get("id") or "")
-        supplementary = resource.get("supplementary_data") or {}
-        related = supplementary.get("related_ids") if isinstance(supplementary, dict) else None
-        if isinstance(related, dict) and related.get("order_id"):
-            return str(related["order_id"])
-        # a refund names only its capture ("up" link); the service can map that id too
-        up = _link(resource, "up")
-        return up.rstrip("/").rsplit("/", 1)[-1] if up else ""
+
+def _event_amount(resource: Mapping[str, Any]) -> int:
+    """A webhook resource's ``amount`` in minor units (0 when absent)."""
+    amount = payload.obj(resource, "amount", "resource")
+    if not amount:
+        return 0
+    value = payload.ident(amount, "value", "resource.amount", required=True)
+    currency = payload.ident(amount, "currency_code", "resource.amount", required=True)
+    try:
+        minor = from_decimal_string(value, currency)
+    except InvalidArgumentError as exc:
+        raise payload.malformed(f"resource.amount: {exc}") from exc
+    if minor > payload.MAX_INT:
+        raise payload.malformed("resource.amount is out of range")
+    return minor
+
+
+def _event_order_id(event_type: str, resource: Mapping[str, Any]) -> str:
+    """The order a webhook resource belongs to (a refund names only its capture)."""
+    if event_type.startswith("CHECKOUT.ORDER."):
+        return payload.ident(resource, "id", "resource")
+    supplementary = payload.obj(resource, "supplementary_data", "resource")
+    related = payload.obj(supplementary, "related_ids", "resource.supplementary_data")
+    order_id = payload.ident(related, "order_id", "resource.supplementary_data.related_ids")
+    if order_id:
+        return order_id
+    for link in payload.items(resource, "links", "resource"):
+        if not isinstance(link, dict):
+            raise payload.malformed("resource.links[] must be objects")
+        if payload.ident(link, "rel", "resource.links[]") == "up":
+            href = payload.text(link, "href", "resource.links[]")
+            up = href.rstrip("/").rsplit("/", 1)[-1]
+            return payload.ident({"up": up}, "up", "resource.links[].href")
+    return ""

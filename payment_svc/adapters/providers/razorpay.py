@@ -16,6 +16,9 @@ Design, as Razorpay documents it:
   `receipt`. Before a retried create the adapter looks for what an earlier attempt made.
 - Webhooks carry no timestamp: `X-Razorpay-Signature` is the hex HMAC-SHA256 of the raw body
   with the webhook secret, and the event id (`X-Razorpay-Event-Id`) is the de-duplication key.
+  Bodies are parsed defensively (:mod:`payment_svc.adapters.providers.payload`).
+- The checkout we record is the link; `checkout_ids` re-reads it for the payments (`pay_…`)
+  made on it, so a payment id first seen in a webhook is accepted only if the link lists it.
 
 The SDK is synchronous (requests): each call runs in the default thread executor with a
 timeout, and transient failures (timeouts, connection errors, `retryable_http_status`: 408,
@@ -38,6 +41,7 @@ import requests
 from razorpay.errors import BadRequestError, GatewayError, ServerError
 
 from mppo.platform.backoff import RetryPolicy, retry_async, retryable_http_status
+from payment_svc.adapters.providers import payload as body_of
 from payment_svc.adapters.providers.base import (
     CheckoutRequest,
     CheckoutResult,
@@ -75,27 +79,33 @@ def _is_retryable(exc: BaseException) -> bool:
 
 
 def _entity(payload: Mapping[str, Any], name: str) -> Json:
-    part = payload.get(name)
-    if isinstance(part, dict) and isinstance(part.get("entity"), dict):
-        return dict(part["entity"])
-    return {}
+    """``payload[name].entity`` ({} when absent; refused when of the wrong shape)."""
+    part = body_of.obj(payload, name, "payload")
+    return body_of.obj(part, "entity", f"payload.{name}") if part else {}
 
 
 def _epoch(value: Any) -> datetime | None:
     if isinstance(value, int) and value > 0:
-        return datetime.fromtimestamp(value, tz=UTC)
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     return None
 
 
 def _our_payment_id(*entities: Mapping[str, Any]) -> str:
-    """Our payment id as Razorpay echoes it: the link's `reference_id`, else our notes."""
+    """Our payment id as Razorpay echoes it: the link's `reference_id`, else our notes
+    (Razorpay sends empty notes as a list)."""
     for entity in entities:
-        if entity.get("reference_id"):
-            return str(entity["reference_id"])
+        found = body_of.claim(entity, "reference_id", "entity")
+        if found:
+            return found
     for entity in entities:
         notes = entity.get("notes")
-        if isinstance(notes, dict) and notes.get("mppo_payment_id"):
-            return str(notes["mppo_payment_id"])
+        if isinstance(notes, dict):
+            found = body_of.claim(notes, "mppo_payment_id", "entity.notes")
+            if found:
+                return found
     return ""
 
 
@@ -285,7 +295,9 @@ class RazorpayProvider:
         link = await self._with_retries("razorpay create payment link", op)
         logger.info("razorpay link %s for payment %s", link.get("id"), request.payment_id)
         return CheckoutResult(
-            provider_payment_id=str(link["id"]), payment_link=str(link["short_url"])
+            provider_payment_id=str(link["id"]),
+            payment_link=str(link["short_url"]),
+            checkout_id=str(link["id"]),
         )
 
     async def capture(
@@ -396,6 +408,17 @@ class RazorpayProvider:
         link, payment = await self._resolve(provider_payment_id)
         return self._state(provider_payment_id, link, payment)
 
+    async def checkout_ids(self, checkout_id: str) -> frozenset[str]:
+        """The link and every payment Razorpay lists on it now (a `pay_…` id stands alone)."""
+        if checkout_id.startswith("pay_"):
+            return frozenset({checkout_id})
+        link = await self._fetch_link(checkout_id)
+        ids = {checkout_id}
+        for entry in link.get("payments") or []:
+            if isinstance(entry, dict) and entry.get("payment_id"):
+                ids.add(str(entry["payment_id"]))
+        return frozenset(ids)
+
     # ---- webhooks -----------------------------------------------------------------------
 
     async def verify_webhook(self, request: WebhookRequest) -> None:
@@ -407,26 +430,30 @@ class RazorpayProvider:
             raise WebhookVerificationError("razorpay signature does not match the body")
 
     def parse_event(self, request: WebhookRequest) -> ProviderEvent:
-        try:
-            body = json.loads(request.body)
-        except ValueError as exc:
-            raise WebhookVerificationError("razorpay webhook body is not JSON") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("event"), str):
-            raise WebhookVerificationError("razorpay webhook names no event")
-        payload: Json = body["payload"] if isinstance(body.get("payload"), dict) else {}
+        """The link or payment the event names and the state it reports;
+        WebhookVerificationError for a body of the wrong shape."""
+        body = body_of.load_object(request.body, "razorpay event")
+        event_type = body_of.ident(body, "event", "event", required=True)
+        payload = body_of.obj(body, "payload", "event")
         event_id = (
             request.headers.get(EVENT_ID_HEADER, "").strip()
-            or str(body.get("id") or "")
+            or body_of.ident(body, "id", "event")
             or "sha256:" + hashlib.sha256(request.body).hexdigest()
         )
-        event_type: str = body["event"]
+        if len(event_id) > body_of.MAX_ID or not event_id.isprintable():
+            raise body_of.malformed(f"{EVENT_ID_HEADER} is not an id")
         link = _entity(payload, "payment_link")
         payment = _entity(payload, "payment")
         refund = _entity(payload, "refund")
         status, amount = self._event_status(event_type, link, payment, refund)
-        provider_id = str(link.get("id") or payment.get("id") or refund.get("payment_id") or "")
+        link_id = body_of.ident(link, "id", "payload.payment_link.entity")
+        payment_id = body_of.ident(payment, "id", "payload.payment.entity")
+        refunded_id = body_of.ident(refund, "payment_id", "payload.refund.entity")
+        provider_id = link_id or payment_id or refunded_id
         if status is not None and not provider_id:
-            raise WebhookVerificationError(f"razorpay {event_type} names no payment")
+            raise body_of.malformed(f"razorpay {event_type} names no payment")
+        other_ids = tuple(i for i in (payment_id, refunded_id) if i and i != provider_id)
+        reason = body_of.text(payment, "error_description", "payload.payment.entity")
         return ProviderEvent(
             merchant_reference=_our_payment_id(link, payment, refund),
             event_id=event_id,
@@ -434,16 +461,20 @@ class RazorpayProvider:
             provider_payment_id=provider_id,
             status=status,
             amount_minor=amount,
-            failure_reason=str(payment.get("error_description") or "") if status else "",
-            created_at=_epoch(body.get("created_at")),
+            failure_reason=reason[:500] if status else "",
+            created_at=_epoch(body_of.integer(body, "created_at", "event")),
             raw=body,
+            other_ids=other_ids,
         )
 
     @staticmethod
     def _event_status(
         event_type: str, link: Json, payment: Json, refund: Json
     ) -> tuple[ProviderStatus | None, int]:
-        payment_amount = int(payment.get("amount") or 0)
+        where = "payload.payment.entity"
+        payment_amount = body_of.integer(payment, "amount", where)
+        body_of.integer(payment, "amount_refunded", where)  # _refund_status reads it
+        payment_status = body_of.ident(payment, "status", where)
         if event_type == "payment.authorized":
             return ProviderStatus.AUTHORIZED, payment_amount
         if event_type == "payment.captured":
@@ -451,15 +482,18 @@ class RazorpayProvider:
         if event_type == "payment.failed":
             return ProviderStatus.FAILED, payment_amount
         if event_type == "payment_link.paid":
-            held = payment.get("status") == "authorized"
+            held = payment_status == "authorized"
             status = ProviderStatus.AUTHORIZED if held else ProviderStatus.CAPTURED
-            return status, int(link.get("amount_paid") or payment_amount)
+            paid = body_of.integer(link, "amount_paid", "payload.payment_link.entity")
+            return status, paid or payment_amount
         if event_type == "payment_link.cancelled":
             return ProviderStatus.VOIDED, 0
         if event_type == "payment_link.expired":
             return ProviderStatus.EXPIRED, 0
         if event_type in ("refund.processed", "payment.refunded"):
-            refunded = int(refund.get("amount") or payment.get("amount_refunded") or 0)
+            refunded = body_of.integer(refund, "amount", "payload.refund.entity") or (
+                body_of.integer(payment, "amount_refunded", where)
+            )
             return _refund_status(
                 payment
             ) if payment else ProviderStatus.PARTIALLY_REFUNDED, refunded

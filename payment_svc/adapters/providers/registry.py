@@ -1,4 +1,5 @@
-"""Builds the configured providers, by name: the sandbox always, the others when keyed.
+"""Builds the configured providers, by name: each one its settings enable (the sandbox only in
+dev/test or when explicitly enabled with its own secrets, the others when keyed).
 
 Environment: Stripe ``MPPO_STRIPE_API_KEY`` / ``MPPO_STRIPE_WEBHOOK_SECRET`` (optional
 ``MPPO_STRIPE_API_BASE``); Razorpay ``MPPO_RAZORPAY_KEY_ID`` / ``MPPO_RAZORPAY_KEY_SECRET`` /
@@ -28,8 +29,9 @@ def build_providers(settings: PaymentSettings) -> dict[str, PaymentProvider]:
         base_delay=settings.retry_backoff,
         max_delay=settings.retry_max_backoff,
     )
-    providers: dict[str, PaymentProvider] = {
-        "sandbox": StripeProvider(
+    providers: dict[str, PaymentProvider] = {}
+    if settings.sandbox is not None:
+        providers["sandbox"] = StripeProvider(
             name="sandbox",
             api_key=settings.sandbox.api_key,
             webhook_secret=settings.sandbox.webhook_secret,
@@ -38,7 +40,6 @@ def build_providers(settings: PaymentSettings) -> dict[str, PaymentProvider]:
             timeout=settings.provider_timeout,
             retry=retry,
         )
-    }
     if settings.stripe is not None:
         providers["stripe"] = StripeProvider(
             name="stripe",

@@ -3,14 +3,19 @@
 One ``StripeClient`` instance per adapter (no global SDK state), the asynchronous aiohttp
 transport, and the API base URL pointing at Stripe or at the sandbox. Payments are Checkout
 Sessions whose PaymentIntent captures manually; every mutating call sends a Stripe
-``Idempotency-Key``. Webhooks are verified with ``stripe.Webhook.construct_event`` (HMAC-SHA256
-over ``t.body`` with a 300 s tolerance: ``verify_header`` without a tolerance would skip the
-replay check).
+``Idempotency-Key``. Webhooks are verified with ``stripe.WebhookSignature.verify_header``
+(HMAC-SHA256 over ``t.body``, refusing timestamps older than the 300 s tolerance) plus our own
+check that ``t`` is not more than the tolerance in the future, which the SDK does not make;
+the body is then parsed defensively (:mod:`payment_svc.adapters.providers.payload`).
+
+The checkout we record is the Checkout Session (``cs_…``), next to its PaymentIntent (``pi_…``)
+when the session already has one (the sandbox creates it at once, real Stripe only when the
+payer confirms). ``checkout_ids`` re-reads the session to learn its PaymentIntent.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 import stripe
 
 from mppo.platform.backoff import RetryPolicy, retry_async, retryable_http_status
+from payment_svc.adapters.providers import payload
 from payment_svc.adapters.providers.base import (
     CheckoutRequest,
     CheckoutResult,
@@ -43,7 +49,11 @@ _RETRYABLE = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
 
 
 def _timestamp(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(int(value), UTC) if value else None
+    """A Unix time as a datetime; None when absent or not representable."""
+    try:
+        return datetime.fromtimestamp(int(value), UTC) if value else None
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -182,7 +192,11 @@ class StripeProvider:
         )
         intent = session.get("payment_intent")
         provider_id = str(_get(intent, "id") or intent or session["id"])
-        return CheckoutResult(provider_payment_id=provider_id, payment_link=str(session["url"]))
+        return CheckoutResult(
+            provider_payment_id=provider_id,
+            payment_link=str(session["url"]),
+            checkout_id=str(session["id"]),
+        )
 
     async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
         """``op`` with bounded exponential backoff on retryable errors (network, 408, 425, 429,
@@ -280,65 +294,102 @@ class StripeProvider:
         )
         return intent_state(intent)
 
+    async def checkout_ids(self, checkout_id: str) -> frozenset[str]:
+        """The session and its PaymentIntent, as Stripe says now (a PaymentIntent id we recorded
+        as the checkout stands for itself)."""
+        ids = {checkout_id}
+        if checkout_id.startswith("cs_"):
+            intent = (await self._session(checkout_id)).get("payment_intent")
+            if intent:
+                ids.add(str(_get(intent, "id") or intent))
+        return frozenset(ids)
+
     async def verify_webhook(self, request: WebhookRequest) -> None:
-        """Check ``Stripe-Signature`` (HMAC-SHA256 of ``t.body``, 300 s tolerance)."""
+        """Check ``Stripe-Signature``: HMAC-SHA256 of ``t.body`` with our secret, ``t`` within
+        the tolerance of now in both directions."""
         header = request.headers.get(SIGNATURE_HEADER)
         if not header:
             raise WebhookVerificationError("missing Stripe-Signature header")
         try:
-            stripe.Webhook.construct_event(
+            stripe.WebhookSignature.verify_header(
                 request.body, header, self._webhook_secret, tolerance=self._tolerance
             )
         except stripe.SignatureVerificationError as exc:
             raise WebhookVerificationError(f"bad Stripe signature: {exc}") from exc
-        except ValueError as exc:
-            raise WebhookVerificationError(f"malformed Stripe event: {exc}") from exc
+        except ValueError as exc:  # a body that is not UTF-8 cannot have been signed
+            raise WebhookVerificationError(f"unverifiable Stripe webhook: {exc}") from exc
+        if self._tolerance and signed_at(header) > time.time() + self._tolerance:
+            raise WebhookVerificationError("Stripe-Signature timestamp is in the future")
 
     def parse_event(self, request: WebhookRequest) -> ProviderEvent:
-        """Which PaymentIntent the event names and the state it reports."""
-        try:
-            event = json.loads(request.body)
-            event_id, event_type = str(event["id"]), str(event["type"])
-            obj = event["data"]["object"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise WebhookVerificationError(f"malformed Stripe event: {exc}") from exc
-        kind = obj.get("object")
-        metadata = obj.get("metadata") or {}
-        reference = str(metadata.get("payment_id") or obj.get("client_reference_id") or "")
+        """Which PaymentIntent (and Checkout Session) the event names and the state it
+        reports; WebhookVerificationError for a body of the wrong shape."""
+        event = payload.load_object(request.body, "stripe event")
+        event_id = payload.ident(event, "id", "event", required=True)
+        event_type = payload.ident(event, "type", "event", required=True)
+        data = payload.obj(event, "data", "event", required=True)
+        obj = payload.obj(data, "object", "event.data", required=True)
+        where = "event.data.object"
+        kind = payload.ident(obj, "object", where)
+        metadata = payload.obj(obj, "metadata", where)
+        reference = payload.claim(metadata, "payment_id", f"{where}.metadata") or payload.claim(
+            obj, "client_reference_id", where
+        )
         status: ProviderStatus | None = _EVENT_STATUS.get(event_type)
+        other_ids: tuple[str, ...] = ()
         amount = 0
         reason = ""
         if kind == "checkout.session":
-            provider_id = str(obj.get("payment_intent") or obj.get("id") or "")
-            amount = int(obj.get("amount_total") or 0)
+            session_id = payload.ident(obj, "id", where)
+            intent_id = payload.reference(obj, "payment_intent", where)
+            provider_id = intent_id or session_id
+            other_ids = (session_id,) if intent_id and session_id else ()
+            amount = payload.integer(obj, "amount_total", where)
             if event_type == "checkout.session.completed":
-                paid = obj.get("payment_status") == "paid"
+                paid = payload.ident(obj, "payment_status", where) == "paid"
                 status = ProviderStatus.CAPTURED if paid else ProviderStatus.AUTHORIZED
         elif kind == "payment_intent":
-            provider_id = str(obj.get("id") or "")
+            provider_id = payload.ident(obj, "id", where)
             if status is ProviderStatus.AUTHORIZED:
-                amount = int(obj.get("amount_capturable") or obj.get("amount") or 0)
+                amount = payload.integer(obj, "amount_capturable", where) or payload.integer(
+                    obj, "amount", where
+                )
             elif status is ProviderStatus.CAPTURED:
-                amount = int(obj.get("amount_received") or 0)
-            error = obj.get("last_payment_error") or {}
-            reason = str(error.get("code") or error.get("message") or "")
+                amount = payload.integer(obj, "amount_received", where)
+            error = payload.obj(obj, "last_payment_error", where)
+            reason = payload.ident(error, "code", f"{where}.last_payment_error") or payload.text(
+                error, "message", f"{where}.last_payment_error"
+            )
         elif kind == "charge":
-            provider_id = str(obj.get("payment_intent") or "")
+            provider_id = payload.reference(obj, "payment_intent", where)
             if event_type == "charge.refunded":
-                amount = int(obj.get("amount_refunded") or 0)
-                full = amount >= int(obj.get("amount_captured") or 0)
+                amount = payload.integer(obj, "amount_refunded", where)
+                full = amount >= payload.integer(obj, "amount_captured", where)
                 status = ProviderStatus.REFUNDED if full else ProviderStatus.PARTIALLY_REFUNDED
         else:
-            provider_id = str(obj.get("id") or "")
+            provider_id = payload.ident(obj, "id", where)
             status = None
+        if status is not None and not provider_id:
+            raise payload.malformed(f"stripe {event_type} names no payment")
         return ProviderEvent(
             event_id=event_id,
             event_type=event_type,
             provider_payment_id=provider_id,
             status=status,
             amount_minor=amount,
-            failure_reason=reason,
-            created_at=_timestamp(event.get("created")),
+            failure_reason=reason[:500],
+            created_at=_timestamp(payload.integer(event, "created", "event")),
             raw=event,
             merchant_reference=reference,
+            other_ids=other_ids,
         )
+
+
+def signed_at(header: str) -> int:
+    """The ``t=`` of a ``Stripe-Signature`` header the SDK has verified (the first one, as
+    the SDK reads it)."""
+    for item in header.split(","):
+        parts = item.split("=", 2)
+        if parts[0] == "t" and len(parts) > 1:
+            return int(parts[1])
+    raise WebhookVerificationError("Stripe-Signature has no timestamp")

@@ -23,7 +23,13 @@ from tests.support.services import ServiceProcess, service_channel, start_servic
 from tests.support.webhook_bridge import WebhookBridge, webhook_bridge
 
 SANDBOX = payment_pb2.PROVIDER_SANDBOX
+#: open methods (GetPayment, ListPayments): any of our processes may read
 METADATA = service_metadata("tests")
+#: service-only methods, called as the service that calls them in the system
+#: (payment_svc.bootstrap.SERVICE_ONLY): the group service opens payments, the order service
+#: captures, voids and refunds
+AS_GROUP = service_metadata("group")
+AS_ORDER = service_metadata("order")
 
 
 def label_id(label: str) -> str:
@@ -61,7 +67,7 @@ class PaymentStack:
                 amount=Money(amount_minor=amount, currency_code=currency),
                 description="Pizza night share",
             ),
-            metadata=METADATA,
+            metadata=AS_GROUP,
             timeout=20,
         )
         return reply.payment

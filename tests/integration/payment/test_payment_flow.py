@@ -9,10 +9,12 @@ from typing import TypeVar
 
 import grpc
 import pytest
+from google.api import httpbody_pb2
 
 from mppo.common.v1.money_pb2 import Money
 from mppo.payment.v1 import payment_pb2, payment_service_pb2
-from tests.integration.payment.conftest import METADATA, PaymentStack, label_id
+from mppo.platform.identity import service_metadata
+from tests.integration.payment.conftest import AS_ORDER, METADATA, PaymentStack, label_id
 from tests.support.sandbox import CARD_CAPTURE_FAILS, CARD_DECLINE
 
 T = TypeVar("T")
@@ -78,13 +80,15 @@ async def test_authorize_through_page_then_capture(stack: PaymentStack) -> None:
     assert ledger["kept"] == 0
     captured = await stack.stub.CapturePayment(
         payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id),
-        metadata=METADATA,
+        metadata=AS_ORDER,
         timeout=20,
     )
     assert captured.payment.status == P.PAYMENT_STATUS_CAPTURED
     assert captured.payment.amount_captured.amount_minor == 2500
     again = await stack.stub.CapturePayment(
-        payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id), timeout=20
+        payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id),
+        metadata=AS_ORDER,
+        timeout=20,
     )
     assert again.payment.status == P.PAYMENT_STATUS_CAPTURED
     ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
@@ -100,6 +104,7 @@ async def test_authorize_then_void_keeps_no_money(stack: PaymentStack) -> None:
     payment = await authorized(stack, 700)
     voided = await stack.stub.VoidPayment(
         payment_service_pb2.VoidPaymentRequest(payment_id=payment.payment_id, reason="test"),
+        metadata=AS_ORDER,
         timeout=20,
     )
     assert voided.payment.status == P.PAYMENT_STATUS_VOIDED
@@ -109,7 +114,9 @@ async def test_authorize_then_void_keeps_no_money(stack: PaymentStack) -> None:
     assert ledger["totals"]["release"] == 700
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await stack.stub.CapturePayment(
-            payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id), timeout=20
+            payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id),
+            metadata=AS_ORDER,
+            timeout=20,
         )
     assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
@@ -117,13 +124,15 @@ async def test_authorize_then_void_keeps_no_money(stack: PaymentStack) -> None:
 async def test_partial_and_full_refunds(stack: PaymentStack) -> None:
     payment = await authorized(stack, 1000)
     await stack.stub.CapturePayment(
-        payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id), timeout=20
+        payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id),
+        metadata=AS_ORDER,
+        timeout=20,
     )
     part = await stack.stub.RefundPayment(
         payment_service_pb2.RefundPaymentRequest(
             payment_id=payment.payment_id, amount=Money(amount_minor=300, currency_code="USD")
         ),
-        metadata=(("idempotency-key", "refund-1"),),
+        metadata=(*AS_ORDER, ("idempotency-key", "refund-1")),
         timeout=20,
     )
     assert part.payment.status == P.PAYMENT_STATUS_PARTIALLY_REFUNDED
@@ -131,12 +140,14 @@ async def test_partial_and_full_refunds(stack: PaymentStack) -> None:
         payment_service_pb2.RefundPaymentRequest(
             payment_id=payment.payment_id, amount=Money(amount_minor=300, currency_code="USD")
         ),
-        metadata=(("idempotency-key", "refund-1"),),
+        metadata=(*AS_ORDER, ("idempotency-key", "refund-1")),
         timeout=20,
     )
     assert replay.payment.amount_refunded.amount_minor == 300
     rest = await stack.stub.RefundPayment(
-        payment_service_pb2.RefundPaymentRequest(payment_id=payment.payment_id), timeout=20
+        payment_service_pb2.RefundPaymentRequest(payment_id=payment.payment_id),
+        metadata=AS_ORDER,
+        timeout=20,
     )
     assert rest.payment.status == P.PAYMENT_STATUS_REFUNDED
     assert rest.payment.amount_refunded.amount_minor == 1000
@@ -167,12 +178,16 @@ async def test_capture_declined_leaves_the_hold_to_void(stack: PaymentStack) -> 
     )
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await stack.stub.CapturePayment(
-            payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id), timeout=20
+            payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id),
+            metadata=AS_ORDER,
+            timeout=20,
         )
     assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (await stack.get(payment.payment_id)).status == P.PAYMENT_STATUS_AUTHORIZED
     await stack.stub.VoidPayment(
-        payment_service_pb2.VoidPaymentRequest(payment_id=payment.payment_id), timeout=20
+        payment_service_pb2.VoidPaymentRequest(payment_id=payment.payment_id),
+        metadata=AS_ORDER,
+        timeout=20,
     )
     ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
     assert ledger["held"] == 0
@@ -213,3 +228,47 @@ async def test_money_moving_rpcs_refuse_end_users(stack: PaymentStack) -> None:
     assert (await stack.get(payment.payment_id)).status == P.PAYMENT_STATUS_AUTHORIZED
     ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
     assert ledger["held"] == 900
+
+
+async def test_service_only_methods_admit_only_the_services_that_call_them(
+    stack: PaymentStack,
+) -> None:
+    """payment_svc.bootstrap.SERVICE_ONLY, enforced before any handler runs: intents are the
+    group service's, captures the order service's, webhooks come through the gateway."""
+    payment = await authorized(stack, 800)
+    as_ = service_metadata
+    intent = payment_service_pb2.CreatePaymentIntentRequest(
+        group_id=label_id("g-only-1"),
+        member_id=label_id("m1"),
+        attempt=1,
+        amount=Money(amount_minor=100, currency_code="USD"),
+    )
+    capture = payment_service_pb2.CapturePaymentRequest(payment_id=payment.payment_id)
+    void = payment_service_pb2.VoidPaymentRequest(payment_id=payment.payment_id)
+    refund = payment_service_pb2.RefundPaymentRequest(payment_id=payment.payment_id)
+    sync = payment_service_pb2.SyncPaymentRequest(payment_id=payment.payment_id)
+    webhook = payment_service_pb2.HandleWebhookRequest(
+        provider="sandbox", body=httpbody_pb2.HttpBody(data=b"{}")
+    )
+    refusals: list[tuple[str, Awaitable[object]]] = [
+        ("intent as order", stack.stub.CreatePaymentIntent(intent, metadata=as_("order"))),
+        ("intent as tests", stack.stub.CreatePaymentIntent(intent, metadata=as_("tests"))),
+        ("capture as group", stack.stub.CapturePayment(capture, metadata=as_("group"))),
+        ("capture as gateway", stack.stub.CapturePayment(capture, metadata=as_("gateway"))),
+        ("void as notification", stack.stub.VoidPayment(void, metadata=as_("notification"))),
+        ("refund as gateway", stack.stub.RefundPayment(refund, metadata=as_("gateway"))),
+        ("sync as tests", stack.stub.SyncPayment(sync, metadata=as_("tests"))),
+        ("webhook as tests", stack.stub.HandleWebhook(webhook, metadata=as_("tests"))),
+        ("webhook as order", stack.stub.HandleWebhook(webhook, metadata=as_("order"))),
+    ]
+    for name, call in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, name
+    assert not await stack.query("SELECT 1 FROM payments WHERE group_id = $1", label_id("g-only-1"))
+    ledger = await stack.sandbox.ledger(payment_intent=payment.provider_payment_id)
+    assert ledger["held"] == 800
+    synced = await stack.stub.SyncPayment(sync, metadata=as_("order"), timeout=20)
+    assert synced.payment.status == P.PAYMENT_STATUS_AUTHORIZED
+    voided = await stack.stub.VoidPayment(void, metadata=as_("group"), timeout=20)
+    assert voided.payment.status == P.PAYMENT_STATUS_VOIDED

@@ -17,8 +17,9 @@ from mppo.group.v1 import group_events_pb2
 from mppo.payment.v1 import payment_pb2, payment_service_pb2
 from mppo.platform.event_types import new_event
 from mppo.platform.messaging import publish_event
+from payment_svc.sandbox.config import DEV_WEBHOOK_SECRET
 from payment_svc.sandbox.webhooks import sign
-from tests.integration.payment.conftest import METADATA, PaymentStack, label_id
+from tests.integration.payment.conftest import AS_ORDER, METADATA, PaymentStack, label_id
 from tests.integration.payment.test_payment_flow import eventually
 
 P = payment_pb2
@@ -69,6 +70,7 @@ async def test_bad_signatures_are_rejected_and_change_nothing(stack: PaymentStac
         cases = {
             "tampered": (tampered, sign(secret, body)),
             "replayed after tolerance": (body, sign(secret, body, int(time.time()) - 400)),
+            "dated in the future": (body, sign(secret, body, int(time.time()) + 400)),
             "wrong secret": (body, sign("whsec_not_ours", body)),
             "no signature": (body, ""),
             "garbage header": (body, "t=abc,v1=zz"),
@@ -217,7 +219,7 @@ async def test_group_cancelled_voids_every_hold_and_refunds_captures(
         )
     await stack.stub.CapturePayment(
         payment_service_pb2.CapturePaymentRequest(payment_id=captured.payment_id),
-        metadata=METADATA,
+        metadata=AS_ORDER,
         timeout=20,
     )
     before = await stack.sandbox.ledger(group_id=group)
@@ -263,3 +265,106 @@ async def test_group_cancelled_voids_every_hold_and_refunds_captures(
     for payment in held:
         types = await stack.events_of(payment.payment_id)
         assert types == ["payment.requested", "payment.succeeded", "payment.voided"]
+
+
+async def test_a_webhook_naming_a_payment_only_in_its_metadata_changes_nothing(
+    stack: PaymentStack,
+) -> None:
+    """The sandbox's development secret is published (docs/payment.md). An event signed with it
+    that names someone's payment in metadata.payment_id, with a payment intent of its own, is
+    recorded and ignored: the payment is not AUTHORIZED, nobody is PAID."""
+    await stack.sandbox.faults(reset=True)
+    victim = await stack.create(4200)
+    forged = {
+        "id": f"evt_forged_{uuid.uuid4().hex[:12]}",
+        "object": "event",
+        "type": "payment_intent.amount_capturable_updated",
+        "created": int(time.time()),
+        "data": {
+            "object": {
+                "id": "pi_forged000000000000000",
+                "object": "payment_intent",
+                "amount": 4200,
+                "amount_capturable": 4200,
+                "status": "requires_capture",
+                "metadata": {"payment_id": victim.payment_id},
+            }
+        },
+    }
+    session = {
+        "id": f"evt_forged_{uuid.uuid4().hex[:12]}",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "data": {
+            "object": {
+                "id": "cs_test_forged00000000000",
+                "object": "checkout.session",
+                "payment_intent": "pi_forged000000000000000",
+                "payment_status": "unpaid",
+                "amount_total": 4200,
+                "client_reference_id": victim.payment_id,
+                "metadata": {"payment_id": victim.payment_id},
+            }
+        },
+    }
+    url = stack.bridge.webhook_url("sandbox")
+    for event in (forged, session):
+        body = json.dumps(event).encode()
+        status, answer = await post(url, body, {"Stripe-Signature": sign(DEV_WEBHOOK_SECRET, body)})
+        assert status == 200, answer  # recorded: the sender has nothing to retry
+        assert answer["event_id"] == event["id"]
+    assert (await stack.get(victim.payment_id)).status == P.PAYMENT_STATUS_REQUIRES_ACTION
+    assert await stack.events_of(victim.payment_id) == ["payment.requested"]
+    rows = await stack.query(
+        "SELECT outcome, payment_id, detail FROM webhook_events WHERE event_id = ANY($1)",
+        [forged["id"], session["id"]],
+    )
+    assert [(r["outcome"], r["payment_id"]) for r in rows] == [("mismatch", None)] * 2
+    assert all(victim.payment_id in r["detail"] for r in rows)
+    mapped = await stack.query(
+        "SELECT provider_payment_id FROM provider_payment_map WHERE payment_id = $1",
+        victim.payment_id,
+    )
+    assert "pi_forged000000000000000" not in {r["provider_payment_id"] for r in mapped}
+    # the real payer still pays, and that is applied
+    await stack.sandbox.pay(victim.payment_link)
+    await eventually(
+        lambda: stack.get(victim.payment_id), lambda p: p.status == P.PAYMENT_STATUS_AUTHORIZED
+    )
+
+
+def _event(obj: object, event_type: str = "payment_intent.succeeded") -> bytes:
+    return json.dumps(
+        {"id": f"evt_bad_{uuid.uuid4().hex[:8]}", "type": event_type, "data": {"object": obj}}
+    ).encode()
+
+
+async def test_signed_bodies_of_the_wrong_shape_are_400_and_recorded(stack: PaymentStack) -> None:
+    url = stack.bridge.webhook_url("sandbox")
+    secret = stack.sandbox.webhook_secret
+    bodies = {
+        "object is a string": b'{"data": {"object": "x"}}',
+        "object is a string, with id and type": _event("x"),
+        "amount of the wrong type": _event(
+            {"object": "payment_intent", "id": "pi_1", "amount_received": "lots"}
+        ),
+        "metadata of the wrong type": _event(
+            {"object": "payment_intent", "id": "pi_1", "metadata": ["payment_id"]}
+        ),
+        "no payment named": _event({"object": "payment_intent"}),
+        "deep nesting": b'{"id": "evt_deep", "type": "x", "data": ' + b"[" * 3000 + b"]" * 3000,
+        "not JSON": b"\x00\x01 not json",
+        "an array": b"[]",
+    }
+    before = stack.bridge.answered.get(500, 0)
+    for name, body in bodies.items():
+        status, answer = await post(url, body, {"Stripe-Signature": sign(secret, body)})
+        assert status == 400, (name, status, answer)
+        assert answer["error"]["code"] == "INVALID_ARGUMENT", name
+    assert stack.bridge.answered.get(500, 0) == before
+    rows = await stack.query(
+        "SELECT event_id, detail, body FROM webhook_events WHERE outcome = 'malformed'"
+    )
+    assert len(rows) >= len(bodies)
+    assert all(r["event_id"].startswith("malformed:sha256:") for r in rows)
+    assert all(r["body"] == "" and r["detail"] for r in rows)

@@ -289,3 +289,25 @@ async def test_webhook_rejections(paypal_provider: PayPalProvider, fake_paypal: 
     with pytest.raises(ProviderError) as unverifiable:
         await paypal_provider.verify_webhook(_as_request(genuine))
     assert unverifiable.value.retryable
+
+
+async def test_checkout_ids_are_the_order_and_its_authorizations_and_captures(
+    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+) -> None:
+    """What the payment service asks before it accepts an id first seen in a webhook (a
+    refund names only its capture)."""
+    result = await paypal_provider.create_checkout(_checkout(amount=20_00))
+    order_id = result.provider_payment_id
+    assert result.checkout_id == order_id
+    assert await paypal_provider.checkout_ids(order_id) == {order_id}
+    fake_paypal.approve(order_id)
+    await paypal_provider.capture(order_id, 20_00, "cap")
+    await paypal_provider.refund(order_id, 5_00, "ref")
+    (capture_id,) = fake_paypal.captures
+    ids = await paypal_provider.checkout_ids(order_id)
+    assert capture_id in ids
+    assert len(ids) == 3  # order, authorization, capture
+    refunded = paypal_provider.parse_event(
+        _as_request(fake_paypal.last_webhook("PAYMENT.CAPTURE.REFUNDED"))
+    )
+    assert refunded.provider_payment_id == capture_id

@@ -258,3 +258,22 @@ async def test_webhook_rejections(
     headers = {k: v for k, v in genuine.headers.items() if k != "x-razorpay-signature"}
     with pytest.raises(WebhookVerificationError, match="missing"):
         await razorpay_provider.verify_webhook(WebhookRequest("POST", "/", headers, genuine.body))
+
+
+async def test_checkout_ids_are_the_link_and_the_payments_made_on_it(
+    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+) -> None:
+    """What the payment service asks before it accepts a `pay_…` id first seen in a webhook."""
+    result = await razorpay_provider.create_checkout(_checkout())
+    link_id = result.provider_payment_id
+    assert result.checkout_id == link_id
+    assert await razorpay_provider.checkout_ids(link_id) == {link_id}
+    await _pay_on_hosted_page(result.payment_link, link_id, "captured")
+    ids = await razorpay_provider.checkout_ids(link_id)
+    (payment_id,) = ids - {link_id}
+    assert payment_id.startswith("pay_")
+    other = await razorpay_provider.create_checkout(_checkout())
+    assert payment_id not in await razorpay_provider.checkout_ids(other.provider_payment_id)
+    # the webhook of that payment names it, and the link it was made on
+    paid = razorpay_provider.parse_event(_as_request(fake_razorpay.webhooks[-1]))
+    assert set(paid.provider_ids) <= ids

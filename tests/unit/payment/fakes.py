@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from mppo.platform.errors import NotFoundError
 from mppo.platform.events import Event
 from mppo.platform.identity import Caller
 from mppo.platform.unit_of_work import UnitOfWork
+from payment_svc.adapters.providers import payload
 from payment_svc.adapters.providers.base import (
     CheckoutRequest,
     CheckoutResult,
@@ -125,13 +125,26 @@ class FakePaymentRepository:
     ) -> bool:
         if (provider, event_id) in self.db.webhooks:
             return False
-        self.db.webhooks[(provider, event_id)] = {"outcome": "received", "payment_id": None}
+        self.db.webhooks[(provider, event_id)] = {
+            "outcome": "received",
+            "payment_id": None,
+            "event_type": event_type,
+            "body": body,
+        }
         return True
 
     async def webhook_outcome(
-        self, provider: str, event_id: str, outcome: str, payment_id: str | None
+        self,
+        provider: str,
+        event_id: str,
+        outcome: str,
+        payment_id: str | None,
+        *,
+        detail: str = "",
     ) -> None:
-        self.db.webhooks[(provider, event_id)] = {"outcome": outcome, "payment_id": payment_id}
+        self.db.webhooks[(provider, event_id)].update(
+            outcome=outcome, payment_id=payment_id, detail=detail
+        )
 
     async def close_group(self, group_id: str, reason: str) -> None:
         self.db.closed_groups.setdefault(group_id, reason)
@@ -231,14 +244,21 @@ class FakeUnitOfWork(PaymentUnitOfWork):
 
 class FakeProvider:
     """A Stripe-like provider kept in memory: states per provider id, every call recorded, and
-    a queue of failures to raise next."""
+    a queue of failures to raise next.
+
+    Each checkout is a session ``cs_N`` with a payment ``pi_N`` behind it, made at once (like
+    the sandbox) or, with ``lazy``, only when the payer confirms (``confirm``, like real
+    Stripe): until then the checkout's provider id is the session's."""
 
     name = "sandbox"
     can_authorize = True
     SIGNATURE = "valid"
 
-    def __init__(self) -> None:
+    def __init__(self, *, lazy: bool = False) -> None:
+        self.lazy = lazy
         self.states: dict[str, ProviderPaymentState] = {}
+        #: checkout (session) id → the ids that belong to it
+        self.checkouts: dict[str, set[str]] = {}
         self.calls: list[tuple[str, str]] = []
         self.failures: list[ProviderError] = []
         self._ids = itertools.count(1)
@@ -263,12 +283,29 @@ class FakeProvider:
         """The payer completed the hosted page."""
         self._set(ppid, ProviderStatus.AUTHORIZED, authorized=amount)
 
+    def confirm(self, session_id: str) -> str:
+        """The payer confirmed a lazy checkout: its payment exists now; returns its id."""
+        ppid = "pi_" + session_id.removeprefix("cs_")
+        self.checkouts[session_id].add(ppid)
+        self.states[ppid] = ProviderPaymentState(ppid, ProviderStatus.REQUIRES_ACTION)
+        return ppid
+
     async def create_checkout(self, request: CheckoutRequest) -> CheckoutResult:
         self.calls.append(("checkout", request.idempotency_key))
         self._fail()
-        ppid = f"pi_{next(self._ids)}"
+        number = next(self._ids)
+        session_id, ppid = f"cs_{number}", f"pi_{number}"
+        self.checkouts[session_id] = {session_id}
+        if self.lazy:
+            return CheckoutResult(session_id, f"https://pay.example/{session_id}", None)
+        self.checkouts[session_id].add(ppid)
         self.states[ppid] = ProviderPaymentState(ppid, ProviderStatus.REQUIRES_ACTION)
-        return CheckoutResult(ppid, f"https://pay.example/{ppid}")
+        return CheckoutResult(ppid, f"https://pay.example/{ppid}", None, session_id)
+
+    async def checkout_ids(self, checkout_id: str) -> frozenset[str]:
+        self.calls.append(("checkout_ids", checkout_id))
+        self._fail()
+        return frozenset(self.checkouts.get(checkout_id, {checkout_id}))
 
     async def capture(
         self, provider_payment_id: str, amount_minor: int, idempotency_key: str
@@ -299,6 +336,11 @@ class FakeProvider:
     async def fetch(self, provider_payment_id: str) -> ProviderPaymentState:
         self.calls.append(("fetch", provider_payment_id))
         self._fail()
+        if provider_payment_id in self.checkouts:  # a session: its payment, once there is one
+            ids = self.checkouts[provider_payment_id] - {provider_payment_id}
+            if not ids:
+                return ProviderPaymentState(provider_payment_id, ProviderStatus.REQUIRES_ACTION)
+            provider_payment_id = next(iter(ids))
         return self.states[provider_payment_id]
 
     async def verify_webhook(self, request: WebhookRequest) -> None:
@@ -306,10 +348,9 @@ class FakeProvider:
             raise WebhookVerificationError("bad signature")
 
     def parse_event(self, request: WebhookRequest) -> ProviderEvent:
-        try:
-            data = json.loads(request.body)
-        except ValueError as exc:
-            raise WebhookVerificationError("not JSON") from exc
+        data = payload.load_object(request.body, "fake event")
+        if not isinstance(data.get("id"), str):
+            raise WebhookVerificationError("malformed: no event id")
         status = data.get("status")
         return ProviderEvent(
             event_id=str(data["id"]),
@@ -317,6 +358,8 @@ class FakeProvider:
             provider_payment_id=str(data.get("object", "")),
             status=ProviderStatus(status) if status else None,
             amount_minor=int(data.get("amount", 0)),
+            merchant_reference=str(data.get("reference", "")),
+            other_ids=tuple(data.get("also", ())),
         )
 
 

@@ -49,7 +49,7 @@ class World:
     def __post_init__(self) -> None:
         self.handlers = PaymentHandlers(
             {"sandbox": self.provider},
-            PaymentSettings.from_env({}),
+            PaymentSettings.from_env({"MPPO_ENV": "test"}),
             self.groups,
             compensation_due=self.wake,
         )
@@ -109,7 +109,12 @@ async def test_create_intent_opens_one_checkout_and_announces_it(world: World) -
     assert payment.status is S.REQUIRES_ACTION
     assert payment.payment_link.startswith("https://pay.example/")
     assert world.events(payment.payment_id) == ["payment.requested"]
-    assert world.db.provider_ids == {("sandbox", payment.provider_payment_id): payment.payment_id}
+    # the checkout (session) and its payment, both recorded as ours
+    assert payment.provider_checkout_id.startswith("cs_")
+    assert world.db.provider_ids == {
+        ("sandbox", payment.provider_payment_id): payment.payment_id,
+        ("sandbox", payment.provider_checkout_id): payment.payment_id,
+    }
     row = world.db.rows[payment.payment_id]
     assert row.next_check_at is not None  # reconciliation will look at it
 

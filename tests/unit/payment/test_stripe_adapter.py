@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 
 import pytest
 
@@ -28,14 +29,14 @@ def request(body: bytes, signature: str) -> WebhookRequest:
     )
 
 
-def event(event_type: str, obj: dict[str, object]) -> bytes:
+def event(event_type: str, obj: Mapping[str, object]) -> bytes:
     return json.dumps(
         {
             "id": "evt_1",
             "object": "event",
             "type": event_type,
             "created": 1,
-            "data": {"object": obj},
+            "data": {"object": dict(obj)},
         }
     ).encode()
 
@@ -124,3 +125,110 @@ def test_intent_state() -> None:
     )
     assert refunded.status is ProviderStatus.REFUNDED
     assert intent_state({**base, "status": "canceled"}).status is ProviderStatus.VOIDED
+
+
+async def test_a_timestamp_in_the_future_beyond_the_tolerance_is_refused() -> None:
+    """stripe's SDK only refuses old timestamps; a signature dated ahead (a captured secret
+    signing events for later) is refused too."""
+    body = event("payment_intent.succeeded", {"object": "payment_intent", "id": "pi_1"})
+    now = int(time.time())
+    await provider().verify_webhook(request(body, sign(SECRET, body, now + 250)))
+    for ahead in (301, 400, 10**9):
+        with pytest.raises(WebhookVerificationError, match="future"):
+            await provider().verify_webhook(request(body, sign(SECRET, body, now + ahead)))
+
+
+async def test_verification_does_not_parse_the_body() -> None:
+    """A correctly signed body of the wrong shape passes verification (it is authentic) and is
+    refused by parsing (INVALID_ARGUMENT), not as a bad signature."""
+    for body in (b"[" * 5000 + b"]" * 5000, b"not json", b'{"data": {"object": "x"}}'):
+        await provider().verify_webhook(request(body, sign(SECRET, body)))
+        with pytest.raises(WebhookVerificationError, match="malformed"):
+            provider().parse_event(request(body, sign(SECRET, body)))
+
+
+def _shaped(**fields: object) -> bytes:
+    return json.dumps({"id": "evt_1", "type": "payment_intent.succeeded", **fields}).encode()
+
+
+MALFORMED = [
+    b"not json",
+    b"\xff\xfe",
+    b"[]",
+    b'"text"',
+    b'{"data": {"object": "x"}}',
+    _shaped(data={"object": "x"}),
+    _shaped(data="x"),
+    _shaped(data=None),
+    _shaped(),
+    json.dumps({"id": {"a": 1}, "type": "x", "data": {"object": {}}}).encode(),
+    json.dumps({"id": "evt_1", "type": 7, "data": {"object": {}}}).encode(),
+    json.dumps({"id": "evt\n1", "type": "x", "data": {"object": {}}}).encode(),
+    json.dumps({"id": "e" * 300, "type": "x", "data": {"object": {}}}).encode(),
+    _shaped(data={"object": {"object": "payment_intent", "id": 5}}),
+    _shaped(data={"object": {"object": "payment_intent"}}),
+    _shaped(data={"object": {"object": "payment_intent", "id": "pi_1", "amount_received": "9"}}),
+    _shaped(data={"object": {"object": "payment_intent", "id": "pi_1", "amount_received": -1}}),
+    _shaped(data={"object": {"object": "payment_intent", "id": "pi_1", "amount_received": 1.5}}),
+    _shaped(data={"object": {"object": "payment_intent", "id": "pi_1", "amount_received": True}}),
+    _shaped(data={"object": {"object": "payment_intent", "id": "pi_1", "amount_received": 2**70}}),
+    _shaped(data={"object": {"object": "payment_intent", "id": "pi_1", "metadata": "x"}}),
+    _shaped(data={"object": {"object": "payment_intent", "id": "pi_1", "last_payment_error": 3}}),
+    _shaped(
+        data={"object": {"object": "payment_intent", "id": "pi_1", "metadata": {"payment_id": []}}}
+    ),
+    _shaped(created="yesterday", data={"object": {"object": "payment_intent", "id": "pi_1"}}),
+    json.dumps(
+        {
+            "id": "evt_1",
+            "type": "checkout.session.completed",
+            "data": {"object": {"object": "checkout.session", "id": "cs_1", "amount_total": "x"}},
+        }
+    ).encode(),
+    json.dumps(
+        {
+            "id": "evt_1",
+            "type": "charge.refunded",
+            "data": {"object": {"object": "charge", "payment_intent": {"id": 3}}},
+        }
+    ).encode(),
+    b'{"id": "evt_1", "type": "x", "data": {"object": ' + b"[" * 40 + b"]" * 40 + b"}}",
+    b'{"id": "evt_1", "type": "x", "data": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}",
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED)
+def test_bodies_of_the_wrong_shape_are_refused_as_malformed(body: bytes) -> None:
+    with pytest.raises(WebhookVerificationError, match="malformed"):
+        provider().parse_event(request(body, ""))
+
+
+def test_a_huge_creation_time_is_not_an_error() -> None:
+    body = _shaped(created=2**62, data={"object": {"object": "customer", "id": "c"}})
+    assert provider().parse_event(request(body, "")).created_at is None
+
+
+def test_a_checkout_session_names_its_intent_and_itself() -> None:
+    session: dict[str, object] = {
+        "object": "checkout.session",
+        "id": "cs_1",
+        "payment_intent": "pi_1",
+    }
+    parsed = provider().parse_event(request(event("checkout.session.completed", session), ""))
+    assert parsed.provider_ids == ("pi_1", "cs_1")
+    lazy: dict[str, object] = {"object": "checkout.session", "id": "cs_2", "payment_intent": None}
+    parsed = provider().parse_event(request(event("checkout.session.expired", lazy), ""))
+    assert parsed.provider_ids == ("cs_2",)
+
+
+def test_a_reference_that_cannot_be_ours_is_no_reason_to_refuse_the_event() -> None:
+    """Other integrations on the same account put what they like in metadata."""
+    intent = {
+        "object": "payment_intent",
+        "id": "pi_1",
+        "metadata": {"payment_id": "order 123 — theirs"},
+        "client_reference_id": "x" * 400,
+    }
+    parsed = provider().parse_event(request(event("payment_intent.succeeded", intent), ""))
+    assert parsed.merchant_reference == ""
+    assert parsed.provider_payment_id == "pi_1"

@@ -261,3 +261,50 @@ def test_our_payment_id_comes_back_as_merchant_reference() -> None:
     assert captured.merchant_reference == "ours-2"
     bare = PROVIDER.parse_event(_event("PAYMENT.CAPTURE.COMPLETED", _related(id="C")))
     assert bare.merchant_reference == ""
+
+
+def _raw(body: object) -> WebhookRequest:
+    return WebhookRequest("POST", "/", {}, json.dumps(body).encode())
+
+
+def _bad(resource: object, event_type: str = "PAYMENT.CAPTURE.COMPLETED") -> dict[str, object]:
+    return {"id": "WH-1", "event_type": event_type, "resource": resource}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": 1, "event_type": "X"},
+        {"id": "WH-1", "event_type": ["X"]},
+        _bad("x"),
+        _bad([]),
+        _bad({"supplementary_data": "x"}),
+        _bad({"supplementary_data": {"related_ids": []}}),
+        _bad({"supplementary_data": {"related_ids": {"order_id": 5}}}),
+        _bad({**_related(), "amount": "10.00"}),
+        _bad({**_related(), "amount": {"value": 10, "currency_code": "USD"}}),
+        _bad({**_related(), "amount": {"value": "ten", "currency_code": "USD"}}),
+        _bad({**_related(), "amount": {"value": "1.234", "currency_code": "USD"}}),
+        _bad({**_related(), "amount": {"value": "9" * 30, "currency_code": "USD"}}),
+        _bad({**_related(), "amount": {"value": "1.00"}}),
+        _bad({**_related(), "custom_id": {"a": 1}}),
+        _bad({**_related(), "purchase_units": "x"}),
+        _bad({**_related(), "status_details": "x"}, "PAYMENT.CAPTURE.DENIED"),
+        _bad({"links": "x"}, "PAYMENT.CAPTURE.REFUNDED"),
+        _bad({"links": [3]}, "PAYMENT.CAPTURE.REFUNDED"),
+        _bad({"links": [{"rel": "up", "href": 3}]}, "PAYMENT.CAPTURE.REFUNDED"),
+        _bad({"id": ["O"]}, "CHECKOUT.ORDER.APPROVED"),
+    ],
+)
+def test_bodies_of_the_wrong_shape_are_refused_as_malformed(body: object) -> None:
+    with pytest.raises(WebhookVerificationError, match="malformed"):
+        PROVIDER.parse_event(_raw(body))
+
+
+def test_deep_nesting_is_refused_as_malformed() -> None:
+    for data in (
+        b"[" * 5000 + b"]" * 5000,
+        b'{"id": "W", "event_type": "X", "resource": ' + b"[" * 40 + b"]" * 40 + b"}",
+    ):
+        with pytest.raises(WebhookVerificationError, match="malformed"):
+            PROVIDER.parse_event(WebhookRequest("POST", "/", {}, data))

@@ -217,3 +217,63 @@ def test_our_payment_id_comes_back_as_merchant_reference() -> None:
         PROVIDER.parse_event(_request("payment.captured", {"payment": bare})).merchant_reference
         == ""
     )
+
+
+def _raw(body: object) -> WebhookRequest:
+    data = json.dumps(body).encode()
+    return WebhookRequest("POST", "/", {"x-razorpay-signature": sign(data, SECRET)}, data)
+
+
+def _event(**payload: object) -> dict[str, object]:
+    return {"event": "payment.captured", "payload": payload, "created_at": 1_700_000_000}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"event": 5},
+        {"event": "payment.captured", "payload": "x"},
+        {"event": "payment.captured", "payload": []},
+        _event(payment="x"),
+        _event(payment={"entity": "x"}),
+        _event(payment={"entity": {"id": 7}}),
+        _event(payment={"entity": {"id": "pay_1", "amount": "5000"}}),
+        _event(payment={"entity": {"id": "pay_1", "amount": -5}}),
+        _event(payment={"entity": {"id": "pay_1", "amount_refunded": 1.5}}),
+        _event(payment={"entity": {"id": "pay_1", "status": {"x": 1}}}),
+        _event(payment={"entity": {"id": "pay_1", "error_description": 3}}),
+        _event(payment={"entity": {"id": "pay_1", "reference_id": ["x"]}}),
+        _event(payment={"entity": {"id": "pay_1", "notes": {"mppo_payment_id": 3}}}),
+        {**_event(payment={"entity": {"id": "pay_1"}}), "created_at": "today"},
+        {
+            "event": "payment_link.paid",
+            "payload": {"payment_link": {"entity": {"id": "plink_1", "amount_paid": "1"}}},
+        },
+        {
+            "event": "refund.processed",
+            "payload": {"refund": {"entity": {"payment_id": 3, "amount": 100}}},
+        },
+        {"event": "refund.processed", "payload": {"refund": {"entity": {"amount": "9"}}}},
+        _event(payment={"entity": {"id": "pay\u00e9"}}),
+    ],
+)
+def test_bodies_of_the_wrong_shape_are_refused_as_malformed(body: object) -> None:
+    with pytest.raises(WebhookVerificationError, match="malformed"):
+        PROVIDER.parse_event(_raw(body))
+
+
+def test_deep_nesting_and_non_utf8_are_refused_as_malformed() -> None:
+    for data in (
+        b"[" * 5000 + b"]" * 5000,
+        b'{"event": "x", "payload": ' + b"[" * 40 + b"]" * 40 + b"}",
+        b"\xff",
+    ):
+        with pytest.raises(WebhookVerificationError, match="malformed"):
+            PROVIDER.parse_event(WebhookRequest("POST", "/", {}, data))
+
+
+def test_a_link_event_names_the_payment_made_on_it_too() -> None:
+    paid = PROVIDER.parse_event(
+        _request("payment_link.paid", {"payment_link": LINK, "payment": _payment("captured")})
+    )
+    assert paid.provider_ids == ("plink_Unit000000001", "pay_Unit0000000001")
