@@ -7,12 +7,17 @@ to the stack of a state dir), then:
 2. **max**: ``--groups`` checkouts with ``--concurrency`` in flight; throughput, latency of
    every step, errors, CPU per process, and the Postgres transactions / JetStream messages a
    checkout costs;
-3. **ceiling**: the same number of bare transactions and publishes per checkout at the same
-   concurrency (``bench/ceiling.py``); our throughput as a ratio of it;
-4. **half rate**: open loop at half the measured max rate; p99 of last payment →
+3. **reference**: the fixed reference checkout of four (``bench/reference.py``: 30 business
+   transactions and 20 acknowledged publishes with their consumes) at the same concurrency on
+   the same servers — a ceiling that does not move with the code;
+4. **replay ceiling**: the bare transactions and publishes the code does now per checkout at
+   the same concurrency (``bench/ceiling.py``);
+5. **half rate**: open loop at half the measured max rate; p99 of last payment →
    ``order.confirmed``.
 
-Writes ``bench/out/bench-<time>.json`` and ``.png`` (and ``latest.*``).
+Both ratios are reported: to the fixed reference (progress when work is removed) and to the
+replay (how much of its own storage/messaging cost the code reaches). Writes
+``bench/out/bench-<time>.json`` and a matplotlib ``.png`` (and ``latest.*``).
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.ceiling import measure_ceiling
+from bench.charts import run_chart
 from bench.counters import read_counters, webhook_received_at
 from bench.load import STEP_LAST_PAY_TO_CONFIRMED, LoadResult, run_load
-from bench.png import latency_chart
 from bench.procstat import cpu_snapshot
 from bench.progress import Progress
+from bench.reference import measure_reference
 from bench.stack import RunningStack, attach_stack, start_stack
 from mppo.demo import EventTap
 
@@ -45,6 +51,9 @@ logger = logging.getLogger(__name__)
 OUT_DIR = Path(__file__).resolve().parent / "out"
 STEP_WEBHOOK = "webhook -> member.paid"
 TARGET_RATIO = 0.5
+MILESTONE_RATIO = 0.25
+TARGET_CPU_MS = 100.0
+PYTHON_SERVICES = ("group", "payment", "order", "notification", "gateway")
 TARGET_P99_MS = 100.0
 
 
@@ -162,6 +171,12 @@ async def benchmark(args: argparse.Namespace, stack: RunningStack) -> dict[str, 
             }
             for name in cpu_after
         }
+        bar = Progress("reference", args.groups)
+        reference = await measure_reference(
+            pg, stack.nats_url, groups=args.groups, concurrency=args.concurrency,
+            progress=bar.update_count,
+        )  # fmt: skip
+        bar.close()
         bar = Progress("ceiling", args.groups)
         ceiling = await measure_ceiling(
             pg, stack.nats_url, groups=args.groups,
@@ -171,6 +186,10 @@ async def benchmark(args: argparse.Namespace, stack: RunningStack) -> dict[str, 
         )  # fmt: skip
         bar.close()
         ratio = peak.groups_per_second / ceiling.groups_per_second
+        ratio_reference = peak.groups_per_second / reference.groups_per_second
+        python_cpu_ms = round(
+            sum(cpu[name]["cpu_ms_per_checkout"] for name in PYTHON_SERVICES if name in cpu), 2
+        )
         report: dict[str, Any] = {
             "max": {
                 **_phase_report(peak),
@@ -186,7 +205,21 @@ async def benchmark(args: argparse.Namespace, stack: RunningStack) -> dict[str, 
                 "seconds": round(ceiling.seconds, 3),
                 "groups_per_second": round(ceiling.groups_per_second, 3),
             },
+            "reference": {
+                "groups": reference.groups,
+                "transactions_per_group": reference.transactions_per_group,
+                "publishes_per_group": reference.publishes_per_group,
+                "concurrency": reference.concurrency,
+                "seconds": round(reference.seconds, 3),
+                "groups_per_second": round(reference.groups_per_second, 3),
+            },
             "ratio_to_ceiling": round(ratio, 4),
+            "ratio_to_reference": round(ratio_reference, 4),
+            "ratios": {
+                "to fixed reference": round(ratio_reference, 4),
+                "to replay": round(ratio, 4),
+            },
+            "python_cpu_ms_per_checkout": python_cpu_ms,
         }
         if args.half_rate_groups:
             rate = peak.groups_per_second / 2
@@ -205,6 +238,12 @@ async def benchmark(args: argparse.Namespace, stack: RunningStack) -> dict[str, 
             .get("p99", 0.0)
         )
         report["targets"] = {
+            "ratio_to_reference_at_least": TARGET_RATIO,
+            "ratio_to_reference_met": ratio_reference >= TARGET_RATIO,
+            "ratio_to_reference_milestone": MILESTONE_RATIO,
+            "ratio_to_reference_milestone_met": ratio_reference >= MILESTONE_RATIO,
+            "python_cpu_ms_per_checkout_at_most": TARGET_CPU_MS,
+            "python_cpu_met": python_cpu_ms <= TARGET_CPU_MS,
             "ratio_to_ceiling_at_least": TARGET_RATIO,
             "ratio_met": ratio >= TARGET_RATIO,
             "p99_last_payment_to_confirmed_ms_at_most": TARGET_P99_MS,
@@ -223,20 +262,8 @@ def _write_outputs(report: dict[str, Any], out_dir: Path) -> Path:
     text = json.dumps(report, indent=2) + "\n"
     json_path.write_text(text)
     (out_dir / "latest.json").write_text(text)
-    peak = report["max"]
-    title = [
-        f"MPPO BENCH {peak['completed']} GROUPS OF {report['config']['members']}"
-        f" CONCURRENCY {peak['concurrency']}",
-        f"{peak['groups_per_second']:.2f} GROUPS/S = {100 * report['ratio_to_ceiling']:.1f}%"
-        f" OF CEILING {report['ceiling']['groups_per_second']:.1f}/S",
-    ]
-    rows = [(f"MAX {step}", v["p50"], v["p95"], v["p99"]) for step, v in peak["latency_ms"].items()]
-    if "half_rate" in report:
-        half = report["half_rate"]
-        title.append(f"HALF RATE {half['rate']:.2f}/S: {half['completed']} GROUPS")
-        rows += [(f"HALF {s}", v["p50"], v["p95"], v["p99"]) for s, v in half["latency_ms"].items()]
     png_path = json_path.with_suffix(".png")
-    latency_chart(png_path, title, rows)
+    run_chart(report, png_path)
     (out_dir / "latest.png").write_bytes(png_path.read_bytes())
     return json_path
 
@@ -244,10 +271,20 @@ def _write_outputs(report: dict[str, Any], out_dir: Path) -> Path:
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A human summary of a report."""
     peak, ceiling, targets = report["max"], report["ceiling"], report["targets"]
+    reference = report["reference"]
     lines = [
         f"max: {peak['completed']}/{peak['started']} checkouts in {peak['seconds']} s = "
         f"{peak['groups_per_second']} groups/s (concurrency {peak['concurrency']}),"
         f" errors {sum(peak['errors'].values())}",
+        f"fixed reference: {reference['groups_per_second']} groups/s "
+        f"({reference['transactions_per_group']} txns + {reference['publishes_per_group']}"
+        f" publishes+consumes per checkout); ratio {report['ratio_to_reference']:.3f}"
+        f" (milestone {targets['ratio_to_reference_milestone']}, target"
+        f" >= {targets['ratio_to_reference_at_least']}:"
+        f" {'met' if targets['ratio_to_reference_met'] else 'NOT met'})",
+        f"python CPU per checkout: {report['python_cpu_ms_per_checkout']} ms (target <="
+        f" {targets['python_cpu_ms_per_checkout_at_most']}:"
+        f" {'met' if targets['python_cpu_met'] else 'NOT met'})",
         f"ceiling: {ceiling['groups_per_second']} groups/s ({ceiling['transactions_per_group']}"
         f" txns + {ceiling['publishes_per_group']} publishes per checkout); ratio "
         f"{report['ratio_to_ceiling']:.3f} (target >= {targets['ratio_to_ceiling_at_least']}:"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import struct
-import zlib
 from pathlib import Path
+from typing import Any
 
-from bench.png import Canvas, latency_chart
+from bench.charts import main as charts_main
+from bench.charts import run_chart
 from bench.run import latency_table, percentile
 from mppo.cli import build_parser
 from mppo.demo import DEFAULT_GATEWAY, DEFAULT_NATS, DemoTargets
@@ -54,33 +55,45 @@ def test_nearest_rank_percentiles() -> None:
     assert (table["step"]["p50"], table["step"]["p99"]) == (20.0, 30.0)
 
 
-def _decode_png(data: bytes) -> tuple[int, int, bytes]:
+def _png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, size = 8, b"", (0, 0)
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert zlib.crc32(kind + body) == crc
-        if kind == b"IHDR":
-            size = struct.unpack(">II", body[:8])
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    return size[0], size[1], zlib.decompress(idat)
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
 
 
-def test_png_is_valid_and_draws_what_it_is_told(tmp_path: Path) -> None:
-    canvas = Canvas(4, 3)
-    canvas.rect(1, 1, 2, 1, (255, 0, 0))
-    width, height, raw = _decode_png(canvas.png())
-    assert (width, height) == (4, 3)
-    row1 = raw[1 * (1 + 12) + 1 : 2 * (1 + 12)]
-    assert row1 == bytes((255, 255, 255, 255, 0, 0, 255, 0, 0, 255, 255, 255))
-    path = tmp_path / "chart.png"
-    latency_chart(path, ["TITLE 1.5/S"], [("CREATE", 1.0, 2.0, 4.0), ("PAY", 0.5, 1.0, 2.0)])
-    width, height, raw = _decode_png(path.read_bytes())
-    assert width > 500
-    assert height > 50
-    assert len(raw) == height * (1 + 3 * width)
-    assert bytes((214, 60, 60)) in raw  # the p99 bars
+def _report(groups_per_second: float, cpu_ms: dict[str, float]) -> dict[str, Any]:
+    latency = {"create group": {"p50": 10.0, "p95": 20.0, "p99": 40.0}}
+    return {
+        "config": {"members": 4},
+        "max": {
+            "completed": 10,
+            "concurrency": 2,
+            "groups_per_second": groups_per_second,
+            "latency_ms": latency,
+            "cpu": {name: {"cpu_ms_per_checkout": ms} for name, ms in cpu_ms.items()},
+        },
+        "reference": {"groups_per_second": 20.0},
+        "ceiling": {"groups_per_second": 30.0},
+        "ratios": {"to fixed reference": groups_per_second / 20.0},
+        "half_rate": {"rate": groups_per_second / 2, "latency_ms": latency},
+    }
+
+
+def test_charts_are_drawn_with_matplotlib(tmp_path: Path) -> None:
+    before = _report(2.0, {"group": 120.0, "payment": 130.0})
+    after = _report(4.0, {"group": 60.0, "payment": 70.0, "gateway": 20.0})
+    run_chart(after, tmp_path / "run.png")
+    width, height = _png_size((tmp_path / "run.png").read_bytes())
+    assert width > 1000
+    assert height > 500
+    assert charts_main(
+        [str(_write(tmp_path / "b.json", before)), str(_write(tmp_path / "a.json", after)),
+         "--labels", "before,after", "--out", str(tmp_path / "cpu.png")]
+    ) == 0  # fmt: skip
+    assert _png_size((tmp_path / "cpu.png").read_bytes())[0] > 1000
+    assert charts_main([str(tmp_path / "a.json"), "--labels", "x,y", "--out", "z.png"]) == 2
+
+
+def _write(path: Path, report: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(report))
+    return path

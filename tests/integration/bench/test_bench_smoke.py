@@ -54,6 +54,17 @@ def test_bench_reports_real_figures_for_five_groups(stack: RunningStack, tmp_pat
     assert report["ratio_to_ceiling"] == pytest.approx(
         peak["groups_per_second"] / report["ceiling"]["groups_per_second"], rel=0.01
     )
+    reference = report["reference"]  # the fixed reference checkout, replayed in the same run
+    assert (reference["transactions_per_group"], reference["publishes_per_group"]) == (30, 20)
+    assert reference["groups"] == 5
+    assert reference["groups_per_second"] > 0
+    assert report["ratio_to_reference"] == pytest.approx(
+        peak["groups_per_second"] / reference["groups_per_second"], rel=0.01
+    )
+    assert report["python_cpu_ms_per_checkout"] == pytest.approx(
+        sum(peak["cpu"][name]["cpu_ms_per_checkout"] for name in
+            ("group", "payment", "order", "notification", "gateway")), abs=0.05
+    )  # fmt: skip
     assert report["half_rate"]["completed"] == 2
     png = (out / "latest.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
