@@ -47,6 +47,7 @@ from gateway.routing import Match, MethodNotAllowedError, RouteNotFoundError, Ro
 from gateway.transcode import BadRequestError, Transcoder
 from gateway.upstream import Upstreams
 from mppo.platform.errors import InvalidArgumentError
+from mppo.platform.identity import USER_JWT_KEY
 from mppo.platform.user_token import USER_TOKEN_KEY, UserTokenSigner
 from mppo.platform.validation import check_message, rule_for, string_problem
 
@@ -71,7 +72,8 @@ HOP_BY_HOP = frozenset(
 # Not hop-by-hop, but owned by HTTP/2 and gRPC themselves (gRPC refuses them as metadata);
 # the content type travels inside the HttpBody.
 TRANSPORT_HEADERS = frozenset({"host", "content-length", "content-type", "user-agent"})
-IDENTITY_HEADERS = frozenset({USER_ID_KEY, SERVICE_KEY, USER_TOKEN_KEY})
+# A client never sets who is calling: dropped from the headers webhooks forward.
+IDENTITY_HEADERS = frozenset({USER_ID_KEY, SERVICE_KEY, USER_TOKEN_KEY, USER_JWT_KEY})
 CORS_ALLOWED_HEADERS = "authorization, content-type, idempotency-key, x-request-id, traceparent"
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+\Z")

@@ -12,6 +12,7 @@ from group_svc.entrypoints.expiry_scheduler import ExpiryScheduler
 from group_svc.entrypoints.grpc_servicer import GroupServiceServicer
 from group_svc.service_layer.handlers import GroupHandlers, utcnow
 from group_svc.service_layer.unit_of_work import GroupUnitOfWork
+from mppo.clients.order import OrderClient
 from mppo.clients.payment import PaymentClient
 from mppo.group.v1 import group_service_pb2, group_service_pb2_grpc
 from mppo.order.v1 import order_events_pb2
@@ -26,7 +27,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 class Core:
-    """What every group process shares: settings, units of work, handlers, the payment client."""
+    """What every group process shares: settings, units of work, handlers, the payment and
+    order clients."""
 
     def __init__(self, infra: Infra) -> None:
         self.settings = GroupSettings.from_env()
@@ -36,14 +38,23 @@ class Core:
         self.payments = PaymentClient(
             self.settings.payment_addr, "group", timeout=self.settings.payment_timeout
         )
+        self.orders = OrderClient(
+            self.settings.order_addr, "group", timeout=self.settings.order_timeout
+        )
         self.uow = functools.partial(GroupUnitOfWork, create_sessionmaker(infra.engine), keyring)
         self.handlers = GroupHandlers(
             payments=self.payments,
+            orders=self.orders,
             host_grace=self.settings.host_grace,
             reminder_lead=self.settings.reminder_lead,
             cache=self.cache,
             clock=utcnow,
         )
+
+    async def close(self) -> None:
+        """Close the clients."""
+        await self.payments.close()
+        await self.orders.close()
 
     def scheduler(self) -> ExpiryScheduler:
         """The expiry scheduler over these parts."""
@@ -87,7 +98,7 @@ def build(infra: Infra) -> Parts:
     return Parts(
         servicers=[Servicer(group_service_pb2_grpc.add_GroupServiceServicer_to_server, servicer)],
         workers=workers,
-        close=core.payments.close,
+        close=core.close,
     )
 
 

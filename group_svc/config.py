@@ -23,6 +23,7 @@ class GroupSettings:
     | variable | meaning | default |
     | --- | --- | --- |
     | MPPO_PAYMENT_ADDR | the payment service | 127.0.0.1:50052 |
+    | MPPO_ORDER_ADDR | the order service (prices a group's cart) | 127.0.0.1:50053 |
     | MPPO_GROUP_HOST_GRACE_SECONDS | host's grace after HOST_PAYS_REMAINING | 900 |
     | MPPO_GROUP_REMINDER_LEAD_SECONDS | group.reminder_due this long before the deadline | 3600 |
     | MPPO_GROUP_SCHEDULER | run the expiry scheduler in the service (`on`/`off`) | on |
@@ -38,6 +39,8 @@ class GroupSettings:
     scheduler_interval: float
     scheduler_addr: str = ""
     payment_timeout: float = 10.0
+    order_addr: str = "127.0.0.1:50053"
+    order_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GroupSettings:
@@ -46,6 +49,7 @@ class GroupSettings:
         read = Env(source)
         return cls(
             payment_addr=service_addr(source, "payment"),
+            order_addr=service_addr(source, "order"),
             host_grace=read.seconds("MPPO_GROUP_HOST_GRACE_SECONDS", 900),
             reminder_lead=read.seconds("MPPO_GROUP_REMINDER_LEAD_SECONDS", 3600),
             scheduler_enabled=read.switch("MPPO_GROUP_SCHEDULER", True),

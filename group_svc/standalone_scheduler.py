@@ -30,10 +30,13 @@ def load_config() -> ServiceConfig:
 def build(infra: Infra) -> Parts:
     """No servicers besides health; the scheduler as the one worker."""
     core = Core(infra)
-    return Parts(servicers=[], workers=[core.scheduler()], close=core.payments.close)
+    return Parts(servicers=[], workers=[core.scheduler()], close=core.close)
 
 
-SPEC = ServiceSpec(name="group-scheduler", grpc_services=[], migrations=MIGRATIONS, build=build)
+#: named "group": toward its peers it is the group service (the payment service lets only the
+#: group service close and release its payments; under mutual TLS it presents the group's
+#: certificate). Its connections say "group-scheduler" (load_config).
+SPEC = ServiceSpec(name="group", grpc_services=[], migrations=MIGRATIONS, build=build)
 
 if __name__ == "__main__":
     run_service(SPEC, load_config)

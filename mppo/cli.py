@@ -1,4 +1,4 @@
-"""The ``mppo`` command: ``mppo dev up|down|status``, ``mppo token``, ``mppo demo``.
+"""The ``mppo`` command: ``mppo dev up|down|status|pki``, ``mppo token``, ``mppo demo``.
 
 Each command group registers itself with :func:`build_parser` through a ``register_*``
 function and sets ``handler`` on its sub-parser; :func:`main` calls it with the parsed
@@ -60,6 +60,25 @@ def _dev_status(args: argparse.Namespace, out: TextIO) -> int:
     return status(_state_dir(args), out)
 
 
+def _dev_pki(args: argparse.Namespace, out: TextIO) -> int:
+    from mppo.platform.tls import CA_KEY_FILE, DEV_NAMES, mint_dev_pki
+
+    directory = Path(args.out).resolve()
+    names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else DEV_NAMES
+    try:
+        mint_dev_pki(directory, names)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"mppo dev pki: {exc}\n")
+        return 2
+    out.write(
+        f"DEVELOPMENT-ONLY PKI in {directory}: ca.pem, {', '.join(f'{n}.pem/.key' for n in names)}"
+        ", user-token.key/.pub\n"
+        f"Never use it in production; {CA_KEY_FILE} can sign any identity. Issue real "
+        "certificates (spiffe://mppo/<name> URI SANs) from your own CA instead.\n"
+    )
+    return 0
+
+
 def register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dev = commands.add_parser("dev", help="run the whole mesh locally on embedded infrastructure")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="COMMAND")
@@ -92,6 +111,23 @@ def register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     st = dev_commands.add_parser("status", parents=[state], help="show a running stack")
     st.set_defaults(handler=_dev_status)
+
+    pki = dev_commands.add_parser(
+        "pki",
+        help="DEVELOPMENT ONLY: mint a CA, a certificate per process and the user-token keys",
+        description="Writes (or completes) a development PKI in a directory, e.g. the "
+        "./secrets/ that docker-compose.yml mounts: ca.pem/ca.key, <name>.pem/<name>.key "
+        "(identity spiffe://mppo/<name>) and user-token.key/.pub. Idempotent. DEVELOPMENT "
+        "ONLY: never deploy these to production.",
+    )
+    pki.add_argument("--out", required=True, help="directory to write into (e.g. secrets)")
+    pki.add_argument(
+        "--names",
+        default=None,
+        help="comma-separated identities (default: group,payment,order,notification,gateway,"
+        "worker,operator)",
+    )
+    pki.set_defaults(handler=_dev_pki)
 
 
 def _token(args: argparse.Namespace, out: TextIO) -> int:

@@ -66,7 +66,7 @@ def build(infra: Infra) -> Parts:
         settings,
     )
     runner = SagaRunner(uow, saga, settings, poll_interval=config.poll_seconds)
-    handlers = OrderHandlers(cache, groups, runner.wake)
+    handlers = OrderHandlers(cache, groups, runner.wake, merchants)
 
     async def close() -> None:
         await merchants.close()
@@ -90,6 +90,7 @@ SPEC = ServiceSpec(
     grpc_services=[SERVICE_NAME],
     migrations=Path(__file__).resolve().parent / "migrations",
     build=build,
-    # the group service places a group's order once it is fully paid; nobody else may
-    service_only={"CreateOrder": frozenset({"group"})},
+    # the group service prices a cart when its group is created, and places the group's
+    # order once it is fully paid; nobody else may
+    service_only={"CreateOrder": frozenset({"group"}), "QuoteCart": frozenset({"group"})},
 )

@@ -29,6 +29,8 @@ SERVICE_ONLY: dict[str, frozenset[str]] = {
     "CapturePayment": frozenset({"order"}),
     # the group service releases money of a closed group, the order saga of a failed order
     "VoidPayment": frozenset({"group", "order"}),
+    # the group service closes the payment links of shares it no longer wants
+    "CloseCheckout": frozenset({"group"}),
     "RefundPayment": frozenset({"group", "order"}),
     # a re-read from the provider: no service calls it today (the reconciler re-reads in
     # process), so it is kept to those that move money on a payment

@@ -324,6 +324,38 @@ class Group:
         """Every payment id the group ever asked for."""
         return [a.payment_id for a in self.attempts if a.payment_id]
 
+    def live_checkouts(self) -> set[str]:
+        """The payments whose hosted pages may still be paid for this group: each member's
+        current attempt, requested or failed (a provider's page may take another card after a
+        decline), while the group is DRAFT or OPEN and the host has not taken the share over.
+
+        A change that drops a payment from this set (fallback, cancel, expiry, a retry that
+        replaces the link) leaves its checkout unwanted: the service layer has it closed at the
+        payment service before the change is committed."""
+        if self.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
+            return set()
+        live: set[str] = set()
+        for member in self.members:
+            if member.status is MemberStatus.COVERED_BY_HOST:
+                continue
+            attempt = self.current_attempt(member)
+            if (
+                attempt is not None
+                and attempt.payment_id
+                and attempt.status in (AttemptStatus.REQUESTED, AttemptStatus.FAILED)
+            ):
+                live.add(attempt.payment_id)
+        return live
+
+    def is_due(self, now: datetime) -> bool:
+        """DRAFT/OPEN past the deadline, or past the host's grace period once the host covers
+        the rest: the fallback applies (the repository's `claim_due` selects the same)."""
+        if self.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
+            return False
+        if self.grace_deadline is not None and self.grace_deadline <= now:
+            return True
+        return self.fallback_at is None and self.deadline <= now
+
     # ---- lifecycle ---------------------------------------------------------------------
 
     def transition(self, target: GroupStatus, reason: str, actor: str, now: datetime) -> None:

@@ -3,15 +3,18 @@
 A LoopWorker, safe in every replica at once: each duty claims its rows with ``SELECT … FOR
 UPDATE SKIP LOCKED`` and re-checks them under the lock, so one group expires once however
 many schedulers run, and a payment racing the deadline serializes with it on the same row
-lock. It runs in the service unless MPPO_GROUP_SCHEDULER=off, and alone as
+lock (the fallback is re-checked under the lock after its payment links are closed). It
+runs in the service unless MPPO_GROUP_SCHEDULER=off, and alone as
 ``python -m group_svc.standalone_scheduler``.
 
 A round:
 1. due groups — DRAFT/OPEN past the deadline (or OPEN past the host's grace period): the
-   fallback applies. CANCEL (or grace passed, or never opened) → EXPIRED + `group.expired`
-   (the payment service voids the holds). HOST_PAYS_REMAINING → the uncovered shares move to
-   the host and a new intent is requested for the host (`group.host_fallback` once it exists);
-   fallbacks whose host intent is still missing (payment service was down) are retried.
+   fallback applies, once the payment links it leaves unwanted are closed at the payment
+   service (until they are, the group stays due and is tried again next round). CANCEL (or
+   grace passed, or never opened) → EXPIRED + `group.expired` (the payment service voids the
+   holds). HOST_PAYS_REMAINING → the uncovered shares move to the host and a new intent is
+   requested for the host (`group.host_fallback` once it exists); fallbacks whose host intent
+   is still missing (payment service was down) are retried.
 2. reminders — once per group, `group.reminder_due` for each unpaid member when the deadline
    is within MPPO_GROUP_REMINDER_LEAD_SECONDS and half of the payment window has passed.
 3. payments to release (late / superseded / surplus): VoidPayment, or RefundPayment when the
@@ -54,11 +57,9 @@ class ExpiryScheduler(LoopWorker):
 
     async def work(self) -> bool:
         """One round of every duty; True when a duty had a full batch (more is waiting)."""
-        async with self._uow() as uow:
-            needs_intent = await self._handlers.expire_due_groups(
-                c.ExpireDueGroups(ACTOR, BATCH), uow
-            )
-            await uow.commit()
+        needs_intent = await self._handlers.expire_due_groups(
+            c.ExpireDueGroups(ACTOR, BATCH), self._uow()
+        )
         for group_id in needs_intent:
             with bind_ids(group_id=group_id):
                 try:

@@ -4,7 +4,9 @@ The runtime maps domain errors to gRPC status for every method. The caller's ide
 what the runtime verified (`identity.caller_from`). Mutating RPCs honour an
 `idempotency-key`: the key is claimed in the same unit of work as the change (as the event
 consumer records its inbox row), a replay returns the first response, and the same key with
-other parameters is refused.
+other parameters is refused. CreateGroup first has the cart priced by the merchant (through the
+order service) with no transaction open; when that cannot be done now it answers UNAVAILABLE
+and nothing is stored, so the same key can be sent again.
 """
 
 # ruff: noqa: N802 (method names are the gRPC RPC names)
@@ -127,9 +129,19 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         caller = caller_from(_metadata(context))
         require_user(caller)
         cmd = parsing.create_group(request, caller, self._clock())
+        key = idempotency.key_for(
+            _metadata(context), f"{SERVICE}/CreateGroup", caller.label, request
+        )
+        if key is not None:  # a replay is answered without asking the merchant again
+            async with self._uow() as uow:
+                stored = await uow.idempotency.claim(key)
+                # not committed: the claim is taken for real with the group below
+            if stored is not None:
+                return pb.CreateGroupResponse.FromString(stored)
+        quoted = await self._h.quote_cart(cmd)
 
         async def work(uow: GroupUnitOfWork) -> pb.CreateGroupResponse:
-            group = await self._h.create_group(cmd, uow)
+            group = await self._h.create_group(quoted, uow)
             return pb.CreateGroupResponse(group=self._view(group, caller))
 
         return await self._mutate(
@@ -315,15 +327,16 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
     ) -> pb.CancelGroupResponse:
         caller = caller_from(_metadata(context))
         cmd = c.CancelGroup(caller, request.group_id, request.reason)
-
-        async def work(uow: GroupUnitOfWork) -> pb.CancelGroupResponse:
-            group = await self._h.cancel_group(cmd, uow)
-            return pb.CancelGroupResponse(group=self._view(group, caller))
-
         with bind_ids(group_id=request.group_id):
-            return await self._mutate(
-                context, "CancelGroup", caller, request, pb.CancelGroupResponse, work
+            view = await self._multi_step(
+                context,
+                "CancelGroup",
+                caller,
+                request,
+                request.group_id,
+                lambda uow: self._h.cancel_group(cmd, uow),
             )
+        return pb.CancelGroupResponse(group=view)
 
     async def GetGroupHistory(
         self, request: pb.GetGroupHistoryRequest, context: Ctx

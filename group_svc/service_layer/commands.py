@@ -8,6 +8,7 @@ unit of work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,8 +19,29 @@ from mppo.platform.identity import Caller
 
 
 @dataclass(frozen=True)
+class CartQuote:
+    """What the merchant's catalogue agreed to, line by line (sku, quantity, unit price), in
+    the cart's currency: the order service's QuoteCart answered for exactly these lines."""
+
+    merchant_id: str
+    currency_code: str
+    lines: tuple[tuple[str, int, int], ...]
+
+    @classmethod
+    def of(cls, merchant_id: str, currency_code: str, items: Sequence[CartLine]) -> CartQuote:
+        """The quote these lines need."""
+        return cls(
+            merchant_id,
+            currency_code,
+            tuple((i.sku, i.quantity, i.unit_price_minor) for i in items),
+        )
+
+
+@dataclass(frozen=True)
 class CreateGroup:
-    """A new DRAFT group from a cart; the caller becomes the host."""
+    """A new DRAFT group from a cart; the caller becomes the host. `quote` is set once the
+    merchant's catalogue priced the cart (`GroupHandlers.quote_cart`); a group is only created
+    from a quoted cart."""
 
     caller: Caller
     merchant_id: str
@@ -33,6 +55,12 @@ class CreateGroup:
     deadline: datetime
     host: NewMember
     members: list[NewMember]
+    quote: CartQuote | None = None
+
+    @property
+    def quoted(self) -> bool:
+        """The merchant's catalogue priced exactly this cart."""
+        return self.quote == CartQuote.of(self.merchant_id, self.currency_code, self.items)
 
 
 @dataclass(frozen=True)

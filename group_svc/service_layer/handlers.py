@@ -7,8 +7,21 @@ consumer, which records the inbox row in that transaction: the servicer claims t
 idempotency key in it, the expiry scheduler its SKIP LOCKED rows. Handlers that call the
 payment service must not hold a group's row lock across the call, so they are given the unit of
 work closed and open their transactions themselves: `open_group`, `retry_payment`,
-`force_finalize`, `complete_intents` (and `release_payments`, which keeps only its queue rows
-locked while it calls).
+`force_finalize`, `cancel_group`, `expire_due_groups`, `complete_intents` (and
+`release_payments`, which keeps only its queue rows locked while it calls).
+
+Unwanted payment links (`_change_closing_checkouts`). A change that leaves a member's hosted
+payment page unwanted — the host takes the rest over (deadline or force-finalize with
+HOST_PAYS_REMAINING), the group is cancelled or expires, a retry replaces the link — is
+committed only after the payment service closed those checkouts at the provider (CloseCheckout),
+so no page takes money for a share the group no longer wants once the change is announced. The
+change is planned under the lock, the lock released for the calls, then recomputed under the
+lock and committed. A payment service that cannot close them now leaves the group unchanged:
+the expiry scheduler tries again next round, a user gets UNAVAILABLE. A payment that completed
+before its page closed still arrives as payment.succeeded and is released as before.
+
+Carts are priced before a group exists (`quote_cart`): the order service asks the merchant's
+catalogue, and `create_group` refuses a cart it has not priced.
 
 Authorization (ARCHITECTURE.md §7): only the host changes, opens, cancels or force-finalizes
 a group; members see only groups they belong to. Someone who may not see a group gets
@@ -29,11 +42,12 @@ Events consumed (each applied once, inside the consumer's unit of work):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -41,14 +55,18 @@ from group_svc.domain.lifecycle import GroupStatus
 from group_svc.domain.model import FallbackOutcome, Group, Member, PaymentOutcome
 from group_svc.service_layer import commands as c
 from group_svc.service_layer.unit_of_work import GroupUnitOfWork
-from mppo.order.v1 import order_events_pb2
+from mppo.common.v1 import cart_pb2
+from mppo.order.v1 import order_events_pb2, order_service_pb2
 from mppo.payment.v1 import payment_events_pb2, payment_pb2
 from mppo.platform.errors import (
     ConflictError,
     DomainError,
     FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    UnavailableError,
 )
 from mppo.platform.identity import Caller
 from mppo.platform.logs import bind_ids
@@ -56,6 +74,10 @@ from mppo.platform.money import format_minor
 from mppo.platform.rpc_status import is_retryable
 
 logger = logging.getLogger(__name__)
+
+#: how often a change is re-planned when new unwanted payment links appear while the previous
+#: ones were being closed (each round closes what it found)
+MAX_CLOSE_ROUNDS = 3
 
 
 class Payments(Protocol):
@@ -77,6 +99,16 @@ class Payments(Protocol):
         self, payment_id: str, captured: bool, reason: str
     ) -> payment_pb2.Payment: ...
 
+    async def close_checkout(self, payment_id: str, reason: str) -> payment_pb2.Payment: ...
+
+
+class Orders(Protocol):
+    """What the group service asks of the order service (mppo.clients.order)."""
+
+    async def quote_cart(
+        self, *, merchant_id: str, currency_code: str, items: Sequence[cart_pb2.LineItem]
+    ) -> order_service_pb2.QuoteCartResponse: ...
+
 
 class SnapshotCache(Protocol):
     """The read cache of group snapshots (adapters/cache.py)."""
@@ -87,6 +119,13 @@ class SnapshotCache(Protocol):
 def utcnow() -> datetime:
     """Now, timezone-aware."""
     return datetime.now(UTC)
+
+
+def _fallback_reason(outcome: FallbackOutcome, why: str) -> str:
+    """What a fallback did, as the reason its closed payment links record."""
+    if outcome is FallbackOutcome.EXPIRED:
+        return f"group expired: {why}"
+    return f"the host covers the rest: {why}"
 
 
 # ---- authorization ----------------------------------------------------------------------
@@ -133,19 +172,21 @@ class ListedGroups:
 
 
 class GroupHandlers:
-    """The handlers, with the dependencies bootstrap binds: clock, settings, payment client
-    and snapshot cache."""
+    """The handlers, with the dependencies bootstrap binds: clock, settings, payment and order
+    clients and snapshot cache."""
 
     def __init__(
         self,
         *,
         payments: Payments,
+        orders: Orders,
         host_grace: timedelta,
         reminder_lead: timedelta,
         cache: SnapshotCache | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._payments = payments
+        self._orders = orders
         self._host_grace = host_grace
         self._reminder_lead = reminder_lead
         self._cache = cache
@@ -157,11 +198,85 @@ class GroupHandlers:
                 functools.partial(self._cache.invalidate, group.group_id, group.version)
             )
 
+    # ---- unwanted payment links -----------------------------------------------------------
+
+    async def _change_closing_checkouts(
+        self,
+        uow: GroupUnitOfWork,
+        group_id: str,
+        load: Callable[[GroupUnitOfWork], Awaitable[Group]],
+        change: Callable[[Group], str | None],
+    ) -> Group:
+        """Apply `change` to the group `load` locks, and commit it once every checkout it
+        leaves unwanted (`Group.live_checkouts`) is closed at the payment service.
+
+        `change(group)` changes the group (a domain error refuses it) and names the change —
+        the reason the closed checkouts record — or returns None when there is nothing to do.
+        The checkouts are closed with no transaction open; the change is then made again
+        under the lock and committed when nothing new became unwanted meanwhile.
+        UnavailableError (nothing changed) when the payment service cannot close them now."""
+        closed: set[str] = set()
+        for _ in range(MAX_CLOSE_ROUNDS):
+            async with uow:
+                group = await load(uow)
+                before = group.live_checkouts()
+                what = change(group)
+                unwanted = before - group.live_checkouts() - closed
+                if not unwanted:
+                    if what is not None:
+                        await uow.groups.save(group)
+                        self._invalidate_after_commit(uow, group)
+                        await uow.commit()
+                    return group
+            # the lock is released: close the unwanted pages, then plan the change again
+            await self._close_checkouts(group_id, unwanted, what or "payment link not needed")
+            closed |= unwanted
+        raise UnavailableError(
+            "the group kept changing while its payment links were being closed; retry",
+            reason="GROUP_BUSY",
+        )
+
+    async def _close_checkouts(self, group_id: str, payment_ids: set[str], reason: str) -> None:
+        """CloseCheckout for each payment (concurrently). A refusal is final (nothing more to
+        close: the payment is gone, or already paid and released as usual); a transient
+        failure raises UnavailableError once every call has finished."""
+
+        async def close(payment_id: str) -> DomainError | None:
+            with bind_ids(group_id=group_id, payment_id=payment_id):
+                try:
+                    payment = await self._payments.close_checkout(payment_id, reason)
+                except DomainError as exc:
+                    if is_retryable(exc):
+                        logger.warning("payment link not closed yet: %s", exc)
+                        return exc
+                    logger.warning("payment service refused to close the payment link: %s", exc)
+                    return None
+                logger.info(
+                    "payment link closed (%s)", payment_pb2.PaymentStatus.Name(payment.status)
+                )
+                return None
+
+        failures = [f for f in await asyncio.gather(*(close(p) for p in sorted(payment_ids))) if f]
+        if failures:
+            raise UnavailableError(
+                f"the payment service cannot close the group's payment links now: {failures[0]}",
+                reason="PAYMENT_SERVICE_UNAVAILABLE",
+            )
+
+    async def _close_quietly(self, group_id: str, payment_ids: set[str], reason: str) -> None:
+        """Close checkouts nobody will be told about; a failure is only logged (the payment
+        service releases a closed group's payments itself, and a late payment is released)."""
+        if not payment_ids:
+            return
+        try:
+            await self._close_checkouts(group_id, payment_ids, reason)
+        except DomainError as exc:
+            logger.warning("stray payment links left to the payment service: %s", exc)
+
     # ---- commands and queries (inside the caller's unit of work) -------------------------
 
-    async def create_group(self, cmd: c.CreateGroup, uow: GroupUnitOfWork) -> Group:
-        """A new DRAFT group; the caller becomes the host."""
-        group = Group.create(
+    def _new_group(self, cmd: c.CreateGroup) -> Group:
+        return Group.create(
             group_id=str(uuid.uuid4()),
             host_user_id=require_user(cmd.caller),
             merchant_id=cmd.merchant_id,
@@ -178,6 +293,50 @@ class GroupHandlers:
             actor=cmd.caller.label,
             now=self._clock(),
         )
+
+    async def quote_cart(self, cmd: c.CreateGroup) -> c.CreateGroup:
+        """The command with its cart priced by the merchant's catalogue (through the order
+        service), after checking everything `create_group` checks (nothing is stored).
+
+        InvalidArgumentError naming each line the catalogue prices differently
+        (``items[i].unit_price_minor``, ``items[i].sku``); UnavailableError when the order
+        service or the merchant cannot answer now (ask again, with the same idempotency key).
+        Runs with no transaction open."""
+        self._new_group(cmd)
+        try:
+            await self._orders.quote_cart(
+                merchant_id=cmd.merchant_id,
+                currency_code=cmd.currency_code,
+                items=[
+                    cart_pb2.LineItem(
+                        line_id=line.line_id,
+                        sku=line.sku,
+                        name=line.name,
+                        quantity=line.quantity,
+                        unit_price_minor=line.unit_price_minor,
+                    )
+                    for line in cmd.items
+                ],
+            )
+        except InvalidArgumentError:
+            raise  # the cart differs from the catalogue: its lines are named
+        except DomainError as exc:
+            if is_retryable(exc):
+                raise UnavailableError(
+                    f"the merchant's prices cannot be checked now; retry: {exc}",
+                    reason="QUOTE_UNAVAILABLE",
+                ) from exc
+            logger.error("the order service refused to quote a cart: %r", exc)
+            raise InternalError("the cart could not be priced") from exc
+        return replace(cmd, quote=c.CartQuote.of(cmd.merchant_id, cmd.currency_code, cmd.items))
+
+    async def create_group(self, cmd: c.CreateGroup, uow: GroupUnitOfWork) -> Group:
+        """A new DRAFT group from a quoted cart (`quote_cart`); the caller becomes the host."""
+        group = self._new_group(cmd)
+        if not cmd.quoted:
+            raise FailedPreconditionError(
+                "the cart has not been priced by the merchant", reason="CART_NOT_QUOTED"
+            )
         await uow.groups.add(group)
         return group
 
@@ -237,17 +396,6 @@ class GroupHandlers:
         await uow.groups.save(group)
         return group, member
 
-    async def cancel_group(self, cmd: c.CancelGroup, uow: GroupUnitOfWork) -> Group:
-        """The host cancels a DRAFT or OPEN group; the payment service releases the holds."""
-        group = await _load_for_host(uow, cmd.caller, cmd.group_id)
-        if group.status is GroupStatus.PENDING:
-            raise FailedPreconditionError(
-                "the order is being placed; it can no longer be cancelled", reason="GROUP_PENDING"
-            )
-        group.cancel(cmd.reason.strip() or "cancelled by the host", cmd.caller.label, self._clock())
-        await uow.groups.save(group)
-        return group
-
     async def group_history(self, query: c.GetGroupHistory, uow: GroupUnitOfWork) -> list[Any]:
         """Every status change of a group the caller may see, oldest first."""
         await self.get_group(c.GetGroup(query.caller, query.group_id), uow)
@@ -280,35 +428,64 @@ class GroupHandlers:
         return await self.complete_intents(c.CompleteIntents(cmd.group_id, cmd.caller.label), uow)
 
     async def retry_payment(self, cmd: c.RetryPayment, uow: GroupUnitOfWork) -> Group:
-        """Plan a fresh attempt for a member whose payment failed, and request its intent."""
+        """Plan a fresh attempt for a member whose payment failed (the old link is closed
+        first), and request its intent."""
         require_user(cmd.caller)
-        async with uow:
-            group = check_visible(
-                await uow.groups.get(cmd.group_id, lock=True), cmd.caller, cmd.group_id
-            )
+
+        async def load(tx: GroupUnitOfWork) -> Group:
+            group = await tx.groups.get(cmd.group_id, lock=True)
+            return check_visible(group, cmd.caller, cmd.group_id)
+
+        def change(group: Group) -> str:
             member = group.member(cmd.member_id)
             if cmd.caller.user_id not in (group.host_user_id, member.user_id):
                 raise PermissionDeniedError("only the member or the host can retry this payment")
             group.retry_payment(cmd.member_id, self._clock())
-            await uow.groups.save(group)
-            await uow.commit()
+            return "payment link replaced by a new attempt"
+
+        await self._change_closing_checkouts(uow, cmd.group_id, load, change)
         return await self.complete_intents(c.CompleteIntents(cmd.group_id, cmd.caller.label), uow)
 
+    async def cancel_group(self, cmd: c.CancelGroup, uow: GroupUnitOfWork) -> Group:
+        """The host cancels a DRAFT or OPEN group. Its payment links are closed first; the
+        payment service then releases the holds (group.cancelled)."""
+
+        async def load(tx: GroupUnitOfWork) -> Group:
+            return await _load_for_host(tx, cmd.caller, cmd.group_id)
+
+        def change(group: Group) -> str:
+            if group.status is GroupStatus.PENDING:
+                raise FailedPreconditionError(
+                    "the order is being placed; it can no longer be cancelled",
+                    reason="GROUP_PENDING",
+                )
+            reason = cmd.reason.strip() or "cancelled by the host"
+            group.cancel(reason, cmd.caller.label, self._clock())
+            return f"group cancelled: {reason}"
+
+        return await self._change_closing_checkouts(uow, cmd.group_id, load, change)
+
     async def force_finalize(self, cmd: c.ForceFinalize, uow: GroupUnitOfWork) -> Group:
-        """The host applies the fallback now (again: nothing changes)."""
-        async with uow:
-            group = await _load_for_host(uow, cmd.caller, cmd.group_id)
+        """The host applies the fallback now (again: nothing changes). The links of the shares
+        the host takes over (or of every share, when the group expires) are closed first."""
+
+        async def load(tx: GroupUnitOfWork) -> Group:
+            return await _load_for_host(tx, cmd.caller, cmd.group_id)
+
+        def change(group: Group) -> str | None:
             if group.status is not GroupStatus.OPEN:
                 raise FailedPreconditionError(
                     f"only an OPEN group can be force-finalized; this one is {group.status}",
                     reason="GROUP_NOT_OPEN",
                 )
-            if group.fallback_at is None:  # else the host covers the rest already
-                group.apply_fallback(
-                    cmd.caller.label, "force-finalized by the host", self._host_grace, self._clock()
-                )
-                await uow.groups.save(group)
-                await uow.commit()
+            if group.fallback_at is not None:  # the host covers the rest already
+                return None
+            outcome = group.apply_fallback(
+                cmd.caller.label, "force-finalized by the host", self._host_grace, self._clock()
+            )
+            return _fallback_reason(outcome, "force-finalized by the host")
+
+        group = await self._change_closing_checkouts(uow, cmd.group_id, load, change)
         if group.status is GroupStatus.OPEN:
             return await self.complete_intents(
                 c.CompleteIntents(cmd.group_id, cmd.caller.label), uow
@@ -355,27 +532,53 @@ class GroupHandlers:
                 await uow.groups.save(locked)
                 self._invalidate_after_commit(uow, locked)
                 await uow.commit()
+        # intents of attempts the group moved past meanwhile (closed, superseded) are not sent
+        # to anyone: close their pages as well
+        stray = {p.payment_id for p in answers.values()} - locked.live_checkouts()
+        await self._close_quietly(cmd.group_id, stray, "payment link no longer needed")
         return locked
 
     # ---- the expiry scheduler's duties ----------------------------------------------------
 
     async def expire_due_groups(self, cmd: c.ExpireDueGroups, uow: GroupUnitOfWork) -> list[str]:
-        """Apply the fallback to due groups (claimed with SKIP LOCKED, re-checked under the
-        lock); the ids of groups whose host fallback still needs its intent."""
+        """Apply the fallback to due groups (found with SKIP LOCKED, re-checked under the lock),
+        each once the payment links it leaves unwanted are closed (a group whose links cannot
+        be closed now stays due: the next round tries again); the ids of groups whose host
+        fallback still needs its intent. `uow` is given closed."""
         now = self._clock()
-        for group_id in await uow.groups.claim_due(now, cmd.limit):
-            group = await uow.groups.get(group_id, lock=True)
-            if group is None or group.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
-                continue
+        async with uow:
+            due = await uow.groups.claim_due(now, cmd.limit)
+        for group_id in due:
             with bind_ids(group_id=group_id):
-                reason = "grace period passed" if group.fallback_at else "deadline passed"
-                outcome = group.apply_fallback(cmd.actor, reason, self._host_grace, now)
-                await uow.groups.save(group)
-                if outcome is FallbackOutcome.EXPIRED:
-                    logger.info("group expired (%s)", reason)
+                outcomes: list[FallbackOutcome] = []
+
+                async def load(tx: GroupUnitOfWork, group_id: str = group_id) -> Group:
+                    group = await tx.groups.get(group_id, lock=True)
+                    if group is None:
+                        raise NotFoundError(f"group {group_id} not found")
+                    return group
+
+                def change(group: Group, outcomes: list[FallbackOutcome] = outcomes) -> str | None:
+                    if not group.is_due(now):  # another scheduler was first
+                        return None
+                    reason = "grace period passed" if group.fallback_at else "deadline passed"
+                    outcome = group.apply_fallback(cmd.actor, reason, self._host_grace, now)
+                    outcomes.append(outcome)
+                    return _fallback_reason(outcome, reason)
+
+                try:
+                    group = await self._change_closing_checkouts(uow, group_id, load, change)
+                except DomainError as exc:
+                    logger.warning("deadline passed, the fallback waits: %s", exc)
+                    continue
+                if not outcomes:
+                    continue
+                if outcomes[-1] is FallbackOutcome.EXPIRED:
+                    logger.info("group expired (%s)", group.close_reason)
                 else:
                     logger.info("deadline passed: the host covers the rest")
-        return await uow.groups.fallbacks_without_intent(cmd.limit)
+        async with uow:
+            return await uow.groups.fallbacks_without_intent(cmd.limit)
 
     async def send_reminders(self, cmd: c.SendReminders, uow: GroupUnitOfWork) -> int:
         """`group.reminder_due` once per unpaid member of groups close to their deadline."""

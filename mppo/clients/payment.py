@@ -105,6 +105,17 @@ class PaymentClient:
             return await self.refund(payment_id, reason, key)
         return await self.void(payment_id, reason, key)
 
+    async def close_checkout(self, payment_id: str, reason: str) -> Payment:
+        """CloseCheckout: the payment's hosted page takes no more money (a payment not paid
+        yet comes back VOIDED; one paid first comes back as it stands)."""
+        request = payment_service_pb2.CloseCheckoutRequest(payment_id=payment_id, reason=reason)
+        md = self._md(None)
+        reply = await self._peer.call(
+            "CloseCheckout",
+            lambda: self._stub().CloseCheckout(request, metadata=md, timeout=self._peer.timeout),
+        )
+        return reply.payment
+
     async def get(self, payment_id: str) -> Payment:
         """GetPayment."""
         request = payment_service_pb2.GetPaymentRequest(payment_id=payment_id)

@@ -1,9 +1,10 @@
 """Who is calling: the caller the runtime verified for the call being served.
 
 The runtime authenticates every call before its handler runs (:mod:`mppo.platform.trust`:
-the peer's mTLS certificate, the gateway-signed user token) and sets the result for the
-duration of the call; :func:`caller_from` returns it. Services then re-check what the caller
-may do (ARCHITECTURE.md §7).
+the peer's mTLS certificate, the gateway-signed user token, or the identity provider's JWT the
+edge verified and forwarded) and sets the result for the duration of the call;
+:func:`caller_from` returns it. Services then re-check what the caller may do
+(ARCHITECTURE.md §7).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Any
 from mppo.platform.errors import UnauthenticatedError
 
 USER_ID_KEY = "x-mppo-user-id"
+#: the end user's JWT, verified by the edge (Envoy) and forwarded raw; believed only from the
+#: gateway's certificate (``Bearer <jwt>`` or the bare token)
+USER_JWT_KEY = "x-mppo-user-jwt"
 SERVICE_KEY = "x-mppo-service"
 REQUEST_ID_KEY = "x-request-id"
 
@@ -25,7 +29,9 @@ class Caller:
 
     user_id: str = ""
     service: str = ""
-    #: the verified user token, to forward when acting on the user's behalf (never logged)
+    #: the verified gateway-signed user token, to forward when acting on the user's behalf
+    #: (never logged); empty for a user known by a forwarded IdP JWT, which only the gateway
+    #: may present, so such a caller cannot be vouched for to another service
     token: str = field(default="", repr=False, compare=False)
 
     @property

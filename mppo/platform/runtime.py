@@ -36,7 +36,7 @@ from mppo.platform import trust as trust_mod
 from mppo.platform.config import ConfigError, ServiceConfig
 from mppo.platform.db import create_engine
 from mppo.platform.errors import DomainError
-from mppo.platform.identity import reset_verified, set_verified
+from mppo.platform.identity import Caller, reset_verified, set_verified
 from mppo.platform.logs import configure_logging
 from mppo.platform.migrations import upgrade_head
 from mppo.platform.outbox import OutboxRelay
@@ -220,7 +220,7 @@ async def _watchdog(
 
 
 #: authenticates one call: (context, method) → the verified caller (raises DomainError)
-Admit = Callable[[grpc.aio.ServicerContext[Any, Any], str], Any]
+Admit = Callable[[grpc.aio.ServicerContext[Any, Any], str], Awaitable[Caller]]
 
 
 class LateBoundHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
@@ -287,7 +287,7 @@ def _guarded(
 
     async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            caller = admit(context, name) if admit is not None else None
+            caller = await admit(context, name) if admit is not None else None
             check_message(request)
         except DomainError as error:
             await abort(context, error)
@@ -308,9 +308,9 @@ async def _not_ready(request: Any, context: grpc.aio.ServicerContext[Any, Any]) 
 def admission(spec: ServiceSpec, trust: Trust) -> Admit:
     """How `spec`'s calls are authenticated under `trust`."""
 
-    def admit(context: grpc.aio.ServicerContext[Any, Any], method: str) -> Any:
+    async def admit(context: grpc.aio.ServicerContext[Any, Any], method: str) -> Caller:
         allowed = spec.service_only.get(method.rsplit("/", 1)[-1])
-        return trust_mod.authenticate(context, method, allowed, trust)
+        return await trust_mod.authenticate(context, method, allowed, trust)
 
     return admit
 

@@ -1,19 +1,29 @@
-"""Who a call comes from, proven: mutual TLS between processes, gateway-signed user tokens.
+"""Who a call comes from, proven: mutual TLS between processes, verified end-user credentials.
 
 A process's :class:`Trust` is read once at start (:meth:`Trust.from_env`):
 
 * with TLS material (``MPPO_TLS_DIR`` or ``MPPO_TLS_{CA,CERT,KEY}_FILE``, see
   :mod:`mppo.platform.tls`) the server requires client certificates and the calling
   service's name is taken from its verified certificate (``spiffe://mppo/<name>``), never
-  from metadata; an end user is known only through ``x-mppo-user-token``, a short-lived token
-  the gateway signs after verifying the user's JWT (:mod:`mppo.platform.user_token`), checked
-  with the gateway's public key. Metadata that claims an identity (``x-mppo-service`` other
-  than the certificate's, ``x-mppo-user-id`` without a valid token) is refused.
+  from metadata. An end user is known only through one of two credentials:
+
+  - ``x-mppo-user-token``: a short-lived token the Python gateway signs after verifying the
+    user's JWT (:mod:`mppo.platform.user_token`), checked with the gateway's public key; any
+    of our services may forward it when acting for the user;
+  - ``x-mppo-user-jwt``: the identity provider's JWT itself, which Envoy (the production
+    edge, unable to sign our token) verified and forwards raw; believed only from the
+    ``gateway`` certificate (any other: PERMISSION_DENIED) and verified again with the same
+    rules as the gateway (:mod:`mppo.platform.idp_jwt`: ``MPPO_JWT_JWKS``,
+    ``MPPO_JWT_ISSUER``, ``MPPO_JWT_AUDIENCE``; optional, a service without them accepts no
+    JWT). A user known this way cannot be vouched for to another service.
+
+  Metadata that claims an identity (``x-mppo-service`` other than the certificate's,
+  ``x-mppo-user-id`` without a valid credential or naming another user) is refused.
 * without TLS material the process refuses to start, unless ``MPPO_ENV`` is dev/test and
   ``MPPO_GRPC_PLAINTEXT=1`` asks explicitly for plaintext, where identities are read from
   metadata as a development convenience.
 
-:func:`authenticate` runs for every call of our services (the runtime calls it before the
+:func:`authenticate` runs for every call of our services (the runtime awaits it before the
 handler) and sets the verified :class:`~mppo.platform.identity.Caller` that
 :func:`~mppo.platform.identity.caller_from` returns. :func:`channel` dials a peer with our
 certificate; :func:`outbound_metadata` says who we are and, when acting for a user, forwards
@@ -33,7 +43,8 @@ from mppo.platform import identity
 from mppo.platform.config import ConfigError
 from mppo.platform.environment import environment, is_development
 from mppo.platform.errors import PermissionDeniedError, UnauthenticatedError
-from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY, Caller
+from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY, USER_JWT_KEY, Caller
+from mppo.platform.idp_jwt import AuthError, JwtVerifier, bearer_token, load_jwt_verifier
 from mppo.platform.telemetry import TracingClientInterceptor
 from mppo.platform.tls import (
     TlsConfigError,
@@ -48,10 +59,14 @@ from mppo.platform.user_token import (
     UserTokenVerifier,
     load_verifier,
 )
+from mppo.platform.validation import rule_for, string_problem
 
 PLAINTEXT_VAR = "MPPO_GRPC_PLAINTEXT"
+#: the only certificate a forwarded IdP JWT is believed from (Envoy, or the Python gateway)
+GATEWAY = "gateway"
 #: the operator's certificate (grpcurl); never allowed on service-only methods
 OPERATOR = "operator"
+_USER_ID_RULE = rule_for("user_id")
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,8 @@ class Trust:
     name: str
     material: TlsMaterial | None
     verifier: UserTokenVerifier | None
+    #: verifies the IdP JWT the edge forwards (None: this process accepts none)
+    user_jwt: JwtVerifier | None = None
 
     @property
     def plaintext(self) -> bool:
@@ -71,13 +88,18 @@ class Trust:
     def from_env(cls, env: Mapping[str, str], name: str, *, serving: bool = True) -> Trust:
         """Read the trust settings of process `name`; ConfigError names what is missing.
 
-        A process that serves no gRPC (`serving=False`, the gateway) needs no token verifier.
+        A process that serves no gRPC (`serving=False`, the gateway) needs no token verifier
+        and accepts no forwarded JWT.
         """
         try:
             material = TlsMaterial.from_env(env, name)
             verifier = load_verifier(env) if serving else None
         except (TlsConfigError, ValueError) as exc:
             raise ConfigError(f"TLS settings: {exc}") from None
+        try:
+            user_jwt = load_jwt_verifier(env) if serving and material is not None else None
+        except ValueError as exc:
+            raise ConfigError(f"JWT settings: {exc}") from None
         if material is None:
             plaintext = env.get(PLAINTEXT_VAR, "").strip().lower() in ("1", "true", "on", "yes")
             if not (plaintext and is_development(env)):
@@ -95,7 +117,7 @@ class Trust:
                 "the gateway's user-token public key is required with TLS: set "
                 "MPPO_USER_TOKEN_PUBLIC_KEY_FILE (or put user-token.pub in MPPO_TLS_DIR)"
             )
-        return cls(name=name, material=material, verifier=verifier)
+        return cls(name=name, material=material, verifier=verifier, user_jwt=user_jwt)
 
     def add_port(self, server: grpc.aio.Server, addr: str) -> int:
         """Listen on `addr` with mutual TLS (plaintext only in explicit development mode)."""
@@ -129,7 +151,7 @@ def _value(metadata: Any, name: str) -> str:
     return ""
 
 
-def authenticate(
+async def authenticate(
     context: grpc.aio.ServicerContext[Any, Any],
     method: str,
     allowed: frozenset[str] | None,
@@ -139,33 +161,14 @@ def authenticate(
 
     `allowed` names the services that may call a service-only method (None: any of our
     processes, and end users through the gateway). Raises UnauthenticatedError when the
-    caller proves nothing, PermissionDeniedError when it may not call `method`.
+    caller proves nothing, PermissionDeniedError when it may not call `method` or presents a
+    credential it may not present. Awaits only to verify a forwarded JWT (JWKS fetch, cached).
     """
     metadata = context.invocation_metadata()
     if trust.plaintext:
         caller = identity.caller_from_metadata(metadata)
     else:
-        service = peer_service(context)
-        if service is None:
-            raise UnauthenticatedError("a client certificate signed by our CA is required")
-        claimed = _value(metadata, SERVICE_KEY)
-        if claimed and claimed != service:
-            raise PermissionDeniedError(
-                f"x-mppo-service {claimed[:40]!r} does not match the certificate ({service})",
-                "IDENTITY_MISMATCH",
-            )
-        token = _value(metadata, USER_TOKEN_KEY)
-        if _value(metadata, USER_ID_KEY) and not token:
-            raise UnauthenticatedError("an end user is known only by a gateway-signed token")
-        if token:
-            assert trust.verifier is not None
-            try:
-                user_id = trust.verifier.verify(token)
-            except UserTokenError as exc:
-                raise UnauthenticatedError(f"user token refused: {exc}") from None
-            caller = Caller(user_id=user_id, token=token)
-        else:
-            caller = Caller(service=service)
+        caller = await _verified_caller(context, metadata, trust)
     if allowed is not None and (caller.user_id or caller.service not in allowed):
         who = f"user {caller.user_id}" if caller.user_id else caller.service
         raise PermissionDeniedError(
@@ -176,6 +179,66 @@ def authenticate(
     return caller
 
 
+async def _verified_caller(
+    context: grpc.aio.ServicerContext[Any, Any], metadata: Any, trust: Trust
+) -> Caller:
+    service = peer_service(context)
+    if service is None:
+        raise UnauthenticatedError("a client certificate signed by our CA is required")
+    claimed = _value(metadata, SERVICE_KEY)
+    if claimed and claimed != service:
+        raise PermissionDeniedError(
+            f"x-mppo-service {claimed[:40]!r} does not match the certificate ({service})",
+            "IDENTITY_MISMATCH",
+        )
+    token = _value(metadata, USER_TOKEN_KEY)
+    user_jwt = _value(metadata, USER_JWT_KEY)
+    claimed_user = _value(metadata, USER_ID_KEY)
+    if token and user_jwt:
+        raise UnauthenticatedError(
+            f"send one user credential: {USER_TOKEN_KEY} or {USER_JWT_KEY}, not both"
+        )
+    if user_jwt:
+        caller = Caller(user_id=await _jwt_user(user_jwt, service, trust))
+    elif token:
+        assert trust.verifier is not None
+        try:
+            user_id = trust.verifier.verify(token)
+        except UserTokenError as exc:
+            raise UnauthenticatedError(f"user token refused: {exc}") from None
+        caller = Caller(user_id=user_id, token=token)
+    elif claimed_user:
+        raise UnauthenticatedError("an end user is known only by a verified token")
+    else:
+        return Caller(service=service)
+    if claimed_user and claimed_user != caller.user_id:
+        raise PermissionDeniedError(
+            f"{USER_ID_KEY} does not match the verified user", "IDENTITY_MISMATCH"
+        )
+    return caller
+
+
+async def _jwt_user(value: str, service: str, trust: Trust) -> str:
+    """The user a forwarded IdP JWT proves; only the gateway's certificate may present one."""
+    if service != GATEWAY:
+        raise PermissionDeniedError(
+            f"{USER_JWT_KEY} is accepted only from the gateway, not from {service}",
+            "JWT_NOT_FROM_GATEWAY",
+        )
+    if trust.user_jwt is None:
+        raise UnauthenticatedError(
+            f"this service accepts no {USER_JWT_KEY} (MPPO_JWT_JWKS is not set)"
+        )
+    try:
+        verified = await trust.user_jwt.verify_token(bearer_token(value))
+    except AuthError as exc:
+        raise UnauthenticatedError(f"user JWT refused: {exc}") from None
+    problem = string_problem(verified.user_id, _USER_ID_RULE)
+    if problem:  # the same rule the gateway applies before a subject becomes an id
+        raise UnauthenticatedError(f"user JWT subject {problem}")
+    return verified.user_id
+
+
 def outbound_metadata(on_behalf_of: Caller | None = None) -> tuple[tuple[str, str], ...]:
     """Identity metadata for a call to a peer: ours, and the user's token when acting for one."""
     trust = current()
@@ -184,7 +247,10 @@ def outbound_metadata(on_behalf_of: Caller | None = None) -> tuple[tuple[str, st
     if trust.plaintext:
         return ((USER_ID_KEY, on_behalf_of.user_id),)
     if not on_behalf_of.token:
-        raise UnauthenticatedError("no verified user token to act on the user's behalf")
+        raise UnauthenticatedError(
+            "no gateway-signed user token to act on the user's behalf (a user known by a "
+            "forwarded identity-provider JWT cannot be vouched for to another service)"
+        )
     return ((USER_TOKEN_KEY, on_behalf_of.token),)
 
 

@@ -1,5 +1,7 @@
 """The order validator: is the finalized group consistent, and does the merchant's catalogue
-agree with it?
+agree with it? The same catalogue check prices a cart before its group exists
+(:func:`quote_problems`, for QuoteCart), so a cart the merchant would refuse on price is
+refused before anyone is asked to pay.
 
 Price-change policy (explicit): the shares were authorized for the prices the group saw, so an
 order whose unit price differs from the catalogue in either direction is rejected with
@@ -24,6 +26,17 @@ class CatalogueItem:
     unit_price_minor: int
     currency: str
     stock: int
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    """Why the catalogue does not price one cart line as the cart does."""
+
+    #: the line's position in the cart
+    index: int
+    #: the line's field at fault: "sku" or "unit_price_minor"
+    field: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -106,3 +119,34 @@ def check_against_catalogue(
                 f"{sku}: {quantity} wanted, {catalogue[sku].stock} in stock",
             )
     return None
+
+
+def quote_problems(
+    lines: Sequence[Line], currency: str, catalogue: Mapping[str, CatalogueItem]
+) -> list[LineProblem]:
+    """Every line the catalogue does not price as the cart does (empty: the cart is priced
+    right): an unknown SKU, a SKU sold in another currency, a unit price that differs in
+    either direction. Stock is not promised here; the order checks it when it is placed."""
+    problems: list[LineProblem] = []
+    for index, line in enumerate(lines):
+        item = catalogue.get(line.sku)
+        if item is None:
+            problems.append(LineProblem(index, "sku", f"{line.sku} is not in the catalogue"))
+        elif item.currency != currency:
+            problems.append(
+                LineProblem(
+                    index,
+                    "unit_price_minor",
+                    f"{line.sku} is sold in {item.currency}, the cart is in {currency}",
+                )
+            )
+        elif item.unit_price_minor != line.unit_price_minor:
+            problems.append(
+                LineProblem(
+                    index,
+                    "unit_price_minor",
+                    f"{line.sku} costs {item.unit_price_minor} at the merchant, "
+                    f"not {line.unit_price_minor}",
+                )
+            )
+    return problems

@@ -1,7 +1,7 @@
 """The OrderService gRPC servicer: thin, proto in, command out, proto back.
 
-CreateOrder is internal: only our services (``x-mppo-service`` metadata) may call it; an end
-user (``x-mppo-user-id`` only) gets PERMISSION_DENIED. GetOrder / GetOrderByGroup need an
+CreateOrder and QuoteCart are internal: only the group service may call them (the runtime's
+``service_only``); an end user gets PERMISSION_DENIED. GetOrder / GetOrderByGroup need an
 identity and answer members of the order's group only (the group service says who they are).
 Domain errors become gRPC status in the runtime.
 """
@@ -13,9 +13,11 @@ from typing import Any
 
 import grpc
 
+from mppo.common.v1 import cart_pb2, money_pb2
 from mppo.order.v1 import order_service_pb2, order_service_pb2_grpc
 from mppo.platform.identity import Caller, caller_from
-from order_svc.service_layer.commands import CreateOrder, GetOrder, GetOrderByGroup
+from order_svc.domain.model import Line
+from order_svc.service_layer.commands import CreateOrder, GetOrder, GetOrderByGroup, QuoteCart
 from order_svc.service_layer.handlers import OrderHandlers
 from order_svc.service_layer.messages import spec_from
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
@@ -58,4 +60,35 @@ class OrderServiceServicer(order_service_pb2_grpc.OrderServiceServicer):
         query = GetOrderByGroup(caller=_caller(context), group_id=request.group_id)
         return order_service_pb2.GetOrderByGroupResponse(
             order=await self._handlers.get_order_by_group(query, self._uow())
+        )
+
+    async def QuoteCart(  # noqa: N802
+        self, request: order_service_pb2.QuoteCartRequest, context: Context
+    ) -> order_service_pb2.QuoteCartResponse:
+        """The cart priced against the merchant's catalogue (refused where it differs)."""
+        query = QuoteCart(
+            caller=_caller(context),
+            merchant_id=request.merchant_id,
+            currency=request.currency_code,
+            lines=tuple(
+                Line(i.line_id, i.sku, i.name, i.quantity, i.unit_price_minor)
+                for i in request.items
+            ),
+        )
+        lines = await self._handlers.quote_cart(query, self._uow())
+        return order_service_pb2.QuoteCartResponse(
+            items=[
+                cart_pb2.LineItem(
+                    line_id=ln.line_id,
+                    sku=ln.sku,
+                    name=ln.name,
+                    quantity=ln.quantity,
+                    unit_price_minor=ln.unit_price_minor,
+                )
+                for ln in lines
+            ],
+            items_total=money_pb2.Money(
+                amount_minor=sum(ln.amount_minor for ln in lines),
+                currency_code=request.currency_code,
+            ),
         )

@@ -60,3 +60,14 @@ class GetOrderByGroup:
 
     caller: Caller
     group_id: str
+
+
+@dataclass(frozen=True)
+class QuoteCart:
+    """Price a cart against its merchant's catalogue before a group is created (services
+    only)."""
+
+    caller: Caller
+    merchant_id: str
+    currency: str
+    lines: tuple[Line, ...]

@@ -7,6 +7,9 @@
   saga runner is woken once that transaction has committed.
 * :meth:`OrderHandlers.get_order` / :meth:`OrderHandlers.get_order_by_group` read an order for
   a member of its group: the database is the truth, finished orders come from the cache.
+* :meth:`OrderHandlers.quote_cart` (QuoteCart, from the group service) prices a cart against
+  the merchant's catalogue when a group is created, so a cart the merchant would refuse on
+  price never reaches anyone's card.
 
 The saga that places the order is in saga.py; its runner in runner.py.
 """
@@ -23,13 +26,26 @@ from mppo.platform.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    UnavailableError,
 )
 from mppo.platform.logs import bind_ids
-from order_svc.domain.model import Order
-from order_svc.domain.validator import check_consistency
-from order_svc.service_layer.commands import CreateOrder, GetOrder, GetOrderByGroup, OrderSpec
+from order_svc.domain.model import Line, Order
+from order_svc.domain.validator import check_consistency, quote_problems
+from order_svc.service_layer.commands import (
+    CreateOrder,
+    GetOrder,
+    GetOrderByGroup,
+    OrderSpec,
+    QuoteCart,
+)
 from order_svc.service_layer.messages import new_order, spec_from, to_proto
-from order_svc.service_layer.ports import GroupViews, OrderCache
+from order_svc.service_layer.ports import (
+    GroupViews,
+    MerchantDirectory,
+    MerchantRefusedError,
+    MerchantUnavailableError,
+    OrderCache,
+)
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -66,13 +82,56 @@ def checked_order(spec: OrderSpec) -> Order:
 class OrderHandlers:
     """The handlers, with what they need bound once in bootstrap."""
 
-    def __init__(self, cache: OrderCache, groups: GroupViews, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        cache: OrderCache,
+        groups: GroupViews,
+        wake: Callable[[], None],
+        merchants: MerchantDirectory,
+    ) -> None:
         #: finished orders, serialized
         self._cache = cache
         #: who may see which group's order
         self._groups = groups
         #: wakes the saga runner (after the commit that created an order)
         self._wake = wake
+        #: the merchants' backends (their catalogues price a cart)
+        self._merchants = merchants
+
+    async def quote_cart(self, query: QuoteCart, uow: OrderUnitOfWork) -> tuple[Line, ...]:
+        """The cart's lines as the merchant's catalogue prices them, when it prices every line
+        as the cart does; InvalidArgumentError naming each line that differs (unknown SKU,
+        other currency, other unit price), UnavailableError when the catalogue cannot be read.
+        Reads and writes nothing of ours (`uow` is unused)."""
+        if not query.caller.service or query.caller.user_id:
+            raise PermissionDeniedError("QuoteCart is internal", reason="INTERNAL_ONLY")
+        violations: list[FieldViolation] = []
+        if not query.merchant_id:
+            violations.append(FieldViolation("merchant_id", "required"))
+        if not query.lines:
+            violations.append(FieldViolation("items", "at least one line"))
+        if violations:
+            raise InvalidArgumentError("nothing to quote", violations)
+        with bind_ids(merchant_id=query.merchant_id):
+            try:
+                catalogue = await self._merchants.client_for(query.merchant_id).catalogue()
+            except MerchantUnavailableError as exc:
+                raise UnavailableError(
+                    f"the merchant's catalogue cannot be read now: {exc}"
+                ) from exc
+            except MerchantRefusedError as exc:
+                raise UnavailableError(
+                    f"the merchant did not show its catalogue: {exc.detail}"
+                ) from exc
+            problems = quote_problems(query.lines, query.currency, catalogue)
+            if problems:
+                logger.info("cart refused: %d line(s) differ from the catalogue", len(problems))
+                raise InvalidArgumentError(
+                    "the cart does not match the merchant's catalogue",
+                    [FieldViolation(f"items[{p.index}].{p.field}", p.detail) for p in problems],
+                    reason="CATALOGUE_MISMATCH",
+                )
+        return query.lines
 
     async def create_order(self, cmd: CreateOrder, uow: OrderUnitOfWork) -> order_pb2.Order:
         """Record the group's order (or return the one it has) and start the saga."""

@@ -171,6 +171,18 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
         payment = await self._handlers.void_payment(cmd, self._uow())
         return pb.VoidPaymentResponse(payment=to_proto(payment))
 
+    async def CloseCheckout(  # noqa: N802
+        self, request: pb.CloseCheckoutRequest, context: Context
+    ) -> pb.CloseCheckoutResponse:
+        """Close a payment's hosted checkout: it takes no more money."""
+        cmd = commands.CloseCheckout(
+            _caller(context),
+            _payment_id(request.payment_id),
+            request.reason[:_MAX_TEXT] or "checkout closed",
+        )
+        payment = await self._handlers.close_checkout(cmd, self._uow())
+        return pb.CloseCheckoutResponse(payment=to_proto(payment))
+
     async def RefundPayment(  # noqa: N802
         self, request: pb.RefundPaymentRequest, context: Context
     ) -> pb.RefundPaymentResponse:

@@ -79,6 +79,16 @@ class RefundPayment:
 
 
 @dataclass(frozen=True)
+class CloseCheckout:
+    """Close a payment's hosted checkout: its share is no longer wanted (the group service, before
+    it announces the change)."""
+
+    caller: Caller
+    payment_id: str
+    reason: str = "checkout closed"
+
+
+@dataclass(frozen=True)
 class SyncPayment:
     """Re-read a payment from its provider and apply what changed."""
 

@@ -30,7 +30,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -406,9 +406,14 @@ class PaymentHandlers:
             state = await self.provider(payment.provider).fetch(payment.provider_payment_id)
         except ProviderError as exc:
             raise self._provider_failure(exc, "read the payment") from exc
-        return await self._apply_state(
+        payment, changed = await self._apply_state(
             uow, payment_id, state, reason="provider re-read", actor=actor
         )
+        try:  # e.g. a PayPal order authorized by this very re-read after its checkout closed
+            await self._release_late_money(payment, state)
+        except ProviderError as exc:
+            logger.warning("money on closed checkout %s not released yet: %s", payment_id, exc)
+        return payment, changed
 
     async def sync_payment(
         self, cmd: commands.SyncPayment, uow: PaymentUnitOfWork
@@ -472,6 +477,70 @@ class PaymentHandlers:
                 uow, payment_id, state, reason=cmd.reason, actor=actor
             )
         return payment
+
+    async def close_checkout(self, cmd: commands.CloseCheckout, uow: PaymentUnitOfWork) -> Payment:
+        """Close the payment's hosted checkout so that it takes no more money (its share is no
+        longer wanted): expired at the provider while nobody has paid on it, the payment
+        recorded VOIDED. A payment the payer completed first is left as it stands (the caller
+        releases it like any payment it does not keep). A failed payment's page is closed too
+        (a provider's page may take another card after a decline), and money found on a page
+        we had given up on is released at once."""
+        _internal_only(cmd.caller)
+        payment_id, actor = cmd.payment_id, cmd.caller.label
+        payment = await self._read(uow, payment_id)
+        if payment.status not in (S.REQUIRES_ACTION, S.FAILED):
+            return payment  # money moved, or the checkout is closed already
+        if not payment.provider_payment_id:  # no page was made (or it is not recorded yet)
+            if payment.status is S.FAILED:
+                return payment
+            state = ProviderPaymentState(provider_payment_id="", status=ProviderStatus.VOIDED)
+            payment, _ = await self._apply_state(
+                uow, payment_id, state, reason=cmd.reason, actor=actor
+            )
+            return payment
+        provider = self.provider(payment.provider)
+        checkout_id = payment.provider_checkout_id or payment.provider_payment_id
+        with bind_ids(payment_id=payment_id, group_id=payment.group_id):
+            try:
+                state = await provider.expire_checkout(checkout_id, f"expire:{payment_id}")
+                await self._release_late_money(payment, state)
+            except ProviderError as exc:
+                raise self._provider_failure(exc, "close the checkout") from exc
+            if state.status is ProviderStatus.REQUIRES_ACTION:
+                raise UnavailableError(f"{payment.provider} has not closed the checkout yet")
+            if state.status is ProviderStatus.EXPIRED:  # we closed it: nobody's payment failed
+                state = replace(state, status=ProviderStatus.VOIDED)
+            payment, _ = await self._apply_state(
+                uow, payment_id, state, reason=cmd.reason, actor=actor
+            )
+            logger.info("checkout closed: payment %s", payment.status.value)
+        return payment
+
+    async def _release_late_money(self, payment: Payment, state: ProviderPaymentState) -> None:
+        """Void (or refund) what the provider holds on a payment we closed or gave up on before
+        it ever held money (VOIDED / EXPIRED / FAILED with nothing authorized): a payment that
+        raced a closing checkout, which the state machine no longer takes."""
+        if payment.status not in (S.VOIDED, S.EXPIRED, S.FAILED) or payment.amount_authorized_minor:
+            return
+        provider = self.provider(payment.provider)
+        key = f"late:{payment.payment_id}"
+        if state.status is ProviderStatus.AUTHORIZED:
+            logger.warning(
+                "%s holds money on closed payment %s: voiding it", provider.name, payment.payment_id
+            )
+            await provider.void(state.provider_payment_id or payment.provider_payment_id, key)
+        elif state.status in (ProviderStatus.CAPTURED, ProviderStatus.PARTIALLY_REFUNDED):
+            left = state.amount_captured_minor - state.amount_refunded_minor
+            if left <= 0:
+                return
+            logger.warning(
+                "%s captured money on closed payment %s: refunding it",
+                provider.name,
+                payment.payment_id,
+            )
+            await provider.refund(
+                state.provider_payment_id or payment.provider_payment_id, left, key
+            )
 
     async def refund_payment(self, cmd: commands.RefundPayment, uow: PaymentUnitOfWork) -> Payment:
         """Refund captured money (everything left unless an amount is given)."""

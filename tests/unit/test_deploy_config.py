@@ -34,12 +34,15 @@ from gateway.config import MAX_BODY_DEFAULT
 from gateway.descriptors import DEFAULT_DESCRIPTORS, Catalog
 from gateway.routing import MethodNotAllowedError, RouteNotFoundError, Router
 from gateway.table import RestCase, rest_table
+from mppo.platform.idp_jwt import load_jwt_verifier
+from mppo.platform.tls import spiffe_id
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENVOY_FILE = REPO / "gateway" / "envoy.yaml"
 DESCRIPTORS_FILE = REPO / "gateway" / "descriptors.binpb"
 NATS_CONF = REPO / "deploy" / "nats.conf"
+SECRETS_DIR = REPO / "secrets"
 POSTGRES_INIT = REPO / "deploy" / "postgres-init.sql"
 
 # Placeholder secrets for `docker-compose config`; the compose file itself commits none.
@@ -86,6 +89,17 @@ REQUIRED_HTTP_FILTERS = (
     "envoy.filters.http.grpc_json_transcoder",
     "envoy.filters.http.router",
 )
+
+# Identity metadata only our side may set: a client sending any of them gets them dropped.
+IDENTITY_HEADERS = frozenset(
+    {"x-mppo-user-id", "x-mppo-service", "x-mppo-user-token", "x-mppo-user-jwt"}
+)
+USER_JWT_HEADER = "x-mppo-user-jwt"
+TLS_SOCKET = "envoy.transport_sockets.tls"
+HEADER_MUTATION_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+)
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
 
 JSON = dict[str, Any]
 
@@ -321,6 +335,51 @@ def _jwt_required(jwt: Any, verb: str, path: str) -> bool:
     return False
 
 
+def _secret_files(compose: JSON, service: str) -> dict[str, Path]:
+    """Where each compose secret of `service` is mounted -> the host file it comes from."""
+    files: dict[str, Path] = {}
+    for mount in compose["services"][service].get("secrets", []):
+        secret: JSON = compose["secrets"][mount["source"]]
+        files[mount["target"]] = Path(secret["file"])
+    return files
+
+
+def _mutation_filters(bootstrap: Any) -> list[tuple[int, str, Any]]:
+    """(position, name, HeaderMutation) of every header_mutation http filter, in order."""
+    return [
+        (i, str(f.name), _unpack(f.typed_config))
+        for i, f in enumerate(_hcm(bootstrap).http_filters)
+        if f.typed_config.type_url == HEADER_MUTATION_TYPE
+    ]
+
+
+def _emulate_request_headers(bootstrap: Any, headers: dict[str, str], sub: str) -> dict[str, str]:
+    """The request headers a service receives for a client request with `headers` whose JWT
+    jwt_authn accepted (subject `sub`): header_mutation filters (remove / append with
+    ``%REQ(name)%``) and jwt_authn (claim_to_headers, forward) applied in filter order."""
+    out = {k.lower(): v for k, v in headers.items()}
+    for http_filter in _hcm(bootstrap).http_filters:
+        config = _unpack(http_filter.typed_config)
+        if http_filter.typed_config.type_url == HEADER_MUTATION_TYPE:
+            for mutation in config.mutations.request_mutations:
+                if mutation.append is not None:
+                    header = mutation.append.header
+                    value = re.sub(
+                        r"%REQ\(([^)]+)\)%", lambda m: out.get(m.group(1).lower(), ""), header.value
+                    )
+                    if value:
+                        out[str(header.key).lower()] = value
+                elif mutation.remove:
+                    out.pop(str(mutation.remove).lower(), None)
+        elif http_filter.name == JWT_AUTHN:
+            for provider in config.providers.values():
+                for claim in provider.claim_to_headers:
+                    out[str(claim.header_name).lower()] = sub
+                if not provider.forward:
+                    out.pop("authorization", None)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # fixtures
 
@@ -439,6 +498,55 @@ def test_compose_service(compose: JSON, name: str) -> None:
     assert probe[0] == "CMD"
     assert "grpc_health" in " ".join(probe)
     assert probe[-1] == f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_compose_service_runs_prod_with_mutual_tls(
+    compose: JSON, bootstrap: Any, name: str
+) -> None:
+    env: JSON = compose["services"][name]["environment"]
+    assert env.get("MPPO_ENV") == "prod", f"{name} must run with MPPO_ENV=prod"
+    assert "MPPO_GRPC_PLAINTEXT" not in env
+    assert "MPPO_TLS_DIR" not in env
+    mounted = _secret_files(compose, name)
+    expected = {
+        "MPPO_TLS_CA_FILE": "ca.pem",
+        "MPPO_TLS_CERT_FILE": f"{name}.pem",
+        "MPPO_TLS_KEY_FILE": f"{name}.key",
+        "MPPO_USER_TOKEN_PUBLIC_KEY_FILE": "user-token.pub",
+    }
+    for var, file_name in expected.items():
+        target = env.get(var)
+        assert target, f"{name}: {var} is not set"
+        assert target in mounted, f"{name}: {var}={target} is not a mounted secret"
+        assert mounted[target] == SECRETS_DIR / file_name, f"{name}: {target} <- {mounted[target]}"
+    # the compose health probe speaks mutual TLS with the container's own certificate
+    probe = " ".join(compose["services"][name]["healthcheck"]["test"])
+    assert "ssl_channel_credentials" in probe
+    assert "insecure_channel" not in probe
+    for var in ("MPPO_TLS_CA_FILE", "MPPO_TLS_CERT_FILE", "MPPO_TLS_KEY_FILE"):
+        assert var in probe
+
+    # the services verify the JWT Envoy forwards against the provider Envoy trusts
+    jwt = _http_filters(bootstrap)[JWT_AUTHN]
+    (provider,) = jwt.providers.values()
+    assert env.get("MPPO_JWT_ISSUER") == provider.issuer
+    assert env.get("MPPO_JWT_AUDIENCE") in list(provider.audiences)
+    assert env.get("MPPO_JWT_JWKS") == provider.remote_jwks.http_uri.uri
+    verifier = load_jwt_verifier(env)
+    assert verifier is not None
+    assert verifier.cache_seconds > 0
+
+
+def test_compose_secrets_come_from_the_secrets_directory(compose: JSON) -> None:
+    secrets: JSON = compose.get("secrets", {})
+    assert secrets, "docker-compose.yml declares no secrets"
+    for name, secret in secrets.items():
+        assert Path(secret["file"]).parent == SECRETS_DIR, f"secret {name}: {secret['file']}"
+        assert not str(secret["file"]).endswith("ca.key"), "the CA's key is never mounted"
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "mppo dev pki --out secrets" in text, "the compose header says how to make ./secrets"
+    assert "secrets/" in (REPO / ".gitignore").read_text(encoding="utf-8").split()
 
 
 def test_compose_infrastructure(compose: JSON) -> None:
@@ -746,3 +854,105 @@ def test_jwt_webhook_exemption_is_post_only(bootstrap: Any) -> None:
     assert _jwt_required(jwt, "GET", WEBHOOK_PATH)
     assert _jwt_required(jwt, "POST", f"{WEBHOOK_PATH}x")
     assert _jwt_required(jwt, "POST", "/group")
+
+
+def test_every_service_cluster_speaks_mutual_tls_as_the_gateway(
+    bootstrap: Any, compose: JSON
+) -> None:
+    clusters = _clusters(bootstrap)
+    envoy_files = _secret_files(compose, "envoy")
+    for name, (*_, cluster_name) in SERVICES.items():
+        socket = clusters[cluster_name].transport_socket
+        assert socket is not None, f"{cluster_name} must use TLS"
+        assert socket.name == TLS_SOCKET
+        tls = _unpack(socket.typed_config)
+        assert type(tls).__name__ == "UpstreamTlsContext"
+        assert tls.sni == name
+        common = tls.common_tls_context
+        assert list(common.alpn_protocols) == ["h2"]
+        (cert,) = common.tls_certificates
+        client_files = (str(cert.certificate_chain.filename), str(cert.private_key.filename))
+        assert client_files == ("/etc/mppo/tls/gateway.pem", "/etc/mppo/tls/gateway.key"), (
+            f"{cluster_name} must present the gateway's client certificate"
+        )
+        validation = common.validation_context
+        assert validation is not None, f"{cluster_name} must verify the service"
+        ca = str(validation.trusted_ca.filename)
+        assert ca == "/etc/mppo/tls/ca.pem"
+        sans = {
+            (m.san_type.name, str(m.matcher.exact))
+            for m in validation.match_typed_subject_alt_names
+        }
+        assert sans == {("URI", spiffe_id(name))}, f"{cluster_name} must verify {spiffe_id(name)}"
+        # the files Envoy reads are the compose secrets from ./secrets/
+        wanted = (
+            (ca, "ca.pem"),
+            (client_files[0], "gateway.pem"),
+            (client_files[1], "gateway.key"),
+        )
+        for path, file_name in wanted:
+            assert envoy_files.get(path) == SECRETS_DIR / file_name, f"envoy: {path} not mounted"
+
+
+def test_identity_headers_a_client_sends_are_removed_before_jwt_authn(bootstrap: Any) -> None:
+    names = [str(f.name) for f in _hcm(bootstrap).http_filters]
+    jwt_at = names.index(JWT_AUTHN)
+    stripped = [
+        {str(m.remove) for m in config.mutations.request_mutations if m.remove}
+        for i, _, config in _mutation_filters(bootstrap)
+        if i < jwt_at
+    ]
+    assert stripped, "a header_mutation filter must run before jwt_authn"
+    assert set().union(*stripped) >= IDENTITY_HEADERS
+
+
+def test_the_verified_jwt_is_forwarded_raw_as_x_mppo_user_jwt(bootstrap: Any) -> None:
+    jwt = _http_filters(bootstrap)[JWT_AUTHN]
+    for provider in jwt.providers.values():
+        assert provider.forward is True, "jwt_authn must keep the token for forwarding"
+        assert not provider.forward_payload_header, "the payload alone is not verifiable"
+        assert [(h.name, h.value_prefix) for h in provider.from_headers] == [
+            ("authorization", "Bearer ")
+        ], "only the Authorization header may carry the JWT"
+        assert not provider.from_params, "no ?access_token=: it would not be forwarded"
+    names = [str(f.name) for f in _hcm(bootstrap).http_filters]
+    after = [c for i, _, c in _mutation_filters(bootstrap) if i > names.index(JWT_AUTHN)]
+    assert after, "a header_mutation after jwt_authn must forward the JWT"
+    assert all(
+        i < names.index("envoy.filters.http.router") for i, *_ in _mutation_filters(bootstrap)
+    )
+
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"
+    forged = {
+        "Authorization": f"Bearer {token}",
+        "x-mppo-user-jwt": "Bearer forged",
+        "x-mppo-user-token": "forged",
+        "x-mppo-user-id": "mallory",
+        "x-mppo-service": "order",
+    }
+    upstream = _emulate_request_headers(bootstrap, forged, sub="alice")
+    assert upstream.get(USER_JWT_HEADER) == f"Bearer {token}"
+    assert "authorization" not in upstream, "the JWT travels once, as x-mppo-user-jwt"
+    assert upstream.get("x-mppo-user-id") == "alice"
+    assert "x-mppo-user-token" not in upstream
+    assert "x-mppo-service" not in upstream
+    # no Authorization header (a webhook): nothing is invented
+    assert USER_JWT_HEADER not in _emulate_request_headers(bootstrap, {}, sub="")
+
+
+def test_webhook_routes_forward_no_user_identity(bootstrap: Any) -> None:
+    webhook_routes = [
+        route
+        for vhost in _hcm(bootstrap).route_config.virtual_hosts
+        for route in vhost.routes
+        if route.route is not None
+        and (
+            str(route.match.prefix or "") == WEBHOOK_PREFIX
+            or str(route.match.path or "")
+            in (WEBHOOK_PATH, "/mppo.payment.v1.PaymentService/HandleWebhook")
+        )
+    ]
+    assert len(webhook_routes) == 3
+    for route in webhook_routes:
+        removed = set(route.request_headers_to_remove)
+        assert {USER_JWT_HEADER, "x-mppo-user-id"} <= removed, route.match

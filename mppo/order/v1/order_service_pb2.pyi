@@ -192,3 +192,67 @@ class GetOrderByGroupResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOrderByGroupResponse: _TypeAlias = GetOrderByGroupResponse  # noqa: Y015
+
+@_typing.final
+class QuoteCartRequest(_message.Message):
+    """QuoteCartRequest is a cart to price against a merchant's catalogue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant."""
+    currency_code: _builtins.str
+    """The cart's currency (ISO 4217)."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_cart_pb2.LineItem]:
+        """Cart lines, with the unit prices the cart shows."""
+
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        items: _abc.Iterable[_cart_pb2.LineItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "items", b"items", "merchant_id", b"merchant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteCartRequest: _TypeAlias = QuoteCartRequest  # noqa: Y015
+
+@_typing.final
+class QuoteCartResponse(_message.Message):
+    """QuoteCartResponse is the cart as the merchant prices it (only sent when every line agrees
+    with the catalogue).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ITEMS_TOTAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_cart_pb2.LineItem]:
+        """The lines, as the catalogue prices them."""
+
+    @_builtins.property
+    def items_total(self) -> _money_pb2.Money:
+        """Sum of quantity times unit price over the lines."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_cart_pb2.LineItem] | None = ...,
+        items_total: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["items_total", b"items_total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "items_total", b"items_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteCartResponse: _TypeAlias = QuoteCartResponse  # noqa: Y015

@@ -51,6 +51,11 @@ class OrderServiceStub:
                 request_serializer=mppo_dot_order_dot_v1_dot_order__service__pb2.GetOrderByGroupRequest.SerializeToString,
                 response_deserializer=mppo_dot_order_dot_v1_dot_order__service__pb2.GetOrderByGroupResponse.FromString,
                 _registered_method=True)
+        self.QuoteCart = channel.unary_unary(
+                '/mppo.order.v1.OrderService/QuoteCart',
+                request_serializer=mppo_dot_order_dot_v1_dot_order__service__pb2.QuoteCartRequest.SerializeToString,
+                response_deserializer=mppo_dot_order_dot_v1_dot_order__service__pb2.QuoteCartResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -80,6 +85,17 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QuoteCart(self, request, context):
+        """Internal: prices a cart against the merchant's catalogue before anyone is asked to pay
+        for it. A line whose SKU is unknown, or whose unit price or currency differs from the
+        catalogue, is refused with INVALID_ARGUMENT and a field violation naming it
+        (`items[i].sku`, `items[i].unit_price_minor`); a merchant that cannot be asked gives
+        UNAVAILABLE. Not open to end users.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +113,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.GetOrderByGroup,
                     request_deserializer=mppo_dot_order_dot_v1_dot_order__service__pb2.GetOrderByGroupRequest.FromString,
                     response_serializer=mppo_dot_order_dot_v1_dot_order__service__pb2.GetOrderByGroupResponse.SerializeToString,
+            ),
+            'QuoteCart': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuoteCart,
+                    request_deserializer=mppo_dot_order_dot_v1_dot_order__service__pb2.QuoteCartRequest.FromString,
+                    response_serializer=mppo_dot_order_dot_v1_dot_order__service__pb2.QuoteCartResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +203,33 @@ class OrderService:
             '/mppo.order.v1.OrderService/GetOrderByGroup',
             mppo_dot_order_dot_v1_dot_order__service__pb2.GetOrderByGroupRequest.SerializeToString,
             mppo_dot_order_dot_v1_dot_order__service__pb2.GetOrderByGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuoteCart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mppo.order.v1.OrderService/QuoteCart',
+            mppo_dot_order_dot_v1_dot_order__service__pb2.QuoteCartRequest.SerializeToString,
+            mppo_dot_order_dot_v1_dot_order__service__pb2.QuoteCartResponse.FromString,
             options,
             channel_credentials,
             insecure,

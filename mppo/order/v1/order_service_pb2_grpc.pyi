@@ -43,6 +43,13 @@ class OrderServiceStub:
     """Returns one order with its saga steps."""
     GetOrderByGroup: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.GetOrderByGroupRequest, _order_service_pb2.GetOrderByGroupResponse]
     """Returns the order placed for a group."""
+    QuoteCart: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.QuoteCartRequest, _order_service_pb2.QuoteCartResponse]
+    """Internal: prices a cart against the merchant's catalogue before anyone is asked to pay
+    for it. A line whose SKU is unknown, or whose unit price or currency differs from the
+    catalogue, is refused with INVALID_ARGUMENT and a field violation naming it
+    (`items[i].sku`, `items[i].unit_price_minor`); a merchant that cannot be asked gives
+    UNAVAILABLE. Not open to end users.
+    """
 
 @_typing.type_check_only
 class OrderServiceAsyncStub(OrderServiceStub):
@@ -59,6 +66,13 @@ class OrderServiceAsyncStub(OrderServiceStub):
     """Returns one order with its saga steps."""
     GetOrderByGroup: _aio.UnaryUnaryMultiCallable[_order_service_pb2.GetOrderByGroupRequest, _order_service_pb2.GetOrderByGroupResponse]  # type: ignore[assignment]
     """Returns the order placed for a group."""
+    QuoteCart: _aio.UnaryUnaryMultiCallable[_order_service_pb2.QuoteCartRequest, _order_service_pb2.QuoteCartResponse]  # type: ignore[assignment]
+    """Internal: prices a cart against the merchant's catalogue before anyone is asked to pay
+    for it. A line whose SKU is unknown, or whose unit price or currency differs from the
+    catalogue, is refused with INVALID_ARGUMENT and a field violation naming it
+    (`items[i].sku`, `items[i].unit_price_minor`); a merchant that cannot be asked gives
+    UNAVAILABLE. Not open to end users.
+    """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrderService places the merchant order for a fully paid group, captures the shares and
@@ -90,5 +104,18 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_order_service_pb2.GetOrderByGroupResponse, _abc.Awaitable[_order_service_pb2.GetOrderByGroupResponse]]:
         """Returns the order placed for a group."""
+
+    @_abc_1.abstractmethod
+    def QuoteCart(
+        self,
+        request: _order_service_pb2.QuoteCartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_order_service_pb2.QuoteCartResponse, _abc.Awaitable[_order_service_pb2.QuoteCartResponse]]:
+        """Internal: prices a cart against the merchant's catalogue before anyone is asked to pay
+        for it. A line whose SKU is unknown, or whose unit price or currency differs from the
+        catalogue, is refused with INVALID_ARGUMENT and a field violation naming it
+        (`items[i].sku`, `items[i].unit_price_minor`); a merchant that cannot be asked gives
+        UNAVAILABLE. Not open to end users.
+        """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -452,3 +452,55 @@ class SyncPaymentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SyncPaymentResponse: _TypeAlias = SyncPaymentResponse  # noqa: Y015
+
+@_typing.final
+class CloseCheckoutRequest(_message.Message):
+    """CloseCheckoutRequest names a payment whose hosted checkout must take no more money."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    """The payment id."""
+    reason: _builtins.str
+    """Why (recorded in the payment's history)."""
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_id", b"payment_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseCheckoutRequest: _TypeAlias = CloseCheckoutRequest  # noqa: Y015
+
+@_typing.final
+class CloseCheckoutResponse(_message.Message):
+    """CloseCheckoutResponse returns the payment once its checkout is closed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment(self) -> _payment_pb2.Payment:
+        """The payment: VOIDED (or FAILED / EXPIRED) when nothing was paid; AUTHORIZED or later when
+        the payer got there first.
+        """
+
+    def __init__(
+        self,
+        *,
+        payment: _payment_pb2.Payment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseCheckoutResponse: _TypeAlias = CloseCheckoutResponse  # noqa: Y015

@@ -76,6 +76,11 @@ class PaymentServiceStub:
                 request_serializer=mppo_dot_payment_dot_v1_dot_payment__service__pb2.SyncPaymentRequest.SerializeToString,
                 response_deserializer=mppo_dot_payment_dot_v1_dot_payment__service__pb2.SyncPaymentResponse.FromString,
                 _registered_method=True)
+        self.CloseCheckout = channel.unary_unary(
+                '/mppo.payment.v1.PaymentService/CloseCheckout',
+                request_serializer=mppo_dot_payment_dot_v1_dot_payment__service__pb2.CloseCheckoutRequest.SerializeToString,
+                response_deserializer=mppo_dot_payment_dot_v1_dot_payment__service__pb2.CloseCheckoutResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -140,6 +145,16 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseCheckout(self, request, context):
+        """Internal: closes the payment's hosted checkout so that it takes no more money (its share
+        is no longer wanted). A payment nobody has paid yet is voided, its checkout expired at the
+        provider; one the payer completed first is returned as it stands (release it with
+        VoidPayment or RefundPayment when it is not kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +197,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.SyncPayment,
                     request_deserializer=mppo_dot_payment_dot_v1_dot_payment__service__pb2.SyncPaymentRequest.FromString,
                     response_serializer=mppo_dot_payment_dot_v1_dot_payment__service__pb2.SyncPaymentResponse.SerializeToString,
+            ),
+            'CloseCheckout': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseCheckout,
+                    request_deserializer=mppo_dot_payment_dot_v1_dot_payment__service__pb2.CloseCheckoutRequest.FromString,
+                    response_serializer=mppo_dot_payment_dot_v1_dot_payment__service__pb2.CloseCheckoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +422,33 @@ class PaymentService:
             '/mppo.payment.v1.PaymentService/SyncPayment',
             mppo_dot_payment_dot_v1_dot_payment__service__pb2.SyncPaymentRequest.SerializeToString,
             mppo_dot_payment_dot_v1_dot_payment__service__pb2.SyncPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseCheckout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mppo.payment.v1.PaymentService/CloseCheckout',
+            mppo_dot_payment_dot_v1_dot_payment__service__pb2.CloseCheckoutRequest.SerializeToString,
+            mppo_dot_payment_dot_v1_dot_payment__service__pb2.CloseCheckoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,12 @@ class PaymentServiceStub:
     """Internal: refunds a captured payment in full or in part."""
     SyncPayment: _grpc.UnaryUnaryMultiCallable[_payment_service_pb2.SyncPaymentRequest, _payment_service_pb2.SyncPaymentResponse]
     """Internal: re-reads a payment's state from its provider and applies what changed."""
+    CloseCheckout: _grpc.UnaryUnaryMultiCallable[_payment_service_pb2.CloseCheckoutRequest, _payment_service_pb2.CloseCheckoutResponse]
+    """Internal: closes the payment's hosted checkout so that it takes no more money (its share
+    is no longer wanted). A payment nobody has paid yet is voided, its checkout expired at the
+    provider; one the payer completed first is returned as it stands (release it with
+    VoidPayment or RefundPayment when it is not kept).
+    """
 
 @_typing.type_check_only
 class PaymentServiceAsyncStub(PaymentServiceStub):
@@ -79,6 +85,12 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     """Internal: refunds a captured payment in full or in part."""
     SyncPayment: _aio.UnaryUnaryMultiCallable[_payment_service_pb2.SyncPaymentRequest, _payment_service_pb2.SyncPaymentResponse]  # type: ignore[assignment]
     """Internal: re-reads a payment's state from its provider and applies what changed."""
+    CloseCheckout: _aio.UnaryUnaryMultiCallable[_payment_service_pb2.CloseCheckoutRequest, _payment_service_pb2.CloseCheckoutResponse]  # type: ignore[assignment]
+    """Internal: closes the payment's hosted checkout so that it takes no more money (its share
+    is no longer wanted). A payment nobody has paid yet is voided, its checkout expired at the
+    provider; one the payer completed first is returned as it stands (release it with
+    VoidPayment or RefundPayment when it is not kept).
+    """
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     """PaymentService creates payment intents with providers, verifies their webhooks and moves
@@ -150,5 +162,17 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payment_service_pb2.SyncPaymentResponse, _abc.Awaitable[_payment_service_pb2.SyncPaymentResponse]]:
         """Internal: re-reads a payment's state from its provider and applies what changed."""
+
+    @_abc_1.abstractmethod
+    def CloseCheckout(
+        self,
+        request: _payment_service_pb2.CloseCheckoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_service_pb2.CloseCheckoutResponse, _abc.Awaitable[_payment_service_pb2.CloseCheckoutResponse]]:
+        """Internal: closes the payment's hosted checkout so that it takes no more money (its share
+        is no longer wanted). A payment nobody has paid yet is voided, its checkout expired at the
+        provider; one the payer completed first is returned as it stands (release it with
+        VoidPayment or RefundPayment when it is not kept).
+        """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

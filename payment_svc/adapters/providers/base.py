@@ -163,6 +163,14 @@ class PaymentProvider(Protocol):
         the provider ids that belong to it (itself and the payment objects made on it).
         Raises ProviderError when the provider cannot tell."""
 
+    async def expire_checkout(self, checkout_id: str, idempotency_key: str) -> ProviderPaymentState:
+        """Close the checkout we created (`CheckoutResult.checkout_id`, or the provider payment
+        id where none was recorded) if nobody has paid on it, so its hosted page takes no more
+        money, and report the payment as it stands then: VOIDED / EXPIRED / FAILED when it
+        closed unpaid, AUTHORIZED or later when the payer completed it first (left as it is:
+        the caller decides). Never places or releases a hold itself. REQUIRES_ACTION means
+        the provider could not close it yet."""
+
     async def verify_webhook(self, request: WebhookRequest) -> None:
         """Raise WebhookVerificationError unless the request is authentic and fresh."""
 

@@ -421,6 +421,20 @@ class PayPalProvider:
         )
         return order_state(await self._order(provider_payment_id))
 
+    async def expire_checkout(self, checkout_id: str, idempotency_key: str) -> ProviderPaymentState:
+        """PayPal cannot cancel an order, but holds nothing until we authorize an approved one:
+        an order with no authorization is reported VOIDED (the payment service records the
+        checkout closed and never authorizes it; an authorization that still races in is
+        voided). An order authorized first is reported as it stands. Read only: the order is
+        not authorized here."""
+        order = await self._order(checkout_id)
+        state = order_state(order)
+        if state.status is ProviderStatus.REQUIRES_ACTION and not _payments(order):
+            return ProviderPaymentState(
+                checkout_id, ProviderStatus.VOIDED, failure_reason="checkout closed unpaid"
+            )
+        return state
+
     async def refund(
         self, provider_payment_id: str, amount_minor: int, idempotency_key: str
     ) -> ProviderPaymentState:

@@ -338,21 +338,7 @@ class RazorpayProvider:
         if state.status in (ProviderStatus.VOIDED, ProviderStatus.EXPIRED, ProviderStatus.FAILED):
             return state
         if state.status is ProviderStatus.REQUIRES_ACTION and link is not None:
-            link_id = str(link["id"])
-
-            async def op(attempt: int) -> Json:
-                if attempt > 0:
-                    current = await self._sdk(
-                        "fetch payment link",
-                        lambda o: self._client.payment_link.fetch(link_id, {}, **o),
-                    )
-                    if current.get("status") != "created":
-                        return current
-                return await self._sdk(
-                    "cancel payment link", lambda o: self._client.payment_link.cancel(link_id, **o)
-                )
-
-            await self._with_retries(f"razorpay cancel link {idempotency_key}", op)
+            await self._cancel_link(str(link["id"]), idempotency_key)
             link, payment = await self._resolve(provider_payment_id)
             return self._state(provider_payment_id, link, payment)
         if state.status is ProviderStatus.AUTHORIZED:
@@ -367,6 +353,39 @@ class RazorpayProvider:
             retryable=False,
             code="already_captured",
         )
+
+    async def _cancel_link(self, link_id: str, idempotency_key: str) -> None:
+        """Cancel a payment link (a retry first checks whether an earlier attempt did)."""
+
+        async def op(attempt: int) -> Json:
+            if attempt > 0:
+                current = await self._sdk(
+                    "fetch payment link",
+                    lambda o: self._client.payment_link.fetch(link_id, {}, **o),
+                )
+                if current.get("status") != "created":
+                    return current
+            return await self._sdk(
+                "cancel payment link", lambda o: self._client.payment_link.cancel(link_id, **o)
+            )
+
+        await self._with_retries(f"razorpay cancel link {idempotency_key}", op)
+
+    async def expire_checkout(self, checkout_id: str, idempotency_key: str) -> ProviderPaymentState:
+        """Cancel the payment link while nobody has paid on it (Razorpay then refuses payment
+        on it); a link paid first is reported as it stands (captured: links capture at once)."""
+        link, payment = await self._resolve(checkout_id)
+        state = self._state(checkout_id, link, payment)
+        if state.status is not ProviderStatus.REQUIRES_ACTION or link is None:
+            return state
+        try:
+            await self._cancel_link(str(link["id"]), idempotency_key)
+        except ProviderError as exc:
+            if exc.retryable:
+                raise
+            # no longer cancellable: paid or expired meanwhile (the re-read tells)
+        link, payment = await self._resolve(checkout_id)
+        return self._state(checkout_id, link, payment)
 
     async def refund(
         self, provider_payment_id: str, amount_minor: int, idempotency_key: str

@@ -304,6 +304,30 @@ class StripeProvider:
                 ids.add(str(_get(intent, "id") or intent))
         return frozenset(ids)
 
+    async def expire_checkout(self, checkout_id: str, idempotency_key: str) -> ProviderPaymentState:
+        """Expire the Checkout Session while it is open (its PaymentIntent is cancelled with
+        it, and its page takes no payment); Stripe refuses to expire a session the payer
+        completed first, which is then reported as it stands. A PaymentIntent id (no session
+        recorded) is cancelled while it still waits for a payment method."""
+        if checkout_id.startswith("cs_"):
+            if (await self._session(checkout_id)).get("status") == "open":
+                try:
+                    await self._call(
+                        "expire checkout",
+                        lambda: self._client.v1.checkout.sessions.expire_async(
+                            checkout_id, None, {"idempotency_key": idempotency_key}
+                        ),
+                    )
+                except ProviderError as exc:
+                    if exc.retryable:
+                        raise
+                    # no longer open: completed or expired meanwhile (the re-read tells)
+            return await self.fetch(checkout_id)
+        state = await self.fetch(checkout_id)
+        if state.status is ProviderStatus.REQUIRES_ACTION:
+            return await self.void(checkout_id, idempotency_key)
+        return state
+
     async def verify_webhook(self, request: WebhookRequest) -> None:
         """Check ``Stripe-Signature``: HMAC-SHA256 of ``t.body`` with our secret, ``t`` within
         the tolerance of now in both directions."""

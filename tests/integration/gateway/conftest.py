@@ -1,10 +1,12 @@
 """Fixtures shared by the gateway's integration tests: the four real services (plaintext,
-MPPO_ENV=test, each on its own database, each knowing where the others are) and a JWT
-issuer."""
+MPPO_ENV=test, each on its own database, each knowing where the others are; the order service
+prices carts at a sandbox merchant whose catalogue sells the tests' pizza, `p1` at 12.50 EUR)
+and a JWT issuer."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,8 +15,13 @@ import pytest_asyncio
 
 from mppo.devstack import Infra
 from mppo.devstack.probes import free_port
+from order_svc.sandbox_merchant.catalogue import DEFAULT_CATALOGUE
 from tests.integration.gateway.support import AREAS, Issuer
+from tests.support.sandbox_merchant import TEST_SECRET, start_merchant
 from tests.support.services import ServiceProcess, start_service, wait_serving
+
+#: the pizza the gateway tests order, next to the sandbox merchant's default catalogue
+PIZZA = {"sku": "p1", "name": "Pizza", "unit_price_minor": 1250, "currency": "EUR", "stock": 10**6}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -25,7 +32,11 @@ async def services(
     logs = tmp_path_factory.mktemp("service-logs")
     prefix = f"t{uuid.uuid4().hex[:6]}"
     addrs = {area: f"127.0.0.1:{free_port()}" for area in AREAS}
+    catalogue = logs / "catalogue.json"
+    catalogue.write_text(json.dumps([*DEFAULT_CATALOGUE, PIZZA]))
+    merchant = await start_merchant(logs, {"MPPO_MERCHANT_CATALOGUE": str(catalogue)})
     peers = {f"MPPO_{area.upper()}_ADDR": addr for area, addr in addrs.items()}
+    peers |= {"MPPO_MERCHANT_ADDR": merchant.addr, "MPPO_MERCHANT_SECRET": TEST_SECRET}
     started: dict[str, ServiceProcess] = {}
     try:
         for area in AREAS:
@@ -45,6 +56,7 @@ async def services(
     finally:
         for proc in started.values():
             proc.stop()
+        merchant.stop()
 
 
 @pytest.fixture(scope="module")

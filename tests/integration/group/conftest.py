@@ -1,6 +1,7 @@
 """The group stack shared by a test module: two group service replicas (each with consumers
 and a scheduler) and one standalone scheduler process, on one database, Redis and NATS prefix;
-against an in-test fake PaymentService (failure injection) or the real payment service
+against an in-test fake PaymentService (failure injection) and a fake OrderService pricing carts
+from the sandbox merchant's catalogue, or the real payment and order services
 (test_group_with_payment_service.py)."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mppo.devstack.probes import free_port
 from mppo.platform.messaging import connect, ensure_streams
 from tests.integration.group.fake_payment import FakePaymentService, start_fake_payments
 from tests.integration.group.harness import Stack
+from tests.support.fake_orders import FakeOrderService, start_fake_orders
 from tests.support.services import start_service, wait_serving
 
 GROUP_ENV = {
@@ -41,15 +43,35 @@ async def fake_payments() -> AsyncIterator[tuple[str, FakePaymentService]]:
         await server.stop(grace=1)
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def fake_orders() -> AsyncIterator[tuple[str, FakeOrderService]]:
+    port = free_port()
+    server, fake = await start_fake_orders(port)
+    try:
+        yield f"127.0.0.1:{port}", fake
+    finally:
+        await server.stop(grace=1)
+
+
 @contextlib.asynccontextmanager
 async def group_stack(
-    infra: Infra, payment_addr: str, log_dir: Path, extra_env: dict[str, str] | None = None
+    infra: Infra,
+    payment_addr: str,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    order_addr: str,
 ) -> AsyncIterator[Stack]:
     """Two group replicas and a standalone scheduler on a fresh database and NATS prefix."""
     name = f"g_{uuid.uuid4().hex[:10]}"
     database_url = await infra.create_database(name)
     prefix = f"t{uuid.uuid4().hex[:6]}"
-    env = {**GROUP_ENV, "MPPO_PAYMENT_ADDR": payment_addr, **(extra_env or {})}
+    env = {
+        **GROUP_ENV,
+        "MPPO_PAYMENT_ADDR": payment_addr,
+        "MPPO_ORDER_ADDR": order_addr,
+        **(extra_env or {}),
+    }
     common: dict[str, Any] = {
         "database_url": database_url,
         "redis_url": infra.redis_url,
@@ -93,8 +115,11 @@ async def group_stack(
 async def stack(
     infra: Infra,
     fake_payments: tuple[str, FakePaymentService],
+    fake_orders: tuple[str, FakeOrderService],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    """The group stack against the in-test fake payment service."""
-    async with group_stack(infra, fake_payments[0], tmp_path_factory.mktemp("group")) as built:
+    """The group stack against the in-test fake payment and order services."""
+    async with group_stack(
+        infra, fake_payments[0], tmp_path_factory.mktemp("group"), order_addr=fake_orders[0]
+    ) as built:
         yield built

@@ -23,12 +23,16 @@ def _md(context: Ctx) -> dict[str, str]:
 
 @dataclass
 class FakePaymentService(payment_service_pb2_grpc.PaymentServiceServicer):
-    """Records intents and releases; can be told to fail the next intents."""
+    """Records intents, closed checkouts and releases; can be told to fail the next intents
+    or every CloseCheckout."""
 
     intents: dict[tuple[str, str, int], payment_pb2.Payment] = field(default_factory=dict)
     create_calls: int = 0
     fail_next: int = 0
     released: list[str] = field(default_factory=list)
+    #: payments whose hosted pages were closed (CloseCheckout), and whether it is down
+    closed: list[str] = field(default_factory=list)
+    close_unavailable: bool = False
 
     @grpc_errors
     async def CreatePaymentIntent(  # noqa: N802
@@ -63,6 +67,22 @@ class FakePaymentService(payment_service_pb2_grpc.PaymentServiceServicer):
             raise FailedPreconditionError("already voided")
         self.released.append(request.payment_id)
         return pb.VoidPaymentResponse()
+
+    @grpc_errors
+    async def CloseCheckout(  # noqa: N802
+        self, request: pb.CloseCheckoutRequest, context: Ctx
+    ) -> pb.CloseCheckoutResponse:
+        if _md(context).get("x-mppo-service") != "group":
+            raise PermissionDeniedError("group service calls only")
+        if self.close_unavailable:
+            raise UnavailableError("payment service down (test)")
+        if request.payment_id not in self.closed:
+            self.closed.append(request.payment_id)
+        return pb.CloseCheckoutResponse(
+            payment=payment_pb2.Payment(
+                payment_id=request.payment_id, status=payment_pb2.PAYMENT_STATUS_VOIDED
+            )
+        )
 
     def intent_for(self, group_id: str, member_id: str, attempt: int) -> payment_pb2.Payment:
         return self.intents[(group_id, member_id, attempt)]

@@ -24,6 +24,7 @@ from mppo.payment.v1 import payment_events_pb2
 from mppo.platform.event_types import decode_event, new_event
 from mppo.platform.events import Event
 from mppo.platform.messaging import publish_event, stream_name, subject_for
+from tests.support.catalogue import priced_cart
 from tests.support.services import ServiceProcess
 
 T = TypeVar("T")
@@ -50,16 +51,24 @@ def create_request(
     policy: group_pb2.FallbackPolicy.ValueType = group_pb2.FALLBACK_POLICY_CANCEL,
     currency: str = "USD",
 ) -> gs.CreateGroupRequest:
-    """A cart of one line worth `total`, equal split, host + `guests` bound guests."""
+    """A cart worth `total` at the sandbox merchant's catalogue prices (the rest a fee), equal
+    split, host + `guests` bound guests."""
     tag = uuid.uuid4().hex[:6]
+    lines, fees = priced_cart(total)
     return gs.CreateGroupRequest(
         merchant_id="merchant-1",
         currency_code=currency,
         items=[
             cart_pb2.LineItem(
-                line_id="l1", sku="pz", name="pizza", quantity=1, unit_price_minor=total
+                line_id=ln.line_id,
+                sku=ln.sku,
+                name=ln.name,
+                quantity=ln.quantity,
+                unit_price_minor=ln.unit_price_minor,
             )
+            for ln in lines
         ],
+        fees_minor=fees,
         split_mode=group_pb2.SPLIT_MODE_EQUAL,
         fallback_policy=policy,
         deadline=ts(datetime.now(UTC) + timedelta(seconds=deadline_in)),

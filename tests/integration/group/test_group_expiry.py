@@ -170,3 +170,24 @@ def _contains(payment_id: str, ids: list[str]) -> bool:
 
 async def _released(fake: FakePaymentService) -> list[str]:
     return list(fake.released)
+
+
+async def test_the_deadline_waits_while_the_payment_service_cannot_close_the_links(
+    stack: Stack, fake_payments: tuple[str, FakePaymentService]
+) -> None:
+    _, fake = fake_payments
+    group = await open_group(stack, create_request(total=900, guests=2, deadline_in=2.0))
+    links = {m.payment_id for m in group.members}
+    fake.close_unavailable = True
+    try:
+        # past the deadline, with schedulers running every 0.3 s: still OPEN, nothing announced
+        await asyncio.sleep(4.0)
+        assert (await get_group(stack, group)).status == group_pb2.GROUP_STATUS_OPEN
+        assert not of_type(await stack.events(group.group_id), "group.expired")
+    finally:
+        fake.close_unavailable = False
+    expired = await wait_status(stack, group, EXPIRED, within=15)
+    assert expired.close_reason == "deadline passed"
+    assert links <= set(fake.closed)
+    (event,) = of_type(await stack.events(group.group_id), "group.expired")
+    assert set(event.payment_ids) == links

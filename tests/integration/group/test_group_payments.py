@@ -112,5 +112,48 @@ async def test_a_declined_member_retries_and_the_stale_attempt_is_voided(
     assert sum(s.amount.amount_minor for s in finalized.shares) == 300
 
 
+async def test_cancel_answers_unavailable_until_the_links_can_be_closed(
+    stack: Stack, fake_payments: tuple[str, FakePaymentService]
+) -> None:
+    _, fake = fake_payments
+    group = await open_group(stack, create_request(total=900, guests=2))
+    cancel = gs.CancelGroupRequest(group_id=group.group_id, reason="plans changed")
+    host = user_md(group.host_user_id, key="cancel-1")
+    fake.close_unavailable = True
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stack.stub().CancelGroup(cancel, metadata=host)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (await get_group(stack, group)).status == OPEN
+    finally:
+        fake.close_unavailable = False
+    cancelled = await stack.stub().CancelGroup(cancel, metadata=host)
+    assert cancelled.group.status == group_pb2.GROUP_STATUS_CANCELLED
+    assert {m.payment_id for m in group.members} <= set(fake.closed)
+    (event,) = of_type(await stack.events(group.group_id), "group.cancelled")
+    assert event.reason == "plans changed"
+    again = await stack.stub().CancelGroup(cancel, metadata=host)  # the same key: replayed
+    assert again.group.status == group_pb2.GROUP_STATUS_CANCELLED
+
+
+async def test_a_retry_closes_the_link_it_replaces(
+    stack: Stack, fake_payments: tuple[str, FakePaymentService]
+) -> None:
+    _, fake = fake_payments
+    group = await open_group(stack, create_request(total=500, guests=1))
+    guest = group.members[1]
+    first = fake.intent_for(group.group_id, guest.member_id, 1)
+    await stack.decline(first)
+    await eventually(
+        lambda: get_group(stack, group),
+        lambda g: g.members[1].status == group_pb2.MEMBER_STATUS_PAYMENT_FAILED,
+    )
+    await stack.stub().RetryPayment(
+        gs.RetryPaymentRequest(group_id=group.group_id, member_id=guest.member_id),
+        metadata=user_md(guest.user_id),
+    )
+    assert first.payment_id in fake.closed
+
+
 async def _released(fake: FakePaymentService) -> list[str]:
     return list(fake.released)

@@ -40,6 +40,8 @@ from mppo.platform.event_types import new_event
 from mppo.platform.events import HEADER_MSG_ID
 from mppo.platform.messaging import connect, ensure_streams, publish, stream_name, subject_for
 from notification_svc.domain import signature
+from tests.support.catalogue import priced_cart
+from tests.support.fake_orders import start_fake_orders
 from tests.support.services import ServiceProcess, start_service, wait_serving
 
 SECRET = "whsec_notification_test"
@@ -163,15 +165,22 @@ class Stack:
         self.emails.update(emails.values())
         deadline = Timestamp()
         deadline.FromDatetime(datetime.now(UTC) + timedelta(hours=2))
+        lines, fees = priced_cart(4000)  # at the merchant's catalogue prices
         reply = await self.group.CreateGroup(
             group_service_pb2.CreateGroupRequest(
                 merchant_id="merchant-1",
                 currency_code="USD",
                 items=[
                     cart_pb2.LineItem(
-                        line_id="l1", sku="s1", name="Pizza", quantity=1, unit_price_minor=4000
+                        line_id=ln.line_id,
+                        sku=ln.sku,
+                        name=ln.name,
+                        quantity=ln.quantity,
+                        unit_price_minor=ln.unit_price_minor,
                     )
+                    for ln in lines
                 ],
+                fees_minor=fees,
                 split_mode=group_pb2.SPLIT_MODE_EQUAL,
                 fallback_policy=group_pb2.FALLBACK_POLICY_CANCEL,
                 deadline=deadline,
@@ -213,6 +222,8 @@ async def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Async
 
     procs: list[ServiceProcess] = []
     channels: list[grpc.aio.Channel] = []
+    orders_port = free_port()  # prices the carts of the groups the tests create
+    orders, _ = await start_fake_orders(orders_port)
     try:
         sink = start_service(
             "smtp_sink",
@@ -227,7 +238,11 @@ async def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Async
             "group",
             database_url=await infra.create_database(f"g_{uuid.uuid4().hex[:10]}"),
             log_dir=logs,
-            env={"MPPO_GROUP_SCHEDULER": "off", "MPPO_PAYMENT_ADDR": f"127.0.0.1:{free_port()}"},
+            env={
+                "MPPO_GROUP_SCHEDULER": "off",
+                "MPPO_PAYMENT_ADDR": f"127.0.0.1:{free_port()}",
+                "MPPO_ORDER_ADDR": f"127.0.0.1:{orders_port}",
+            },
             **common,
         )
         procs.append(group)
@@ -278,6 +293,7 @@ async def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Async
             await channel.close(None)
         for proc in reversed(procs):
             assert proc.stop() == 0, proc.log_text()
+        await orders.stop(grace=1)
         await runner.cleanup()
         await nats.close()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -20,12 +20,24 @@ from group_svc.adapters.repository import Release
 from group_svc.domain.lifecycle import GroupStatus
 from group_svc.domain.model import Group, HistoryEntry, Member
 from group_svc.service_layer.unit_of_work import GroupUnitOfWork
+from mppo.common.v1 import cart_pb2
+from mppo.order.v1 import order_service_pb2
 from mppo.payment.v1 import payment_pb2
-from mppo.platform.errors import ConflictError, DomainError, UnavailableError
+from mppo.platform.errors import (
+    ConflictError,
+    DomainError,
+    FieldViolation,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from mppo.platform.event_types import decode_event
 from mppo.platform.events import Event
 from mppo.platform.idempotency import IdempotencyKey
 from mppo.platform.unit_of_work import UnitOfWork
+from order_svc.sandbox_merchant.catalogue import DEFAULT_CATALOGUE
+
+#: the sandbox merchant's default prices (order_svc/sandbox_merchant/catalogue.py)
+CATALOGUE = {str(i["sku"]): int(i["unit_price_minor"]) for i in DEFAULT_CATALOGUE}
 
 
 class Clock:
@@ -290,6 +302,13 @@ class FakePayments:
     fail_next: int = 0
     released: list[str] = field(default_factory=list)
     release_errors: dict[str, DomainError] = field(default_factory=dict)
+    #: payments whose pages were closed (once each), every CloseCheckout call, and failures
+    closed: list[str] = field(default_factory=list)
+    close_calls: list[str] = field(default_factory=list)
+    close_errors: dict[str, DomainError] = field(default_factory=dict)
+    paid_first: set[str] = field(default_factory=set)
+    #: called with each payment id before its page is closed (to look at the group then)
+    on_close: Callable[[str], None] | None = None
 
     async def create_intent(
         self,
@@ -326,3 +345,46 @@ class FakePayments:
             raise error
         self.released.append(payment_id)
         return payment_pb2.Payment(payment_id=payment_id)
+
+    async def close_checkout(self, payment_id: str, reason: str) -> payment_pb2.Payment:
+        """Close a payment's hosted page: it takes no more money (`paid_first`: the payer got
+        there first, the payment comes back authorized)."""
+        self.close_calls.append(payment_id)
+        if self.on_close is not None:
+            self.on_close(payment_id)
+        error = self.close_errors.get(payment_id)
+        if error is not None:
+            raise error
+        if payment_id in self.paid_first:
+            return payment_pb2.Payment(
+                payment_id=payment_id, status=payment_pb2.PAYMENT_STATUS_AUTHORIZED
+            )
+        if payment_id not in self.closed:
+            self.closed.append(payment_id)
+        return payment_pb2.Payment(payment_id=payment_id, status=payment_pb2.PAYMENT_STATUS_VOIDED)
+
+
+@dataclass
+class FakeOrders:
+    """The order service's QuoteCart over a catalogue (sku → unit price), as the sandbox
+    merchant prices it."""
+
+    catalogue: dict[str, int] = field(default_factory=lambda: dict(CATALOGUE))
+    quotes: int = 0
+    fail_next: int = 0
+
+    async def quote_cart(
+        self, *, merchant_id: str, currency_code: str, items: Sequence[cart_pb2.LineItem]
+    ) -> order_service_pb2.QuoteCartResponse:
+        self.quotes += 1
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise UnavailableError("merchant down (test)")
+        bad = [
+            FieldViolation(f"items[{i}].unit_price_minor", f"costs {self.catalogue.get(i_.sku)}")
+            for i, i_ in enumerate(items)
+            if self.catalogue.get(i_.sku) != i_.unit_price_minor
+        ]
+        if bad:
+            raise InvalidArgumentError("the cart does not match the catalogue", bad)
+        return order_service_pb2.QuoteCartResponse(items=list(items))

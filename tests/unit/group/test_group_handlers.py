@@ -24,7 +24,8 @@ from mppo.platform.errors import (
     UnavailableError,
 )
 from mppo.platform.identity import Caller
-from tests.unit.group.fakes import Clock, FakePayments, FakeUnitOfWork
+from tests.support.catalogue import priced_cart
+from tests.unit.group.fakes import Clock, FakeOrders, FakePayments, FakeUnitOfWork
 
 HOST = Caller(user_id="host")
 GUEST = Caller(user_id="guest-1")
@@ -42,14 +43,20 @@ def payments() -> FakePayments:
 
 
 @pytest.fixture
+def orders() -> FakeOrders:
+    return FakeOrders()
+
+
+@pytest.fixture
 def uow() -> FakeUnitOfWork:
     return FakeUnitOfWork()
 
 
 @pytest.fixture
-def handlers(clock: Clock, payments: FakePayments) -> GroupHandlers:
+def handlers(clock: Clock, payments: FakePayments, orders: FakeOrders) -> GroupHandlers:
     return GroupHandlers(
         payments=payments,
+        orders=orders,
         host_grace=timedelta(seconds=60),
         reminder_lead=timedelta(seconds=30),
         clock=clock,
@@ -67,12 +74,15 @@ def create_cmd(
     policy: FallbackPolicy = FallbackPolicy.CANCEL,
     deadline_in: float = 120,
 ) -> c.CreateGroup:
+    lines, fees = priced_cart(total)
     return c.CreateGroup(
         caller=HOST,
         merchant_id="merchant-1",
         currency_code="USD",
-        items=[CartLine("l1", "pz", "pizza", 1, total)],
-        fees_minor=0,
+        items=[
+            CartLine(ln.line_id, ln.sku, ln.name, ln.quantity, ln.unit_price_minor) for ln in lines
+        ],
+        fees_minor=fees,
         tax_minor=0,
         tip_minor=0,
         split_mode=SplitMode.EQUAL,
@@ -84,8 +94,9 @@ def create_cmd(
 
 
 async def create(handlers: GroupHandlers, uow: FakeUnitOfWork, cmd: c.CreateGroup) -> Group:
+    quoted = await handlers.quote_cart(cmd)
     async with uow:
-        group = await handlers.create_group(cmd, uow)
+        group = await handlers.create_group(quoted, uow)
         await uow.commit()
     return group
 
@@ -220,9 +231,7 @@ async def test_cancel_lists_the_payments_and_a_pending_group_cannot_be_cancelled
     handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
 ) -> None:
     group = await opened(handlers, uow, clock, guests=1, total=500)
-    async with uow:
-        cancelled = await handlers.cancel_group(c.CancelGroup(HOST, group.group_id), uow)
-        await uow.commit()
+    cancelled = await handlers.cancel_group(c.CancelGroup(HOST, group.group_id), uow)
     assert cancelled.status is GroupStatus.CANCELLED
     (event,) = uow.payloads("group.cancelled")
     assert isinstance(event, ev.GroupCancelled)
@@ -231,9 +240,8 @@ async def test_cancel_lists_the_payments_and_a_pending_group_cannot_be_cancelled
     other = await opened(handlers, uow, clock, guests=1, total=500)
     for i in range(2):
         await pay(handlers, uow, payments, other, i)
-    async with uow:
-        with pytest.raises(FailedPreconditionError):
-            await handlers.cancel_group(c.CancelGroup(HOST, other.group_id), uow)
+    with pytest.raises(FailedPreconditionError):
+        await handlers.cancel_group(c.CancelGroup(HOST, other.group_id), uow)
 
 
 # ---- consumed events ---------------------------------------------------------------------
@@ -331,10 +339,7 @@ async def test_a_declined_member_retries_and_the_stale_attempt_is_released(
 
 
 async def expire_round(handlers: GroupHandlers, uow: FakeUnitOfWork) -> list[str]:
-    async with uow:
-        needs_intent = await handlers.expire_due_groups(c.ExpireDueGroups(), uow)
-        await uow.commit()
-    return needs_intent
+    return await handlers.expire_due_groups(c.ExpireDueGroups(), uow)
 
 
 async def test_cancel_policy_expires_once_and_a_late_payment_is_released_once(
@@ -445,3 +450,153 @@ async def test_reminders_go_out_once_per_unpaid_member(
     assert await remind() == 0
     reminded = {p.member_id for p in uow.payloads("group.reminder_due")}  # type: ignore[attr-defined]
     assert reminded == {group.members[0].member_id, group.members[2].member_id}
+
+
+# ---- carts are priced by the merchant before the group exists -----------------------------
+
+
+async def test_a_cart_the_catalogue_prices_differently_is_refused_before_any_group_exists(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, orders: FakeOrders
+) -> None:
+    cheap = create_cmd(clock)
+    cheap = replace(cheap, items=[replace(cheap.items[0], unit_price_minor=1)])  # a 1-cent item
+    with pytest.raises(InvalidArgumentError) as err:
+        await handlers.quote_cart(cheap)
+    assert {v.field for v in err.value.violations} == {"items[0].unit_price_minor"}
+    orders.fail_next = 1
+    with pytest.raises(UnavailableError):
+        await handlers.quote_cart(create_cmd(clock))
+    # nothing is created from a cart the merchant has not priced
+    async with uow:
+        with pytest.raises(FailedPreconditionError):
+            await handlers.create_group(create_cmd(clock), uow)
+        quoted = await handlers.quote_cart(create_cmd(clock))
+        with pytest.raises(FailedPreconditionError):  # the quote is for other lines
+            await handlers.create_group(replace(quoted, items=cheap.items), uow)
+    assert uow.store.groups == {}
+    assert (await create(handlers, uow, create_cmd(clock))).status is GroupStatus.DRAFT
+
+
+# ---- unwanted payment links are closed before the change is committed ----------------------
+
+
+def committed_status(uow: FakeUnitOfWork, group_id: str) -> tuple[GroupStatus, bool]:
+    """The stored group's status and whether its host fallback was stored."""
+    stored = uow.store.groups[group_id]
+    return stored.status, stored.fallback_at is not None
+
+
+async def test_host_pays_remaining_closes_the_members_links_before_the_fallback_is_committed(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
+) -> None:
+    group = await opened(
+        handlers, uow, clock, policy=FallbackPolicy.HOST_PAYS_REMAINING, guests=3, total=1001
+    )
+    await pay(handlers, uow, payments, group, 1)
+    unpaid = {
+        payments.intents[(group.group_id, group.members[i].member_id, 1)].payment_id
+        for i in (0, 2, 3)
+    }
+    seen: list[tuple[GroupStatus, bool]] = []
+    payments.on_close = lambda _: seen.append(committed_status(uow, group.group_id))
+    clock.advance(121)
+    # the payment service cannot close them yet: nothing changes, the next round retries
+    for payment_id in unpaid:
+        payments.close_errors[payment_id] = UnavailableError("payment service down")
+    assert await expire_round(handlers, uow) == []
+    assert committed_status(uow, group.group_id) == (GroupStatus.OPEN, False)
+    payments.close_errors.clear()
+    assert await expire_round(handlers, uow) == [group.group_id]
+    assert set(payments.closed) == unpaid  # the host's first link as well: a new one replaces it
+    assert set(seen) == {(GroupStatus.OPEN, False)}  # every close came before the fallback
+    covered = await handlers.complete_intents(
+        c.CompleteIntents(group.group_id, "system:scheduler"), uow
+    )
+    assert [m.status for m in covered.members[2:]] == [MemberStatus.COVERED_BY_HOST] * 2
+    assert len(uow.payloads("group.host_fallback")) == 1
+    # the grace period passes: the host's fallback link is closed before group.expired
+    host_link = payments.intents[(group.group_id, covered.host.member_id, 2)].payment_id
+    not_expired_yet: list[bool] = []
+    payments.on_close = lambda _: not_expired_yet.append(uow.payloads("group.expired") == [])
+    clock.advance(61)
+    await expire_round(handlers, uow)
+    assert (payments.closed[-1], not_expired_yet) == (host_link, [True])
+    assert (await load(uow, group.group_id)).status is GroupStatus.EXPIRED
+
+
+async def test_cancel_closes_every_open_link_first_and_waits_for_the_payment_service(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
+) -> None:
+    group = await opened(handlers, uow, clock, guests=2, total=900)
+    await pay(handlers, uow, payments, group, 1)
+    unpaid = {
+        payments.intents[(group.group_id, group.members[i].member_id, 1)].payment_id for i in (0, 2)
+    }
+    payments.close_errors[min(unpaid)] = UnavailableError("payment service down")
+    with pytest.raises(UnavailableError):
+        await handlers.cancel_group(c.CancelGroup(HOST, group.group_id), uow)
+    assert committed_status(uow, group.group_id) == (GroupStatus.OPEN, False)
+    assert uow.payloads("group.cancelled") == []
+    payments.close_errors.clear()
+    seen: list[bool] = []
+    payments.on_close = lambda _: seen.append(uow.payloads("group.cancelled") == [])
+    cancelled = await handlers.cancel_group(c.CancelGroup(HOST, group.group_id), uow)
+    assert cancelled.status is GroupStatus.CANCELLED
+    assert set(payments.closed) == unpaid  # the paid share is released on group.cancelled
+    assert seen == [True, True]
+    assert len(uow.payloads("group.cancelled")) == 1
+
+
+async def test_the_cancel_deadline_closes_the_links_before_group_expired(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
+) -> None:
+    group = await opened(handlers, uow, clock, guests=1, total=500)
+    seen: list[bool] = []
+    payments.on_close = lambda _: seen.append(uow.payloads("group.expired") == [])
+    clock.advance(121)
+    await expire_round(handlers, uow)
+    assert (await load(uow, group.group_id)).status is GroupStatus.EXPIRED
+    assert set(payments.closed) == set(group.payment_ids)
+    assert seen == [True, True]
+
+
+async def test_a_retry_closes_the_link_it_replaces(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
+) -> None:
+    group = await opened(handlers, uow, clock, guests=1, total=500)
+    guest = group.members[1]
+    first = payments.intents[(group.group_id, guest.member_id, 1)]
+    async with uow:
+        await handlers.payment_failed(
+            payment_events_pb2.PaymentFailed(
+                payment_id=first.payment_id,
+                group_id=group.group_id,
+                member_id=guest.member_id,
+                attempt=1,
+            ),
+            uow,
+        )
+        await uow.commit()
+    seen: list[int] = []
+    payments.on_close = lambda _: seen.append(uow.store.groups[group.group_id].members[1].attempt)
+    retried = await handlers.retry_payment(
+        c.RetryPayment(GUEST, group.group_id, guest.member_id), uow
+    )
+    assert retried.members[1].attempt == 2
+    assert (payments.closed, seen) == ([first.payment_id], [1])
+
+
+async def test_a_payment_that_beat_the_closing_link_is_released_as_before(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
+) -> None:
+    group = await opened(
+        handlers, uow, clock, policy=FallbackPolicy.HOST_PAYS_REMAINING, guests=1, total=500
+    )
+    racing = payments.intents[(group.group_id, group.members[1].member_id, 1)]
+    payments.paid_first.add(racing.payment_id)  # paid on the page just before it closed
+    clock.advance(121)
+    assert await expire_round(handlers, uow) == [group.group_id]
+    await pay(handlers, uow, payments, group, 1)  # its payment.succeeded arrives late
+    assert list(uow.store.releases) == [racing.payment_id]
+    assert await handlers.release_payments(c.ReleasePayments(), uow) == 1
+    assert payments.released == [racing.payment_id]

@@ -10,20 +10,33 @@ import pytest
 from mppo.common.v1 import cart_pb2, money_pb2
 from mppo.group.v1 import group_events_pb2
 from mppo.order.v1 import order_events_pb2, order_pb2
-from mppo.platform.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from mppo.platform.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from mppo.platform.events import Event
 from mppo.platform.identity import Caller
 from order_svc.domain.model import Line, OrderStatus
+from order_svc.domain.validator import CatalogueItem
 from order_svc.service_layer.commands import (
     CreateOrder,
     GetOrder,
     GetOrderByGroup,
     OrderSpec,
+    QuoteCart,
     ShareSpec,
 )
 from order_svc.service_layer.handlers import OrderHandlers
 from order_svc.service_layer.messages import new_order
-from tests.unit.order.fakes import FakeCache, FakeGroups, FakeUnitOfWork
+from tests.unit.order.fakes import (
+    FakeCache,
+    FakeGroups,
+    FakeMerchant,
+    FakeUnitOfWork,
+    OneMerchant,
+)
 
 GROUP = Caller(service="group")
 ALICE = Caller(user_id="alice")
@@ -94,8 +107,21 @@ def cache() -> FakeCache:
 
 
 @pytest.fixture
-def handlers(cache: FakeCache, groups: FakeGroups, wakes: Wakes) -> OrderHandlers:
-    return OrderHandlers(cache, groups, wakes)
+def merchant() -> FakeMerchant:
+    return FakeMerchant(
+        catalogue_items={
+            "PIZZA": CatalogueItem("PIZZA", "Pizza", 1200, "USD", 10),
+            "SODA": CatalogueItem("SODA", "Soda", 250, "USD", 0),
+            "WINE": CatalogueItem("WINE", "Wine", 2000, "EUR", 10),
+        }
+    )
+
+
+@pytest.fixture
+def handlers(
+    cache: FakeCache, groups: FakeGroups, wakes: Wakes, merchant: FakeMerchant
+) -> OrderHandlers:
+    return OrderHandlers(cache, groups, wakes, OneMerchant(merchant))
 
 
 async def test_create_order_records_the_order_and_order_created_and_wakes_the_saga(
@@ -264,3 +290,45 @@ async def test_finished_orders_are_served_from_the_cache(
     del uow.repo.orders[order.order_id]  # the cache answers without the database
     cached = await handlers.get_order(GetOrder(GROUP, order.order_id), uow)
     assert cached.status == order_pb2.ORDER_STATUS_FAILED
+
+
+# ---- QuoteCart -----------------------------------------------------------------------------
+
+
+def _quote(*lines: tuple[str, int, int], caller: Caller = GROUP) -> QuoteCart:
+    return QuoteCart(
+        caller,
+        "sandbox",
+        "USD",
+        tuple(Line(f"l{i}", sku, sku, qty, price) for i, (sku, qty, price) in enumerate(lines)),
+    )
+
+
+async def test_quote_cart_accepts_catalogue_prices_and_names_every_line_that_differs(
+    handlers: OrderHandlers, uow: FakeUnitOfWork
+) -> None:
+    fine = _quote(("PIZZA", 2, 1200), ("SODA", 5, 250))  # stock is checked at placement
+    assert await handlers.quote_cart(fine, uow) == fine.lines
+    with pytest.raises(InvalidArgumentError) as err:
+        await handlers.quote_cart(
+            _quote(("PIZZA", 1, 1), ("SODA", 1, 250), ("GHOST", 1, 100), ("WINE", 1, 2000)), uow
+        )
+    assert err.value.reason == "CATALOGUE_MISMATCH"
+    assert [v.field for v in err.value.violations] == [
+        "items[0].unit_price_minor",
+        "items[2].sku",
+        "items[3].unit_price_minor",
+    ]
+    assert uow.published == []
+
+
+async def test_quote_cart_is_for_our_services_and_needs_the_merchant(
+    handlers: OrderHandlers, uow: FakeUnitOfWork, merchant: FakeMerchant
+) -> None:
+    with pytest.raises(PermissionDeniedError):
+        await handlers.quote_cart(_quote(("PIZZA", 1, 1200), caller=ALICE), uow)
+    merchant.unavailable["catalogue"] = 1
+    with pytest.raises(UnavailableError):
+        await handlers.quote_cart(_quote(("PIZZA", 1, 1200)), uow)
+    with pytest.raises(InvalidArgumentError):
+        await handlers.quote_cart(_quote(), uow)

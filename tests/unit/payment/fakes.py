@@ -343,6 +343,19 @@ class FakeProvider:
             provider_payment_id = next(iter(ids))
         return self.states[provider_payment_id]
 
+    async def expire_checkout(self, checkout_id: str, idempotency_key: str) -> ProviderPaymentState:
+        """Close the session while its payment waits (VOIDED; EXPIRED when it has none yet);
+        a payment that moved on first is reported as it stands."""
+        self.calls.append(("expire", idempotency_key))
+        self._fail()
+        ids = self.checkouts.get(checkout_id, {checkout_id}) - {checkout_id}
+        if not ids:
+            return ProviderPaymentState(checkout_id, ProviderStatus.EXPIRED)
+        ppid = next(iter(ids))
+        if self.states[ppid].status is ProviderStatus.REQUIRES_ACTION:
+            return self._set(ppid, ProviderStatus.VOIDED)
+        return self.states[ppid]
+
     async def verify_webhook(self, request: WebhookRequest) -> None:
         if request.headers.get("x-signature") != self.SIGNATURE:
             raise WebhookVerificationError("bad signature")
