@@ -167,8 +167,11 @@ async def test_webhook_passes_raw_bytes_and_headers(
         assert call.metadata["stripe-signature"] == signature
         assert call.metadata["x-razorpay-signature"] == "abc123"
         assert call.metadata["x-request-id"] == "req-webhook-1"
-        for stripped in ("x-mppo-user-id", "x-mppo-service", "x-hop", "connection"):
+        for stripped in ("x-mppo-user-id", "x-hop", "connection"):
             assert stripped not in call.metadata, f"{stripped} reached the service"
+        # the client's claim never arrives; the gateway names itself (its certificate, under
+        # mutual TLS, is what the service believes)
+        assert call.metadata.get("x-mppo-service") == "gateway"
     # GET on the webhook path is not exempt from JWT (it would be GetPayment("webhook")).
     async with http.get(gateway.url + "/payments/webhook") as reply:
         assert reply.status == 401

@@ -57,7 +57,8 @@ async def _direct(addr: str, case: RestCase, request: Any, user: str) -> tuple[i
     """(google.rpc code, JSON reply) of the same request sent straight to the service."""
     binding = case.binding
     reply_cls = CATALOG.message_class(binding.method.output_type)
-    metadata = () if case.webhook else (("x-mppo-user-id", user),)
+    # as the gateway sends it: webhooks as the gateway itself, everything else as the user
+    metadata = (("x-mppo-service", "gateway"),) if case.webhook else (("x-mppo-user-id", user),)
     async with grpc.aio.insecure_channel(addr) as channel:
         rpc = channel.unary_unary(
             binding.grpc_path,
