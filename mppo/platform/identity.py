@@ -30,9 +30,11 @@ class Caller:
     user_id: str = ""
     service: str = ""
     #: the verified gateway-signed user token, to forward when acting on the user's behalf
-    #: (never logged); empty for a user known by a forwarded IdP JWT, which only the gateway
-    #: may present, so such a caller cannot be vouched for to another service
+    #: (never logged)
     token: str = field(default="", repr=False, compare=False)
+    #: or the identity provider's JWT the edge (Envoy) verified and forwarded, passed on the
+    #: same way (never logged)
+    jwt: str = field(default="", repr=False, compare=False)
 
     @property
     def label(self) -> str:

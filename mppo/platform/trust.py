@@ -64,6 +64,9 @@ from mppo.platform.validation import rule_for, string_problem
 PLAINTEXT_VAR = "MPPO_GRPC_PLAINTEXT"
 #: the only certificate a forwarded IdP JWT is believed from (Envoy, or the Python gateway)
 GATEWAY = "gateway"
+#: who may present a forwarded IdP JWT: the edge that verified it, and our services passing
+#: the user's own credential on when they ask another service on the user's behalf
+JWT_FORWARDERS = frozenset({GATEWAY, "group", "payment", "order", "notification", "worker"})
 #: the operator's certificate (grpcurl); never allowed on service-only methods
 OPERATOR = "operator"
 _USER_ID_RULE = rule_for("user_id")
@@ -199,7 +202,7 @@ async def _verified_caller(
             f"send one user credential: {USER_TOKEN_KEY} or {USER_JWT_KEY}, not both"
         )
     if user_jwt:
-        caller = Caller(user_id=await _jwt_user(user_jwt, service, trust))
+        caller = Caller(user_id=await _jwt_user(user_jwt, service, trust), jwt=user_jwt)
     elif token:
         assert trust.verifier is not None
         try:
@@ -219,10 +222,12 @@ async def _verified_caller(
 
 
 async def _jwt_user(value: str, service: str, trust: Trust) -> str:
-    """The user a forwarded IdP JWT proves; only the gateway's certificate may present one."""
-    if service != GATEWAY:
+    """The user a forwarded IdP JWT proves; only the gateway's certificate, or one of our
+    services passing the user's credential on, may present one."""
+    if service not in JWT_FORWARDERS:
         raise PermissionDeniedError(
-            f"{USER_JWT_KEY} is accepted only from the gateway, not from {service}",
+            f"{USER_JWT_KEY} is accepted only from the gateway or our services passing it on,"
+            f" not from {service}",
             "JWT_NOT_FROM_GATEWAY",
         )
     if trust.user_jwt is None:
@@ -246,12 +251,11 @@ def outbound_metadata(on_behalf_of: Caller | None = None) -> tuple[tuple[str, st
         return ((SERVICE_KEY, trust.name),)
     if trust.plaintext:
         return ((USER_ID_KEY, on_behalf_of.user_id),)
-    if not on_behalf_of.token:
-        raise UnauthenticatedError(
-            "no gateway-signed user token to act on the user's behalf (a user known by a "
-            "forwarded identity-provider JWT cannot be vouched for to another service)"
-        )
-    return ((USER_TOKEN_KEY, on_behalf_of.token),)
+    if on_behalf_of.token:
+        return ((USER_TOKEN_KEY, on_behalf_of.token),)
+    if on_behalf_of.jwt:  # the identity provider's JWT the edge verified, passed on unchanged
+        return ((USER_JWT_KEY, on_behalf_of.jwt),)
+    raise UnauthenticatedError("no verified user credential to act on the user's behalf")
 
 
 def channel(target: str, options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:

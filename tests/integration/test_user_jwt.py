@@ -160,14 +160,25 @@ async def test_the_same_jwt_from_another_certificate_is_refused(
     server: Server, pki: Pki, issuer: Issuer
 ) -> None:
     token = issuer.token("alice")
-    for cert in ("payment", "order", "operator", "tests"):
+    for cert in ("operator", "tests"):
         code, details = await _refused(server.addr, pki, cert, _jwt(f"Bearer {token}"))
         assert code is grpc.StatusCode.PERMISSION_DENIED, (cert, details)
         assert "only from the gateway" in details
     # claiming to be the gateway in metadata changes nothing
     lying = (*_jwt(token), ("x-mppo-service", "gateway"))
-    code, _ = await _refused(server.addr, pki, "payment", lying)
+    code, _ = await _refused(server.addr, pki, "operator", lying)
     assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_our_services_pass_the_users_jwt_on(server: Server, pki: Pki, issuer: Issuer) -> None:
+    # e.g. the payment service asking the group service "may this user see this group?"
+    token = issuer.token("alice")
+    for cert in ("payment", "order", "notification"):
+        reply = await _call(server.addr, pki, cert, _jwt(token))
+        assert reply["user"] == "alice", cert
+    forged = issuer.token("alice", exp=1)  # expired: passing it on does not revive it
+    code, _ = await _refused(server.addr, pki, "payment", _jwt(forged))
+    assert code is grpc.StatusCode.UNAUTHENTICATED
 
 
 def _hs256(token: str) -> str:

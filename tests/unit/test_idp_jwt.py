@@ -200,14 +200,17 @@ def test_trust_reads_the_jwt_settings_only_for_tls_services(pki: Pki, jwks_file:
         trust.Trust.from_env({**prod, "MPPO_JWT_JWKS": str(jwks_file)}, "group")
 
 
-def test_a_jwt_user_cannot_be_vouched_for_to_another_service(pki: Pki) -> None:
+def test_a_user_is_passed_on_with_the_credential_they_came_with(pki: Pki) -> None:
     previous = trust._trust
     trust.configure(trust.Trust.from_env({"MPPO_ENV": "prod", **pki.env()}, "payment"))
     try:
-        with pytest.raises(UnauthenticatedError, match="identity-provider JWT"):
+        with pytest.raises(UnauthenticatedError, match="no verified user credential"):
             trust.outbound_metadata(Caller(user_id="alice"))
         assert trust.outbound_metadata(Caller(user_id="alice", token="t")) == (
             ("x-mppo-user-token", "t"),
+        )
+        assert trust.outbound_metadata(Caller(user_id="alice", jwt="j")) == (
+            ("x-mppo-user-jwt", "j"),
         )
     finally:
         trust._trust = previous
