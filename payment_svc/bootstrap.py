@@ -8,6 +8,7 @@ from pathlib import Path
 from mppo.clients.group import GroupClient
 from mppo.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
 from mppo.platform.db import create_sessionmaker
+from mppo.platform.retention import PruneTarget
 from mppo.platform.runtime import Infra, Parts, Servicer, ServiceSpec
 from payment_svc.adapters.cache import IntentCache
 from payment_svc.adapters.providers.registry import build_providers, close_providers
@@ -43,6 +44,7 @@ SERVICE_ONLY: dict[str, frozenset[str]] = {
 def build(infra: Infra) -> Parts:
     """The servicer, the event consumers and the reconciler, over one set of handlers."""
     settings = PaymentSettings.from_env()
+    retention = infra.config.infra.retention
     uow = partial(PaymentUnitOfWork, create_sessionmaker(infra.engine))
     providers = build_providers(settings)
     groups = GroupClient(settings.group_addr, "payment")
@@ -75,6 +77,8 @@ def build(infra: Infra) -> Parts:
             reconciler,
         ],
         close=close,
+        # provider webhook records: kept as long as reconciliation and disputes need them
+        prune=[PruneTarget("webhook_events", "received_at", retention.webhooks)],
     )
 
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mppo.platform.retention import RetentionSettings
 
 
 class ConfigError(RuntimeError):
@@ -42,18 +46,29 @@ def service_addr(env: Mapping[str, str], service: str) -> str:
     return value
 
 
+def _default_retention() -> RetentionSettings:
+    from mppo.platform.retention import RetentionSettings  # retention imports this module
+
+    return RetentionSettings()
+
+
 @dataclass(frozen=True)
 class InfraConfig:
-    """Where a service finds its own database, Redis and NATS."""
+    """Where a service finds its own database, Redis and NATS, and how long what the platform
+    writes there is kept (streams, outbox, inbox, idempotency keys)."""
 
     database_url: str
     redis_url: str
     nats_url: str
     nats_prefix: str
+    retention: RetentionSettings = field(default_factory=_default_retention, kw_only=True)
 
     @classmethod
     def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> InfraConfig:
-        """Read MPPO_<SERVICE>_DATABASE_URL, MPPO_REDIS_URL, MPPO_NATS_URL, MPPO_NATS_PREFIX."""
+        """Read MPPO_<SERVICE>_DATABASE_URL, MPPO_REDIS_URL, MPPO_NATS_URL, MPPO_NATS_PREFIX
+        and MPPO_RETENTION_* (refusing unsafe retention windows)."""
+        from mppo.platform.retention import RetentionSettings  # retention imports this module
+
         source = os.environ if env is None else env
         prefix = source.get("MPPO_NATS_PREFIX", "").strip()
         if prefix and not prefix.replace("_", "").isalnum():
@@ -66,6 +81,7 @@ class InfraConfig:
             redis_url=require(source, "MPPO_REDIS_URL"),
             nats_url=require(source, "MPPO_NATS_URL"),
             nats_prefix=prefix,
+            retention=RetentionSettings.from_env(source),
         )
 
 

@@ -40,6 +40,7 @@ from mppo.platform.identity import Caller, reset_verified, set_verified
 from mppo.platform.logs import configure_logging
 from mppo.platform.migrations import upgrade_head
 from mppo.platform.outbox import OutboxRelay
+from mppo.platform.retention import Pruner, PruneTarget
 from mppo.platform.rpc_status import abort, guard
 from mppo.platform.telemetry import TracingServerInterceptor, configure_tracing
 from mppo.platform.trust import Trust
@@ -109,10 +110,13 @@ class Parts:
     """What a service is made of once connected: built once per process by `ServiceSpec.build`."""
 
     servicers: Sequence[Servicer]
-    #: background loops (consumers, schedulers); the outbox relay is added by the runtime
+    #: background loops (consumers, schedulers); the outbox relay and the pruner are added by
+    #: the runtime
     workers: Sequence[Worker] = ()
     #: closes what `build` opened (clients, sessions), after the workers stopped
     close: Callable[[], Awaitable[None]] = _nothing_to_close
+    #: the service's own tables to prune, besides outbox, inbox and idempotency keys
+    prune: Sequence[PruneTarget] = ()
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,9 @@ async def connect_infra(config: ServiceConfig, migrations: Path) -> Infra:
         await client.ping()
         nats = await messaging.connect(config.infra.nats_url, name=f"mppo-{config.name}")
         js = nats.jetstream()
-        await messaging.ensure_streams(js, config.infra.nats_prefix)
+        await messaging.ensure_streams(
+            js, config.infra.nats_prefix, limits=config.infra.retention.streams
+        )
     except BaseException:
         if nats is not None:
             with contextlib.suppress(Exception):
@@ -363,7 +369,14 @@ async def serve(spec: ServiceSpec, config: ServiceConfig, stopping: asyncio.Even
                 servicer.mount(late.registrar())
             late.bound = True
             relay = OutboxRelay(infra.engine, infra.js, prefix=config.infra.nats_prefix)
-            workers = [relay, *parts.workers]
+            pruner = Pruner.for_service(
+                infra.engine,
+                config.infra.retention,
+                parts.prune,
+                js=infra.js,
+                prefix=config.infra.nats_prefix,
+            )
+            workers = [relay, pruner, *parts.workers]
             tasks = [asyncio.create_task(w.run(), name=type(w).__name__) for w in workers]
             tasks.append(
                 asyncio.create_task(_watchdog(infra, health, spec.grpc_services, stopping))

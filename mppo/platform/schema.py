@@ -3,6 +3,10 @@
 Services put them in their own Alembic migrations, either by adding them to their metadata
 (``add_platform_tables(metadata)``, so autogenerate sees them) or by calling
 ``create_platform_tables(op.get_bind())`` from a migration's ``upgrade()``.
+
+The ``RETENTION_INDEXES`` let the pruner (:mod:`mppo.platform.retention`) find the oldest
+rows of each table without scanning it; databases created before they existed get them from
+a migration calling ``create_retention_indexes(op.get_bind())`` (idempotent).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.schema import CreateIndex, DropIndex
 
 metadata = MetaData()
 
@@ -72,6 +77,21 @@ idempotency_keys = Table(
 
 PLATFORM_TABLES: tuple[Table, ...] = (outbox, inbox, idempotency_keys)
 
+#: what the pruner scans, oldest first: sent outbox rows, inbox rows, completed keys
+RETENTION_INDEXES: tuple[Index, ...] = (
+    Index(
+        "ix_outbox_published",
+        outbox.c.published_at,
+        postgresql_where=outbox.c.published_at.is_not(None),
+    ),
+    Index("ix_inbox_processed", inbox.c.processed_at),
+    Index(
+        "ix_idempotency_keys_completed",
+        idempotency_keys.c.created_at,
+        postgresql_where=idempotency_keys.c.status == "completed",
+    ),
+)
+
 
 def add_platform_tables(target: MetaData) -> None:
     """Copy the platform tables into a service's metadata (for Alembic autogenerate)."""
@@ -83,6 +103,18 @@ def add_platform_tables(target: MetaData) -> None:
 def create_platform_tables(connection: Connection) -> None:
     """Create the platform tables (for a migration's ``upgrade()``: ``op.get_bind()``)."""
     metadata.create_all(connection, tables=list(PLATFORM_TABLES))
+
+
+def create_retention_indexes(connection: Connection) -> None:
+    """Create the pruner's indexes where they are missing (for a migration's ``upgrade()``)."""
+    for index in RETENTION_INDEXES:
+        connection.execute(CreateIndex(index, if_not_exists=True))
+
+
+def drop_retention_indexes(connection: Connection) -> None:
+    """Drop them again (for that migration's ``downgrade()``)."""
+    for index in RETENTION_INDEXES:
+        connection.execute(DropIndex(index, if_exists=True))
 
 
 def drop_platform_tables(connection: Connection) -> None:

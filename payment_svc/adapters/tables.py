@@ -100,6 +100,8 @@ webhook_events = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("provider", "event_id", name="pk_webhook_events"),
 )
+#: the pruner's way to the oldest records (docs/retention.md)
+Index("ix_webhook_events_received", webhook_events.c.received_at)
 
 payment_status_history = Table(
     "payment_status_history",
