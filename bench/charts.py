@@ -5,6 +5,8 @@
   half-rate phases.
 * :func:`cpu_chart` — CPU ms per checkout per process, for several labelled runs side by side
   (before/after a change).
+* :func:`soak_chart` — a soak (``bench/soak.py``) over time: service database sizes, the
+  platform tables the pruner keeps bounded (bytes and live rows), and stream bytes.
 
 ``python -m bench.charts BEFORE.json AFTER.json [...] --labels before,after --out cpu.png``
 draws the CPU comparison of recorded reports.
@@ -25,7 +27,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-__all__ = ["cpu_chart", "run_chart"]
+__all__ = ["cpu_chart", "run_chart", "soak_chart"]
 
 Report = Mapping[str, Any]
 
@@ -107,6 +109,60 @@ def cpu_chart(reports: Sequence[Report], labels: Sequence[str], path: Path) -> N
     axis.set_ylabel("CPU ms per checkout (max phase)")
     axis.set_title("CPU per checkout by process")
     axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def soak_chart(report: Report, path: Path) -> None:
+    """Database sizes, platform table sizes and stream bytes over a soak, in MB against
+    minutes; the settle phase after the load (if any) is shaded."""
+    samples = report["samples"]
+    minutes = [s["t"] / 60 for s in samples]
+    mb = 1 << 20
+    fig, ((dbs, tables), (rows, streams)) = plt.subplots(2, 2, figsize=(16, 10))
+    for name in sorted({n for s in samples for n in s["databases"]}):
+        dbs.plot(minutes, [s["databases"].get(name, 0) / mb for s in samples], label=name)
+    dbs.set_title("service databases (pg_database_size)")
+    table_names = sorted({t for s in samples for db in s["tables"].values() for t in db})
+    for table in table_names:
+        totals = [
+            sum(db.get(table, {}).get("bytes", 0) for db in s["tables"].values()) / mb
+            for s in samples
+        ]
+        tables.plot(minutes, totals, label=table)
+    tables.set_title("platform tables, all databases (with indexes)")
+    for table in table_names:
+        live = [
+            sum(db.get(table, {}).get("rows", 0) for db in s["tables"].values()) for s in samples
+        ]
+        rows.plot(minutes, live, label=table)
+    rows.set_title("platform tables: live rows, all databases (pruned past their windows)")
+    for name in sorted({n for s in samples for n in s["streams"]}):
+        streams.plot(
+            minutes, [s["streams"].get(name, {}).get("bytes", 0) / mb for s in samples], label=name
+        )
+    streams.set_title("JetStream streams (bytes)")
+    settle = [m for m, s in zip(minutes, samples, strict=True) if s.get("phase") == "settle"]
+    for axis in (dbs, tables, rows, streams):
+        if settle:
+            axis.axvspan(min(settle), max(settle), color="#edf2f7", label="after the load")
+        axis.set_xlabel("minutes")
+        axis.set_ylabel("rows" if axis is rows else "MB")
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=8)
+    load = report["load"]
+    windows = report.get("config", {}).get("retention_env", {})
+    short = (
+        ", ".join(f"{k.removeprefix('MPPO_RETENTION_').lower()}={v}" for k, v in windows.items())
+        if isinstance(windows, dict)
+        else str(windows)
+    )
+    fig.suptitle(
+        f"MPPO soak: {load['completed']} checkouts at {load['rate']}/s over "
+        f"{load['seconds'] / 60:.1f} min\n{short}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
