@@ -50,6 +50,10 @@ SECRET_VARS: dict[str, str] = {
     "MPPO_POSTGRES_PASSWORD": "test-only-postgres",
     "MPPO_REDIS_PASSWORD": "test-only-redis",
     "MPPO_NATS_PASSWORD": "test-only-nats",
+    "MPPO_GROUP_PII_KEYS": "k1:dGVzdC1vbmx5LXRlc3Qtb25seS10ZXN0LW9ubHktMzI=",
+    "MPPO_MERCHANT_SECRET": "test-only-merchant",
+    "MPPO_STRIPE_API_KEY": "sk_test_only",
+    "MPPO_STRIPE_WEBHOOK_SECRET": "whsec_test_only",
 }
 
 # compose service -> (python package, gRPC port, fully qualified gRPC service, Envoy cluster)
