@@ -43,6 +43,7 @@ from bench.load import STEP_LAST_PAY_TO_CONFIRMED, LoadResult, run_load
 from bench.procstat import cpu_snapshot
 from bench.progress import Progress
 from bench.reference import measure_reference
+from bench.spy import Spy
 from bench.stack import RunningStack, attach_stack, start_stack
 from mppo.demo import EventTap
 
@@ -134,6 +135,12 @@ async def benchmark(args: argparse.Namespace, stack: RunningStack) -> dict[str, 
             )  # fmt: skip
         await asyncio.sleep(1.0)
         before = await read_counters(pg, stack.nats_url)
+        spy = None
+        if args.spy:
+            wanted = {n: stack.pids[n] for n in args.spy.split(",") if n in stack.pids}
+            spy = Spy(wanted, args.out)
+            spy.start()
+            await asyncio.sleep(1.0)  # py-spy attached before the load starts
         cpu_before = cpu_snapshot(stack.pids)
         bar = Progress("max", args.groups)
         peak = await run_load(
@@ -143,6 +150,7 @@ async def benchmark(args: argparse.Namespace, stack: RunningStack) -> dict[str, 
         )  # fmt: skip
         bar.close()
         cpu_after = cpu_snapshot(stack.pids)
+        profiles = spy.stop() if spy is not None else {}
         await asyncio.sleep(1.5)  # notifications after the confirmation; stats flush
         after = await read_counters(pg, stack.nats_url)
         peak.samples[STEP_WEBHOOK] = await _webhook_samples(pg, tap, peak)
@@ -221,6 +229,8 @@ async def benchmark(args: argparse.Namespace, stack: RunningStack) -> dict[str, 
             },
             "python_cpu_ms_per_checkout": python_cpu_ms,
         }
+        if profiles:
+            report["profiles"] = profiles
         if args.half_rate_groups:
             rate = peak.groups_per_second / 2
             bar = Progress(f"half rate {rate:.1f}/s", args.half_rate_groups)
@@ -322,6 +332,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-fsync", action="store_true", help="own stack: Postgres w/o fsync")
     parser.add_argument(
         "--profile", default="", help="own stack: comma-separated services to run under cProfile"
+    )
+    parser.add_argument(
+        "--spy",
+        default="",
+        help="comma-separated processes to sample with py-spy during the max phase (as root)",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="where JSON and PNG go")
     args = parser.parse_args(argv)
