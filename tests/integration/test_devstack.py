@@ -31,6 +31,7 @@ from mppo.devstack import (
     pid_alive,
 )
 from mppo.devstack.probes import free_port, http_get_probe
+from mppo.platform.tls import TlsMaterial, channel_credentials
 
 # A stand-in for a service: gRPC health (NOT_SERVING for a moment, then SERVING) or HTTP
 # /healthz, on the address in $MPPO_<NAME>_ADDR; records its environment in $FAKE_ENV_OUT.
@@ -52,7 +53,16 @@ FAKE_SERVICE = textwrap.dedent(
         server = grpc.aio.server()
         servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-        server.add_insecure_port(addr)
+        tls = os.environ.get("MPPO_TLS_DIR")
+        if tls:  # like our services under mppo dev up: mutual TLS with its own certificate
+            read = lambda f: open(os.path.join(tls, f), "rb").read()
+            creds = grpc.ssl_server_credentials(
+                [(read(name + ".key"), read(name + ".pem"))],
+                root_certificates=read("ca.pem"), require_client_auth=True,
+            )
+            server.add_secure_port(addr, creds)
+        else:
+            server.add_insecure_port(addr)
         await server.start()
         await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await asyncio.sleep(float(os.environ.get("FAKE_NOT_SERVING_FOR", "0.5")))
@@ -394,7 +404,9 @@ async def test_dev_up_detach_status_down_round_trip(tmp_path: Path) -> None:
         conn = await asyncpg.connect(db_url)
         assert await conn.fetchval("SELECT current_database()") == "fake_db"
         await conn.close()
-        async with grpc.aio.insecure_channel(fake_addr) as channel:
+        assert env["MPPO_TLS_DIR"] == str(state_dir / "pki")
+        operator = TlsMaterial.load(state_dir / "pki", "operator")
+        async with grpc.aio.secure_channel(fake_addr, channel_credentials(operator)) as channel:
             resp = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5
             )
