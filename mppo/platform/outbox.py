@@ -13,12 +13,13 @@ end the process with ``os._exit(137)`` at that point. Points: ``relay_after_publ
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
 
 from nats.js import JetStreamContext
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from mppo.platform.events import Event
@@ -42,30 +43,45 @@ def fault_point(name: str) -> None:
 NOTIFY_CHANNEL = "mppo_outbox"
 
 
-async def add_to_outbox(conn: AsyncSession | AsyncConnection, *events: Event) -> None:
-    """Insert ``events`` into the outbox within the caller's open transaction.
-
-    Also queues one ``NOTIFY`` that Postgres delivers only if the transaction commits: a
-    wake-up hint for the relays (the poll interval stays the guarantee).
+#: every event of a commit in one statement, the relays' wake-up in the same round trip: the
+#: rows come as parallel arrays (one fixed statement text, so it is prepared once per
+#: connection whatever the number of events), and the data-modifying CTE runs although only
+#: the NOTIFY is selected. The NOTIFY is delivered only if the transaction commits.
+_ADD_TO_OUTBOX = text(
+    f"""
+    WITH added AS (
+        INSERT INTO outbox
+            (event_id, event_type, subject, aggregate_id, payload, headers, occurred_at)
+        SELECT e.id, e.type, e.type, e.aggregate, e.payload, e.headers::jsonb, e.occurred
+        FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:aggregates AS text[]),
+            CAST(:payloads AS bytea[]), CAST(:headers AS text[]),
+            CAST(:occurred AS timestamptz[])
+        ) AS e(id, type, aggregate, payload, headers, occurred)
+        RETURNING 1
+    )
+    SELECT pg_notify('{NOTIFY_CHANNEL}', '')
     """
+)
+
+
+async def add_to_outbox(conn: AsyncSession | AsyncConnection, *events: Event) -> None:
+    """Insert ``events`` into the outbox within the caller's open transaction (one round
+    trip), with a ``NOTIFY`` that Postgres delivers only if the transaction commits: a wake-up
+    hint for the relays (the poll interval stays the guarantee)."""
     if not events:
         return
     await conn.execute(
-        insert(outbox),
-        [
-            {
-                "event_id": event.event_id,
-                "event_type": event.event_type,
-                "subject": event.event_type,
-                "aggregate_id": event.aggregate_id,
-                "payload": event.payload,
-                "headers": event.to_headers(),
-                "occurred_at": event.occurred_at,
-            }
-            for event in events
-        ],
+        _ADD_TO_OUTBOX,
+        {
+            "ids": [event.event_id for event in events],
+            "types": [event.event_type for event in events],
+            "aggregates": [event.aggregate_id for event in events],
+            "payloads": [event.payload for event in events],
+            "headers": [json.dumps(event.to_headers()) for event in events],
+            "occurred": [event.occurred_at for event in events],
+        },
     )
-    await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
 class OutboxRelay(LoopWorker):
