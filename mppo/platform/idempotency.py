@@ -17,8 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from google.protobuf.message import Message
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mppo.platform.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
@@ -27,6 +26,19 @@ from mppo.platform.schema import idempotency_keys
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = "idempotency-key"
+
+# Built once (every mutating call runs them): no per-call statement construction.
+_TABLE = idempotency_keys.name
+_CLAIM = text(
+    f"INSERT INTO {_TABLE} (scope, key, request_hash, status)"
+    " VALUES (:scope, :key, :request_hash, 'started')"
+    " ON CONFLICT (scope, key) DO NOTHING RETURNING key"
+)
+_STORED = text(f"SELECT request_hash, response FROM {_TABLE} WHERE scope = :scope AND key = :key")
+_COMPLETE = text(
+    f"UPDATE {_TABLE} SET response = :response, status = 'completed'"
+    " WHERE scope = :scope AND key = :key"
+)
 MAX_KEY_LENGTH = 255
 
 
@@ -66,21 +78,11 @@ async def claim(conn: AsyncSession | AsyncConnection, key: IdempotencyKey) -> by
     or the stored response of the first call. Raises FailedPreconditionError when the key
     was used with different parameters.
     """
-    inserted = await conn.execute(
-        insert(idempotency_keys)
-        .values(scope=key.scope, key=key.key, request_hash=key.request_hash, status="started")
-        .on_conflict_do_nothing(index_elements=["scope", "key"])
-        .returning(idempotency_keys.c.key)
-    )
+    params = {"scope": key.scope, "key": key.key, "request_hash": key.request_hash}
+    inserted = await conn.execute(_CLAIM, params)
     if inserted.first() is not None:
         return None
-    row = (
-        await conn.execute(
-            select(idempotency_keys.c.request_hash, idempotency_keys.c.response).where(
-                idempotency_keys.c.scope == key.scope, idempotency_keys.c.key == key.key
-            )
-        )
-    ).one()
+    row = (await conn.execute(_STORED, params)).one()
     if row.request_hash != key.request_hash:
         raise FailedPreconditionError(
             "this idempotency key was used with different parameters",
@@ -100,11 +102,7 @@ async def complete(
     conn: AsyncSession | AsyncConnection, key: IdempotencyKey, response: bytes
 ) -> None:
     """Store the first call's response; commits with the caller's transaction."""
-    await conn.execute(
-        update(idempotency_keys)
-        .where(idempotency_keys.c.scope == key.scope, idempotency_keys.c.key == key.key)
-        .values(response=response, status="completed")
-    )
+    await conn.execute(_COMPLETE, {"scope": key.scope, "key": key.key, "response": response})
 
 
 class IdempotencyCache:

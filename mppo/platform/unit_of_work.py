@@ -29,12 +29,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mppo.platform.events import Event
 from mppo.platform.outbox import add_to_outbox
 from mppo.platform.schema import inbox
+
+#: built once: the statement every consumed event runs first (no per-call cache-key work)
+_RECORD_INBOX = text(
+    f"INSERT INTO {inbox.name} (consumer, event_id, event_type)"
+    " VALUES (:consumer, :event_id, :event_type)"
+    " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +138,8 @@ class UnitOfWork:
         """Record `event` as applied by `consumer`; False if it already was (a duplicate)."""
         self.event = event
         recorded = await self.session.execute(
-            insert(inbox)
-            .values(consumer=consumer, event_id=event.event_id, event_type=event.event_type)
-            .on_conflict_do_nothing(index_elements=[inbox.c.consumer, inbox.c.event_id])
-            .returning(inbox.c.event_id)
+            _RECORD_INBOX,
+            {"consumer": consumer, "event_id": event.event_id, "event_type": event.event_type},
         )
         return recorded.first() is not None
 
