@@ -19,7 +19,7 @@ import os
 from typing import Any
 
 from nats.js import JetStreamContext
-from sqlalchemy import func, select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from mppo.platform.events import Event
@@ -84,6 +84,17 @@ async def add_to_outbox(conn: AsyncSession | AsyncConnection, *events: Event) ->
     )
 
 
+# The relay's two statements, built once (it runs a round after every commit that wrote events).
+_CLAIM_DUE = text(
+    "SELECT event_id, subject, aggregate_id, payload, headers FROM outbox"
+    " WHERE published_at IS NULL ORDER BY occurred_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+)
+_MARK_PUBLISHED = text(
+    "UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL"
+    " WHERE event_id = ANY(CAST(:ids AS uuid[]))"
+)
+
+
 class OutboxRelay(LoopWorker):
     """Publishes committed outbox rows to JetStream; safe to run in every replica."""
 
@@ -115,16 +126,7 @@ class OutboxRelay(LoopWorker):
     async def run_once(self) -> int:
         """Claim up to ``batch_size`` unpublished rows, publish and mark them; return the count."""
         async with self._engine.connect() as conn, conn.begin():
-            rows = (
-                await conn.execute(
-                    select(outbox.c.event_id, outbox.c.subject, outbox.c.aggregate_id)
-                    .add_columns(outbox.c.payload, outbox.c.headers)
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.occurred_at)
-                    .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = (await conn.execute(_CLAIM_DUE, {"limit": self._batch_size})).all()
             published: list[str] = []
             blocked: set[str] = set()
             failures = 0
@@ -143,15 +145,7 @@ class OutboxRelay(LoopWorker):
                 fault_point("relay_after_publish")
                 published.append(str(row.event_id))
             if published:
-                await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.event_id.in_(published))
-                    .values(
-                        published_at=func.now(),
-                        attempts=outbox.c.attempts + 1,
-                        last_error=None,
-                    )
-                )
+                await conn.execute(_MARK_PUBLISHED, {"ids": published})
         if published:
             logger.debug("outbox relay published %s events", len(published))
         return len(published)
