@@ -92,10 +92,14 @@ class EventConsumer:
         self._stale_check_after = stale_check_after
         self._stopping = asyncio.Event()
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._fetching: asyncio.Future[list[Msg]] | None = None
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return after the current fetch."""
+        """Ask :meth:`run` to return now (a fetch waiting for messages is abandoned; a
+        message being handled is finished first)."""
         self._stopping.set()
+        if self._fetching is not None:
+            self._fetching.cancel()
 
     async def run(self) -> None:
         """Fetch and handle messages until :meth:`stop`."""
@@ -105,7 +109,15 @@ class EventConsumer:
             while not self._stopping.is_set():
                 try:
                     sub = await self._subscription()
-                    msgs = await sub.fetch(self._batch, timeout=self._fetch_timeout)
+                    self._fetching = asyncio.ensure_future(
+                        sub.fetch(self._batch, timeout=self._fetch_timeout)
+                    )
+                    msgs = await self._fetching
+                    self._fetching = None
+                except asyncio.CancelledError:
+                    if self._stopping.is_set():
+                        break  # stop() abandoned the fetch
+                    raise
                 except (nats.errors.TimeoutError, TimeoutError):
                     empty_fetches += 1  # nothing there (or a dead subscription, checked below)
                     if empty_fetches >= self._stale_check_after:

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -431,6 +432,31 @@ async def test_two_relays_publish_each_row_exactly_once(
     async with engine.connect() as conn:
         attempts = (await conn.execute(select(func.max(outbox.c.attempts)))).scalar_one()
     assert attempts == 1
+
+
+async def test_a_lone_event_is_handled_when_it_arrives_not_when_a_batch_fills(
+    engine: AsyncEngine, js: JetStreamContext, nats_prefix: str
+) -> None:
+    # A quiet system: the consumer is already waiting when one event is published. It must
+    # be applied at once, not after the fetch window (10 s here) waiting for a full batch;
+    # and stop() must not wait that window out either.
+    handled = asyncio.Event()
+
+    async def handler(message: group_events_pb2.GroupCreated, uow: UnitOfWork) -> None:
+        await record(uow.session, applied(uow))
+        uow.after_commit(handled.set)
+
+    lone = consumer(engine, js, nats_prefix, "test-lone", handler, batch=10)
+    lone._fetch_timeout = 10.0  # the window a batch-of-10 fetch would otherwise wait out
+    async with running(lone):
+        await asyncio.sleep(1.0)  # subscribed and lingering on an empty stream
+        for round_ in range(3):
+            handled.clear()
+            started = time.monotonic()
+            await publish_event(js, make_event(f"lone-{round_}"), nats_prefix)
+            await asyncio.wait_for(handled.wait(), 8)
+            assert time.monotonic() - started < 3, "waited for a batch to fill"
+    assert await scalar(engine, "SELECT count(*) FROM effects") == 3
 
 
 async def test_two_consumers_sharing_a_durable_apply_each_event_once(
