@@ -51,7 +51,7 @@ def run_chart(report: Report, path: Path) -> None:
     left.set_ylabel("group checkouts / s")
     ratios = [f"{k}: {v:.3f}" for k, v in report.get("ratios", {}).items()]
     left.set_title("throughput\n" + "; ".join(ratios), fontsize=9)
-    left.tick_params(axis="x", labelsize=8)
+    left.tick_params(axis="x", labelsize=8, labelrotation=25)
 
     rows: list[tuple[str, Mapping[str, float]]] = [
         (f"max · {step}", values) for step, values in peak["latency_ms"].items()
