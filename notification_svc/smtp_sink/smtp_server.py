@@ -1,6 +1,7 @@
 """A minimal SMTP server (RFC 5321 subset) on asyncio streams that stores what it receives.
 
-Commands: EHLO/HELO, MAIL FROM, RCPT TO, DATA (with dot-unstuffing), RSET, NOOP, VRFY, QUIT.
+Commands: EHLO/HELO, MAIL FROM, RCPT TO, DATA (with dot-unstuffing), RSET, NOOP, VRFY, QUIT;
+clients may pipeline them (PIPELINING).
 Every recipient is accepted; nothing is relayed.
 """
 
@@ -19,6 +20,8 @@ HOSTNAME = "mppo-smtp-sink"
 MAX_SIZE = 10 * 1024 * 1024
 MAX_RECIPIENTS = 100
 IDLE_TIMEOUT = 300.0
+#: what EHLO announces; commands are handled in order, so pipelined ones (RFC 2920) just work
+EXTENSIONS: tuple[str, ...] = ("8BITMIME", "SMTPUTF8", f"SIZE {MAX_SIZE}", "PIPELINING", "HELP")
 _PATH = re.compile(r"^\s*<([^<>]*)>(?:\s+(.*))?$")
 
 
@@ -62,9 +65,9 @@ class _Session:
             case "EHLO":
                 self._greeted = True
                 self._reset()
+                lines = [f"{HOSTNAME} greets {arg or 'you'}", *EXTENSIONS]
                 await self._reply(
-                    f"250-{HOSTNAME} greets {arg or 'you'}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-                    f"250-SIZE {MAX_SIZE}\r\n250 HELP"
+                    "\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}"
                 )
             case "HELO":
                 self._greeted = True
