@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
 from mppo.clients.group import GroupClient
 from mppo.notification.v1 import notification_service_pb2, notification_service_pb2_grpc
 from mppo.platform.db import create_sessionmaker
@@ -22,15 +24,26 @@ from notification_svc.service_layer.unit_of_work import NotificationUnitOfWork
 SERVICE_NAME = notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
 
 
+def sender_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions in autocommit for the sender, whose every unit of work is one statement
+    (claim a batch, read a member's payment facts, record a round): each is its own
+    transaction, without the BEGIN and COMMIT round trips around it."""
+    return create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+
+
 def build(infra: Infra) -> Parts:
     """The servicer, the event consumers and the sender, sharing one group-service client."""
     config = infra.config
     if not isinstance(config, NotificationConfig):
         raise TypeError("the notification service runs with NotificationConfig (load_config)")
     sessions = create_sessionmaker(infra.engine)
+    autocommit = sender_sessions(infra.engine)
 
     def uow() -> NotificationUnitOfWork:
         return NotificationUnitOfWork(sessions)
+
+    def sender_uow() -> NotificationUnitOfWork:
+        return NotificationUnitOfWork(autocommit)
 
     groups = GroupClient(config.group_addr, "notification")
     contacts = GrpcContactDirectory(groups)
@@ -50,7 +63,7 @@ def build(infra: Infra) -> Parts:
         else None
     )
     sender = Sender(
-        uow,
+        sender_uow,
         contacts,
         mailer,
         poster,
@@ -71,6 +84,7 @@ def build(infra: Infra) -> Parts:
     servicer = NotificationServiceServicer(uow, partial(list_notifications, groups=groups))
 
     async def close() -> None:
+        await mailer.close()
         await contacts.close()
         if poster is not None:
             await poster.close()

@@ -139,6 +139,25 @@ class Notification:
     sent_at: datetime | None
 
 
+class Result(enum.StrEnum):
+    """What one delivery round did with a row."""
+
+    SENT = "SENT"  # delivered: SENT, one more attempt counted
+    RETRY = "RETRY"  # failed: one more attempt counted, due again after a delay
+    FAILED = "FAILED"  # failed for good (permanent, or the attempt budget is spent)
+    DEFERRED = "DEFERRED"  # not ready (payments settling): no attempt, due again after a delay
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The outcome of one row in a delivery round, recorded with the round's others."""
+
+    notification_id: str
+    result: Result
+    error: str = ""
+    delay_seconds: float = 0.0
+
+
 class DeliveryError(Exception):
     """A delivery attempt failed. ``reason`` never holds personal data (it is stored and
     logged); ``permanent`` failures are not retried."""

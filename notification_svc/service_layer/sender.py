@@ -1,12 +1,18 @@
 """The sender: a :class:`~mppo.platform.worker.LoopWorker` delivering committed notification
 rows in batches, retrying each with bounded backoff.
 
-Rows are claimed (``FOR UPDATE SKIP LOCKED``, then leased) in a short transaction and
-delivered outside it; the outcome is recorded in another. A process that dies after
-delivering but before recording delivers again when the lease runs out; the SMTP
-``Message-ID`` and the webhook ``Mppo-Notification-Id`` stay the same so receivers can tell.
-Expiry/cancellation notices wait (up to ``settle_seconds``) until the member's payments are
-voided or refunded, so they can say which happened. Logs carry ids only, never addresses.
+A round claims due rows (``FOR UPDATE SKIP LOCKED``, then leased: one statement), delivers them
+outside any transaction and records every row's outcome (sent, retry later, failed, not ready
+yet) in one more statement. A process that dies after delivering but before recording delivers
+again when the lease runs out; the SMTP ``Message-ID`` and the webhook ``Mppo-Notification-Id``
+stay the same so receivers can tell. Expiry/cancellation notices wait (up to
+``settle_seconds``) until the member's payments are voided or refunded, so they can say which
+happened. Logs carry ids only, never addresses.
+
+A round that claimed less than a batch and delivered all of it left nothing due behind it, so
+the loop's next round (it runs again at once after a busy one) asks the database nothing unless
+a commit woke the sender meanwhile: new rows come with a wake-up, retries and lost leases
+become due with time, which is what the poll interval is for.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from notification_svc.domain.model import (
     Channel,
     Contact,
     DeliveryError,
+    DeliveryResult,
     Notification,
+    Result,
 )
 from notification_svc.domain.outcome import SETTLED, outcome_for
 from notification_svc.service_layer.unit_of_work import NotificationUnitOfWork
@@ -101,13 +109,30 @@ class Sender(LoopWorker):
         self._mailer = mailer
         self._poster = poster
         self._policy = policy
+        self._wakes = 0
+        #: the wake-up count when a round last drained what was due (see work)
+        self._drained_at: int | None = None
+
+    def wake(self) -> None:
+        """Run a round soon: a commit made rows due (counted, see :meth:`work`)."""
+        self._wakes += 1
+        super().wake()
 
     async def work(self) -> bool:
-        """Claim one batch of due rows and deliver them; True when any was claimed."""
+        """Claim one batch of due rows and deliver them; True when any was claimed.
+
+        Right after a round that drained what was due, and with no wake-up since, there is
+        nothing to claim: False without a query.
+        """
+        drained_at, self._drained_at = self._drained_at, None
+        if drained_at is not None and drained_at == self._wakes:
+            return False
         return await self.run_once() > 0
 
     async def run_once(self) -> int:
-        """Claim one batch of due rows and deliver them; returns how many were claimed."""
+        """Claim one batch of due rows, deliver them and record the outcomes; returns how many
+        were claimed."""
+        wakes = self._wakes
         async with self._uow() as uow:
             rows = await uow.notifications.claim_due(
                 limit=self._policy.batch,
@@ -117,24 +142,54 @@ class Sender(LoopWorker):
         if not rows:
             return 0
         contacts = await self._load_contacts(rows)
-        sent = await asyncio.gather(*(self._deliver(row, contacts) for row in rows))
-        delivered = [row for row, ok in zip(rows, sent, strict=True) if ok]
-        if delivered:
-            # one transaction records the batch (a crash before it re-sends after the lease,
-            # as for a single row; receivers see the same ids)
-            async with self._uow() as uow:
-                await uow.notifications.mark_sent([r.notification_id for r in delivered])
-                await uow.commit()
-            for row in delivered:
-                with bind_ids(group_id=row.group_id, member_id=row.member_id):
+        results = await asyncio.gather(*(self._deliver(row, contacts) for row in rows))
+        # one statement records the round (a crash before it re-sends after the lease, as for
+        # a single row; receivers see the same ids)
+        async with self._uow() as uow:
+            await uow.notifications.record(results)
+            await uow.commit()
+        for row, result in zip(rows, results, strict=True):
+            self._log(row, result)
+        if len(rows) < self._policy.batch and all(r.result is Result.SENT for r in results):
+            self._drained_at = wakes
+        return len(rows)
+
+    def _log(self, row: Notification, result: DeliveryResult) -> None:
+        with bind_ids(
+            group_id=row.group_id,
+            member_id=row.member_id,
+            notification_id=row.notification_id,
+            event_id=row.event_id,
+        ):
+            attempts = row.attempts + 1
+            match result.result:
+                case Result.SENT:
                     logger.info(
                         "notification %s %s/%s sent (attempt %s)",
                         row.notification_id,
                         row.kind.value,
                         row.channel.value,
-                        row.attempts + 1,
+                        attempts,
                     )
-        return len(rows)
+                case Result.FAILED:
+                    logger.warning(
+                        "notification %s %s/%s FAILED after %s attempts: %s",
+                        row.notification_id,
+                        row.kind.value,
+                        row.channel.value,
+                        attempts,
+                        result.error,
+                    )
+                case Result.RETRY:
+                    logger.info(
+                        "notification %s %s/%s attempt %s failed (%s); retry in %.1fs",
+                        row.notification_id,
+                        row.kind.value,
+                        row.channel.value,
+                        attempts,
+                        result.error,
+                        result.delay_seconds,
+                    )
 
     async def _load_contacts(
         self, rows: Sequence[Notification]
@@ -155,8 +210,8 @@ class Sender(LoopWorker):
 
     async def _deliver(
         self, row: Notification, contacts: dict[str, dict[str, Contact] | None]
-    ) -> bool:
-        """Deliver one row: True when sent (the caller records it), else False (recorded)."""
+    ) -> DeliveryResult:
+        """Deliver one row; what happened is recorded with the rest of the round."""
         with bind_ids(
             group_id=row.group_id,
             member_id=row.member_id,
@@ -170,19 +225,16 @@ class Sender(LoopWorker):
                 else:
                     await self._send_webhook(row, params)
             except _NotSettledError:
-                async with self._uow() as uow:
-                    await uow.notifications.defer(
-                        row.notification_id, seconds=min(self._policy.poll_seconds * 2, 1.0)
-                    )
-                    await uow.commit()
-                return False
+                return DeliveryResult(
+                    row.notification_id,
+                    Result.DEFERRED,
+                    delay_seconds=min(self._policy.poll_seconds * 2, 1.0),
+                )
             except DeliveryError as exc:
-                await self._failed(row, exc)
-                return False
+                return self._failed(row, exc)
             except Exception as exc:  # unexpected: retry, and log the type only
-                await self._failed(row, DeliveryError(f"unexpected {type(exc).__name__}"))
-                return False
-            return True
+                return self._failed(row, DeliveryError(f"unexpected {type(exc).__name__}"))
+            return DeliveryResult(row.notification_id, Result.SENT)
 
     async def _params(self, row: Notification) -> dict[str, str]:
         params = dict(row.params)
@@ -241,31 +293,10 @@ class Sender(LoopWorker):
         )
         await self._poster.send(delivery_id=row.notification_id, body=body)
 
-    async def _failed(self, row: Notification, exc: DeliveryError) -> None:
+    def _failed(self, row: Notification, exc: DeliveryError) -> DeliveryResult:
         attempts = row.attempts + 1
-        final = exc.permanent or attempts >= self._policy.max_attempts
-        retry_in = None if final else self._policy.retry_delay(attempts)
-        async with self._uow() as uow:
-            await uow.notifications.mark_attempt_failed(
-                row.notification_id, error=exc.reason, retry_in=retry_in
-            )
-            await uow.commit()
-        if final:
-            logger.warning(
-                "notification %s %s/%s FAILED after %s attempts: %s",
-                row.notification_id,
-                row.kind.value,
-                row.channel.value,
-                attempts,
-                exc.reason,
-            )
-        else:
-            logger.info(
-                "notification %s %s/%s attempt %s failed (%s); retry in %.1fs",
-                row.notification_id,
-                row.kind.value,
-                row.channel.value,
-                attempts,
-                exc.reason,
-                retry_in,
-            )
+        if exc.permanent or attempts >= self._policy.max_attempts:
+            return DeliveryResult(row.notification_id, Result.FAILED, exc.reason)
+        return DeliveryResult(
+            row.notification_id, Result.RETRY, exc.reason, self._policy.retry_delay(attempts)
+        )

@@ -22,9 +22,11 @@ from notification_svc.domain.model import (
     Channel,
     Contact,
     DeliveryError,
+    DeliveryResult,
     Kind,
     Notification,
     Planned,
+    Result,
     Role,
     Status,
 )
@@ -118,6 +120,20 @@ class FakeNotifications(NotificationRepository):
         for s in due:
             s.lease_until = now + lease
         return sorted((s.notification for s in due), key=lambda n: n.created_at)
+
+    async def record(self, results: Sequence[DeliveryResult]) -> None:
+        for r in results:
+            match r.result:
+                case Result.SENT:
+                    await self.mark_sent([r.notification_id])
+                case Result.FAILED:
+                    await self.mark_attempt_failed(r.notification_id, error=r.error, retry_in=None)
+                case Result.RETRY:
+                    await self.mark_attempt_failed(
+                        r.notification_id, error=r.error, retry_in=r.delay_seconds
+                    )
+                case Result.DEFERRED:
+                    await self.defer(r.notification_id, seconds=r.delay_seconds)
 
     async def mark_sent(self, notification_ids: Sequence[str]) -> None:
         for notification_id in notification_ids:
