@@ -389,9 +389,13 @@ class SmtpMailer:
         return None
 
     def _put(self, target: str, conn: SmtpConnection) -> None:
+        now = time.monotonic()
+        for stale in [c for c in self._idle if now - c[1].idle_since >= MAX_IDLE_SECONDS]:
+            self._idle.remove(stale)
+            stale[1].close()
         if conn.closed:
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now
         self._idle.append((target, conn))
 
     async def _connect(self, target: str) -> SmtpConnection:
