@@ -200,7 +200,7 @@ class OrderHandlers:
         if cached is not None:
             return order_pb2.Order.FromString(cached)
         async with uow:
-            order = await uow.orders.get(order_id)
+            order = await uow.orders.read(order_id)
         if order is None:
             raise NotFoundError(f"order {order_id} not found", reason="ORDER_NOT_FOUND")
         message = to_proto(order)

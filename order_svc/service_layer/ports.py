@@ -34,17 +34,25 @@ class Orders(Protocol):
         """The order with its lines, shares and steps, or None."""
         ...
 
+    async def read(self, order_id: str) -> Order | None:
+        """The order as last committed, or None, read on its own (no transaction): for a unit
+        of work that does nothing else."""
+        ...
+
     async def id_for_group(self, group_id: str) -> str | None:
         """The id of the group's order, if there is one."""
         ...
 
-    async def save(self, order: Order, *, lease_seconds: float) -> None:
+    async def save(self, order: Order, *, lease_seconds: float, alone: bool = False) -> None:
         """Write the order's changes if nobody saved it since it was loaded (ConflictError
-        otherwise), and extend the caller's lease on it."""
+        otherwise), and extend the caller's lease on it (give it back once the order is
+        finished). `alone`: the unit of work writes nothing else, so a save without events may
+        commit by itself."""
         ...
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[str]:
-        """Lease up to `limit` unfinished orders that are due and not leased by anyone else."""
+        """Lease up to `limit` unfinished orders that are due and not leased by anyone else
+        (committed by itself: the unit of work's only work)."""
         ...
 
     async def schedule_retry(self, order_id: str, delay_seconds: float) -> int:
@@ -57,10 +65,6 @@ class Orders(Protocol):
 
     async def attempts(self, order_id: str) -> int:
         """Failed attempts since the last step that succeeded."""
-        ...
-
-    async def release(self, order_id: str) -> None:
-        """Give the lease back."""
         ...
 
 

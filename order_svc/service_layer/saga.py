@@ -5,8 +5,9 @@ One step at a time: an external call, then one unit of work that saves the order
 outbox through that unit of work, in the same transaction. The capture step is the exception
 to "one call": the shares are independent payments, so they are captured concurrently (each
 with its own key and its own `capture` row), and the order is confirmed in the same
-transaction. A crash between the call and the commit repeats the call on resume with the same
-idempotency key
+transaction; likewise the release of the last share and the order's failure. The order is
+loaded once per lease and kept in memory from step to step (each save checks its version). A
+crash between the call and the commit repeats the call on resume with the same idempotency key
 (merchant: ``<order>:reserve|place|cancel``; payment: ``<order>:capture|void|refund:<payment>``),
 so its effect happens once.
 
@@ -114,12 +115,15 @@ class OrderSaga:
             await self._locks.release(order_id, token)
 
     async def _advance(self, order_id: str) -> None:
-        while True:
-            async with self._uow() as uow:
-                order = await uow.orders.get(order_id)
-            if order is None or order.status.terminal:
-                return
-            with bind_ids(group_id=order.group_id):
+        # Loaded once: while the lease is held nobody else writes the order, and each save
+        # checks the version (a concurrent writer makes it fail), so the order in memory is
+        # the stored one from step to step.
+        async with self._uow() as uow:
+            order = await uow.orders.read(order_id)
+        if order is None or order.status.terminal:
+            return
+        with bind_ids(group_id=order.group_id):
+            while True:
                 try:
                     await self._step(order)
                 except _TransientError as exc:
@@ -132,19 +136,17 @@ class OrderSaga:
                     return
 
     async def _commit(self, order: Order) -> None:
-        """Save the order's step; the events it recorded go to the outbox with it."""
+        """Save the order's step; the events it recorded go to the outbox with it. A step
+        that recorded no event is one statement committing by itself; the save of a finished
+        order gives its lease back."""
         async with self._uow() as uow:
-            await uow.orders.save(order, lease_seconds=self._settings.lease_seconds)
+            await uow.orders.save(order, lease_seconds=self._settings.lease_seconds, alone=True)
             await uow.commit()
         logger.info("order %s is %s (%s)", order.order_id, order.status, order.steps[-1].step)
 
     async def _finished(self, order: Order) -> None:
-        async with self._uow() as uow:
-            await uow.orders.release(order.order_id)
-            final = await uow.orders.get(order.order_id)
-            await uow.commit()
-        if final is not None:
-            await self._cache.put(order.order_id, to_proto(final).SerializeToString())
+        """Cache the finished order as it was just stored (its last save gave the lease back)."""
+        await self._cache.put(order.order_id, to_proto(order).SerializeToString())
         if self._on_finished is not None:
             self._on_finished(order)
 
@@ -322,10 +324,11 @@ class OrderSaga:
             order.mark_merchant_cancelled(result)
             return
         unreleased = order.unreleased_shares
-        if not unreleased:
+        if unreleased:
+            await self._release(order, unreleased[0])
+        if not order.unreleased_shares:
+            # nothing left to release: finished in the same step (no call to make first)
             order.mark_failed()  # records order.failed
-            return
-        await self._release(order, unreleased[0])
 
     async def _release(self, order: Order, share: Share) -> None:
         """Void the hold or refund the capture of one share."""

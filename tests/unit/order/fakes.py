@@ -65,13 +65,16 @@ class FakeOrderRepository:
         found = self.orders.get(order_id)
         return None if found is None else self._hand_out(copy.deepcopy(found))
 
+    async def read(self, order_id: str) -> Order | None:
+        return await self.get(order_id)
+
     async def id_for_group(self, group_id: str) -> str | None:
         for order in self.orders.values():
             if order.group_id == group_id:
                 return order.order_id
         return None
 
-    async def save(self, order: Order, *, lease_seconds: float) -> None:
+    async def save(self, order: Order, *, lease_seconds: float, alone: bool = False) -> None:
         current = self.orders[order.order_id]
         if current.version != order.version:
             raise ConflictError(f"order {order.order_id} was changed concurrently")
@@ -79,7 +82,10 @@ class FakeOrderRepository:
         self.orders[order.order_id] = _stored(order)
         order.new_steps = []
         self.attempt_counts[order.order_id] = 0
-        self.leased.add(order.order_id)
+        if order.status.terminal:
+            self.leased.discard(order.order_id)  # a finished order's save gives the lease back
+        else:
+            self.leased.add(order.order_id)
         self._hand_out(order)
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[str]:
@@ -102,9 +108,6 @@ class FakeOrderRepository:
 
     async def attempts(self, order_id: str) -> int:
         return self.attempt_counts.get(order_id, 0)
-
-    async def release(self, order_id: str) -> None:
-        self.leased.discard(order_id)
 
 
 class FakeUnitOfWork(OrderUnitOfWork):
