@@ -16,12 +16,17 @@ moves the state only forward, so concurrent or repeated calls end in one outcome
 
 A webhook is matched to one of our payments only through provider ids we recorded (at
 checkout, or proven since). An id we have not seen yet is accepted only after the provider,
-asked about the checkout we created (``checkout_ids``, before any transaction opens), lists it
+asked about the checkout we created (``checkout_ids``, outside any transaction), lists it
 there; the reference the event echoes back (metadata, notes, custom id) only says which
 checkout to ask about. An event whose ids do not belong to the payment it names is recorded as
 ``mismatch`` and changes nothing (answered OK, so the provider stops retrying); a signed body
 of the wrong shape is recorded as ``malformed`` (a hash, not the body) and refused with
 INVALID_ARGUMENT.
+
+A webhook costs one transaction when its ids are ours: one statement stores it (a redelivery
+stops there), finds the payments its ids name and locks the one they name; the state change,
+history, id mappings and outcome are one more, the outbox a third. Only an id new to us takes
+a second transaction, after the provider was asked.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from payment_svc.adapters.providers.base import (
     WebhookRequest,
     WebhookVerificationError,
 )
+from payment_svc.adapters.repository import ReceivedWebhook
 from payment_svc.domain.model import (
     MONEY_STATES,
     TERMINAL,
@@ -108,6 +114,17 @@ class WebhookResult:
 
     event_id: str
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A webhook naming ids new to us next to (or instead of) a payment of ours: accepted only
+    if the provider lists ``unknown`` on that payment's checkout."""
+
+    payment_id: str
+    checkout_id: str
+    unknown: tuple[str, ...]
+    why: str
 
 
 @dataclass(frozen=True)
@@ -248,13 +265,8 @@ class PaymentHandlers:
         async with uow:
             existing = await uow.payments.get(payment_id) if payment_id else None
             if existing is None:
-                existing = await uow.payments.get_attempt(cmd.group_id, cmd.member_id, cmd.attempt)
-            if existing is None:
-                closed = await uow.payments.group_closed(cmd.group_id)
-                if closed is not None:
-                    raise FailedPreconditionError(
-                        f"group {cmd.group_id} is closed ({closed})", reason="GROUP_CLOSED"
-                    )
+                # insert first (one statement: a new attempt of an open group is the common
+                # case); an attempt that exists, or a closed group, inserts nothing
                 candidate = Payment(
                     payment_id=str(uuid.uuid4()),
                     group_id=cmd.group_id,
@@ -266,21 +278,27 @@ class PaymentHandlers:
                     description=cmd.description,
                 )
                 if await uow.payments.add(
-                    candidate, return_url=cmd.return_url, payer_user_id=cmd.payer_user_id
+                    candidate,
+                    return_url=cmd.return_url,
+                    payer_user_id=cmd.payer_user_id,
+                    check_at=self._clock() + timedelta(seconds=self.settings.reconcile_interval),
                 ):
-                    await uow.payments.schedule_check(
-                        candidate.payment_id,
-                        self._clock() + timedelta(seconds=self.settings.reconcile_interval),
-                        reset=True,
-                    )
                     await uow.commit()
                     existing = candidate
                 else:
                     existing = await uow.payments.get_attempt(
                         cmd.group_id, cmd.member_id, cmd.attempt
                     )
-            if existing is None:  # pragma: no cover - the conflicting row was rolled back
-                raise UnavailableError("concurrent create did not settle; retry")
+            if existing is None:
+                closed = await uow.payments.group_closed(cmd.group_id)
+                if closed is not None:
+                    raise FailedPreconditionError(
+                        f"group {cmd.group_id} is closed ({closed})", reason="GROUP_CLOSED"
+                    )
+                # the conflicting row was rolled back
+                raise UnavailableError(  # pragma: no cover
+                    "concurrent create did not settle; retry"
+                )
         self._check_same_intent(existing, cmd)
         if not existing.payment_link:
             existing = await self._open_checkout(uow, existing, cmd.return_url)
@@ -397,9 +415,10 @@ class PaymentHandlers:
             uow.after_commit(self._compensation_due)
 
     async def _sync(
-        self, uow: PaymentUnitOfWork, payment_id: str, actor: str
+        self, uow: PaymentUnitOfWork, payment_id: str, actor: str, read: Payment | None = None
     ) -> tuple[Payment, bool]:
-        payment = await self._read(uow, payment_id)
+        """Re-read from the provider and apply (``read``: the payment as just read, if it was)."""
+        payment = read if read is not None else await self._read(uow, payment_id)
         if not payment.provider_payment_id:
             return payment, False
         try:
@@ -450,11 +469,14 @@ class PaymentHandlers:
             )
         return payment
 
-    async def void_payment(self, cmd: commands.VoidPayment, uow: PaymentUnitOfWork) -> Payment:
-        """Release a hold (or close an unpaid checkout)."""
+    async def void_payment(
+        self, cmd: commands.VoidPayment, uow: PaymentUnitOfWork, *, current: Payment | None = None
+    ) -> Payment:
+        """Release a hold (or close an unpaid checkout); ``current`` is the payment as the
+        caller just read it (the reconciler), else it is read here."""
         _internal_only(cmd.caller)
         payment_id, actor = cmd.payment_id, cmd.caller.label
-        payment = await self._read(uow, payment_id)
+        payment = current if current is not None else await self._read(uow, payment_id)
         if payment.status in (S.VOIDED, S.EXPIRED, S.FAILED):
             return payment
         payment.ensure_voidable()
@@ -542,11 +564,18 @@ class PaymentHandlers:
                 state.provider_payment_id or payment.provider_payment_id, left, key
             )
 
-    async def refund_payment(self, cmd: commands.RefundPayment, uow: PaymentUnitOfWork) -> Payment:
-        """Refund captured money (everything left unless an amount is given)."""
+    async def refund_payment(
+        self,
+        cmd: commands.RefundPayment,
+        uow: PaymentUnitOfWork,
+        *,
+        current: Payment | None = None,
+    ) -> Payment:
+        """Refund captured money (everything left unless an amount is given); ``current`` is
+        the payment as the caller just read it (the reconciler), else it is read here."""
         _internal_only(cmd.caller)
         payment_id, actor = cmd.payment_id, cmd.caller.label
-        payment = await self._read(uow, payment_id)
+        payment = current if current is not None else await self._read(uow, payment_id)
         if payment.status is S.REFUNDED and cmd.amount_minor is None:
             return payment
         amount = payment.refund_amount(cmd.amount_minor)
@@ -602,38 +631,67 @@ class PaymentHandlers:
         except WebhookVerificationError as exc:
             await self._record_malformed(uow, name, cmd.body, str(exc))
             raise InvalidArgumentError(f"malformed webhook: {exc}") from exc
-        # provider re-reads (for ids new to us) happen here, outside any transaction
-        match = await self._match(uow, name, provider, event)
+        body = cmd.body.decode("utf-8", errors="replace")
         async with uow:
-            fresh = await uow.payments.record_webhook(
+            received = await uow.payments.receive_webhook(
                 name,
                 event.event_id,
                 event.event_type,
                 event.provider_payment_id,
-                cmd.body.decode("utf-8", errors="replace"),
+                body,
+                event.provider_ids,
             )
-            if not fresh:
+            if received is None:
                 return WebhookResult(event.event_id, duplicate=True)
-            payment_id = match.payment_id
-            if payment_id is None or event.status is None:
-                outcome = match.outcome if payment_id is None else "ignored"
-                await uow.payments.webhook_outcome(
-                    name, event.event_id, outcome, payment_id, detail=match.detail
-                )
-                await uow.commit()
-                if outcome == "mismatch":
-                    logger.warning("%s webhook %s ignored: %s", name, event.event_id, match.detail)
+            found = await self._match(uow, name, event, received)
+            if isinstance(found, WebhookMatch):
+                await self._settle(uow, name, provider, event, found, received.locked)
                 return WebhookResult(event.event_id, duplicate=False)
-            with bind_ids(payment_id=payment_id):
-                for provider_id in match.new_ids:
-                    await uow.payments.map_provider_id(name, provider_id, payment_id)
-                outcome = await self._apply_event(uow, name, provider, payment_id, event)
+        # An id new to us: the provider decides, asked outside any transaction (the event was
+        # not stored: a redelivery meanwhile is handled like this one).
+        match = await self._confirm(provider, found)
+        async with uow:
+            if not await uow.payments.record_webhook(
+                name, event.event_id, event.event_type, event.provider_payment_id, body
+            ):
+                return WebhookResult(event.event_id, duplicate=True)
+            await self._settle(uow, name, provider, event, match, None)
+        return WebhookResult(event.event_id, duplicate=False)
+
+    async def _settle(
+        self,
+        uow: PaymentUnitOfWork,
+        name: str,
+        provider: PaymentProvider,
+        event: ProviderEvent,
+        match: WebhookMatch,
+        locked: Payment | None,
+    ) -> None:
+        """Apply a stored event to the payment it matched (``locked`` when already loaded
+        under the row lock), record the outcome, commit."""
+        payment_id = match.payment_id
+        if payment_id is None or event.status is None:
+            outcome = match.outcome if payment_id is None else "ignored"
             await uow.payments.webhook_outcome(
                 name, event.event_id, outcome, payment_id, detail=match.detail
             )
             await uow.commit()
-            logger.info("webhook %s (%s): %s", event.event_id, event.event_type, outcome)
-        return WebhookResult(event.event_id, duplicate=False)
+            if outcome == "mismatch":
+                logger.warning("%s webhook %s ignored: %s", name, event.event_id, match.detail)
+            return
+        with bind_ids(payment_id=payment_id):
+            if locked is not None and locked.payment_id == payment_id:
+                payment = self._prepare(locked)
+            else:
+                payment = await self._load(uow, payment_id, lock=True)
+            for provider_id in match.new_ids:
+                await uow.payments.map_provider_id(name, provider_id, payment_id)
+            outcome = await self._apply_event(uow, name, provider, payment, event)
+        await uow.payments.webhook_outcome(
+            name, event.event_id, outcome, payment_id, detail=match.detail
+        )
+        await uow.commit()
+        logger.info("webhook %s (%s): %s", event.event_id, event.event_type, outcome)
 
     async def _record_malformed(
         self, uow: PaymentUnitOfWork, name: str, body: bytes, why: str
@@ -660,38 +718,48 @@ class PaymentHandlers:
             logger.warning("could not record the malformed %s webhook: %s", name, exc)
 
     async def _match(
-        self, uow: PaymentUnitOfWork, name: str, provider: PaymentProvider, event: ProviderEvent
-    ) -> WebhookMatch:
+        self,
+        uow: PaymentUnitOfWork,
+        name: str,
+        event: ProviderEvent,
+        received: ReceivedWebhook,
+    ) -> WebhookMatch | _Claim:
         """Which of our payments the event is about, decided by provider ids only (see the
-        module docstring)."""
+        module docstring): a match, or the payment its new ids claim, whose checkout the
+        provider must list them on (:meth:`_confirm`)."""
         ids = event.provider_ids
+        known = received.known
         claimed: Payment | None = None
         why = ""
-        async with uow:
-            known = {i: await uow.payments.find_by_provider_id(name, i) for i in ids}
-            owners = sorted({p for p in known.values() if p is not None})
-            if len(owners) > 1:
-                return WebhookMatch(
-                    None, "mismatch", detail=f"names provider ids of payments {owners}"
-                )
-            unknown = tuple(i for i in ids if known[i] is None)
-            if owners:
-                if not unknown or event.status is None:
-                    return WebhookMatch(owners[0])
+        owners = sorted(set(known.values()))
+        if len(owners) > 1:
+            return WebhookMatch(None, "mismatch", detail=f"names provider ids of payments {owners}")
+        unknown = tuple(i for i in ids if i not in known)
+        if owners:
+            if not unknown or event.status is None:
+                return WebhookMatch(owners[0])
+            claimed = received.locked
+            if claimed is None or claimed.payment_id != owners[0]:  # pragma: no cover
                 claimed = await uow.payments.get(owners[0])
-                why = f"{', '.join(unknown)} new next to ids of payment {owners[0]}"
-            elif event.merchant_reference and _is_uuid(event.merchant_reference):
-                if event.status is None:
-                    return WebhookMatch(None, "unmatched")
-                claimed = await uow.payments.get(event.merchant_reference)
-                if claimed is not None and claimed.provider != name:
-                    claimed = None
-                why = f"{', '.join(unknown) or 'no id'} claims payment {event.merchant_reference}"
-            if claimed is None:
+            why = f"{', '.join(unknown)} new next to ids of payment {owners[0]}"
+        elif event.merchant_reference and _is_uuid(event.merchant_reference):
+            if event.status is None:
                 return WebhookMatch(None, "unmatched")
+            claimed = await uow.payments.get(event.merchant_reference)
+            if claimed is not None and claimed.provider != name:
+                claimed = None
+            why = f"{', '.join(unknown) or 'no id'} claims payment {event.merchant_reference}"
+        if claimed is None:
+            return WebhookMatch(None, "unmatched")
         checkout_id = claimed.provider_checkout_id
         if not checkout_id:  # its checkout is not recorded yet: reconciliation will catch up
             return WebhookMatch(None, "unmatched", detail=f"{why}, which has no checkout yet")
+        return _Claim(claimed.payment_id, checkout_id, unknown, why)
+
+    @staticmethod
+    async def _confirm(provider: PaymentProvider, claim: _Claim) -> WebhookMatch:
+        """Whether the provider lists the claim's new ids on the claimed payment's checkout."""
+        checkout_id, unknown, why = claim.checkout_id, claim.unknown, claim.why
         try:
             belonging = await provider.checkout_ids(checkout_id)
         except ProviderError as exc:
@@ -702,7 +770,7 @@ class PaymentHandlers:
             )
         if unknown and all(i in belonging for i in unknown):
             return WebhookMatch(
-                claimed.payment_id,
+                claim.payment_id,
                 new_ids=unknown,
                 detail=f"{', '.join(unknown)} confirmed on checkout {checkout_id}",
             )
@@ -717,11 +785,11 @@ class PaymentHandlers:
         uow: PaymentUnitOfWork,
         name: str,
         provider: PaymentProvider,
-        payment_id: str,
+        payment: Payment,
         event: ProviderEvent,
     ) -> str:
+        """Move the (locked) payment as the event says; the webhook's outcome."""
         assert event.status is not None
-        payment = await self._load(uow, payment_id, lock=True)
         reported = PaymentStatus(event.status.value)
         order = ordering(payment.status, reported, can_authorize=payment.can_authorize)
         if order == "stale" and not (
@@ -765,7 +833,8 @@ class PaymentHandlers:
                     settings.reconcile_max_interval,
                 )
                 await uow.payments.bump_check(payment_id, self._clock() + timedelta(seconds=delay))
-            await uow.commit()
+            if due:  # an idle round commits nothing
+                await uow.commit()
         return [payment_id for payment_id, _ in due]
 
     async def reconcile_payment(
@@ -773,22 +842,24 @@ class PaymentHandlers:
     ) -> None:
         """Compensate a payment of a closed group, or re-read it from its provider."""
         payment_id = cmd.payment_id
-        async with uow:
+        async with uow:  # one read: the payment and why its money must go back, if it must
+            payment = await self._load(uow, payment_id, lock=False)
             reason = await uow.payments.compensate_reason(payment_id)
-        payment, changed = await self._sync(uow, payment_id, RECONCILER.label)
+        payment, changed = await self._sync(uow, payment_id, RECONCILER.label, payment)
         if changed:
             logger.info("reconciliation repaired %s: now %s", payment_id, payment.status.value)
         if not reason:
             return
         if payment.status in (S.AUTHORIZED, S.REQUIRES_ACTION):
             payment = await self.void_payment(
-                commands.VoidPayment(RECONCILER, payment_id, reason), uow
+                commands.VoidPayment(RECONCILER, payment_id, reason), uow, current=payment
             )
             logger.info("voided %s of closed group %s", payment_id, payment.group_id)
         elif payment.status in (S.CAPTURED, S.PARTIALLY_REFUNDED):
             payment = await self.refund_payment(
                 commands.RefundPayment(RECONCILER, payment_id, None, reason, key="compensation"),
                 uow,
+                current=payment,
             )
             logger.info("refunded %s of closed group %s", payment_id, payment.group_id)
 
@@ -807,7 +878,8 @@ class PaymentHandlers:
                 await uow.payments.mark_warned(payment_id)
                 warned += 1
                 logger.warning("authorization of %s lapses soon", payment_id)
-            await uow.commit()
+            if warned:
+                await uow.commit()
         return warned
 
     # events ------------------------------------------------------------------------------------

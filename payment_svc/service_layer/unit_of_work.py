@@ -1,7 +1,9 @@
 """The payment service's unit of work: the platform's, with the payment repository attached.
 
 The events a payment records reach the outbox through :func:`messages.to_event` when the unit
-of work commits (the repository tracks every payment it hands out).
+of work commits (the repository tracks every payment it hands out). The repository queues the
+writes nothing reads back before the commit; :meth:`PaymentUnitOfWork.commit` flushes them
+first, in the same transaction.
 """
 
 from __future__ import annotations
@@ -23,3 +25,13 @@ class PaymentUnitOfWork(UnitOfWork):
 
     def _open(self, session: AsyncSession) -> None:
         self.payments = SqlPaymentRepository(session, self.track)
+
+    async def commit(self) -> None:
+        """Write the repository's queued writes, then the outbox, and commit."""
+        await self.payments.flush()
+        await super().commit()
+
+    async def rollback(self) -> None:
+        """Discard the transaction with the repository's queued writes."""
+        await super().rollback()
+        self._open(self.session)

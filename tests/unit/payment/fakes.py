@@ -28,6 +28,7 @@ from payment_svc.adapters.providers.base import (
     WebhookRequest,
     WebhookVerificationError,
 )
+from payment_svc.adapters.repository import ReceivedWebhook
 from payment_svc.domain.model import Payment, StatusChange
 from payment_svc.service_layer.messages import to_event
 from payment_svc.service_layer.unit_of_work import PaymentUnitOfWork
@@ -88,12 +89,19 @@ class FakePaymentRepository:
             if row.payment.group_id == group_id and (p := self._out(row)) is not None
         ]
 
-    async def add(self, payment: Payment, *, return_url: str, payer_user_id: str) -> bool:
+    async def add(
+        self, payment: Payment, *, return_url: str, payer_user_id: str, check_at: datetime
+    ) -> bool:
         self._uow.track(payment)
         if await self.get_attempt(payment.group_id, payment.member_id, payment.attempt):
             return False
+        if payment.group_id in self.db.closed_groups:
+            return False
         self.db.rows[payment.payment_id] = Row(
-            copy.deepcopy(payment), return_url=return_url, payer_user_id=payer_user_id
+            copy.deepcopy(payment),
+            return_url=return_url,
+            payer_user_id=payer_user_id,
+            next_check_at=check_at,
         )
         return True
 
@@ -117,8 +125,25 @@ class FakePaymentRepository:
         if provider_payment_id:
             self.db.provider_ids.setdefault((provider, provider_payment_id), payment_id)
 
-    async def find_by_provider_id(self, provider: str, provider_payment_id: str) -> str | None:
-        return self.db.provider_ids.get((provider, provider_payment_id))
+    async def receive_webhook(
+        self,
+        provider: str,
+        event_id: str,
+        event_type: str,
+        provider_payment_id: str,
+        body: str,
+        provider_ids: Sequence[str],
+    ) -> ReceivedWebhook | None:
+        if not await self.record_webhook(provider, event_id, event_type, provider_payment_id, body):
+            return None
+        known = {
+            i: self.db.provider_ids[(provider, i)]
+            for i in provider_ids
+            if (provider, i) in self.db.provider_ids
+        }
+        owners = set(known.values())
+        locked = await self.get(owners.pop(), lock=True) if len(owners) == 1 else None
+        return ReceivedWebhook(known, locked)
 
     async def record_webhook(
         self, provider: str, event_id: str, event_type: str, provider_payment_id: str, body: str
@@ -195,6 +220,9 @@ class FakePaymentRepository:
 
     async def mark_warned(self, payment_id: str) -> None:
         self.db.rows[payment_id].warned = True
+
+    async def flush(self) -> None:
+        """Nothing is queued: every write above lands in the working copy at once."""
 
 
 class FakeUnitOfWork(PaymentUnitOfWork):
