@@ -8,28 +8,45 @@ events the group records).
 Every change of a group runs under ``SELECT … FOR UPDATE`` of its group_orders row (so two
 replicas handling events for the same group serialize), and `save` additionally checks and
 bumps the optimistic `version` (a lost update raises ConflictError instead of passing).
-Member and payment-attempt rows are written only when they differ from what this repository
-loaded or last wrote (a payment changes one member; rewriting all of them cost 2 statements
-per member on every save).
+
+Round trips. The aggregate's statements are written once, below, and run as driver SQL on the
+session's connection (no statement construction, compilation or cache key per call; asyncpg
+prepares each once per connection):
+
+* `get` is one statement: the group row with its members and payment attempts as arrays of
+  rows. Locked, the row is the latest version (the lock waits for a concurrent change) while
+  the arrays come from the statement's snapshot; the statement also reads the version its
+  snapshot saw, and when the two differ (it waited for another transaction's change) it is
+  read again, now under the lock, with a fresh snapshot.
+* `add` and `save` are one statement each: the group row (inserted, or updated where the
+  version matches) and, in data-modifying CTEs over ``unnest`` of parallel arrays, the member
+  rows to insert or update, the payment attempts to upsert and the history to append — all
+  guarded by the group row having been written. Member and attempt rows are sent only when
+  they differ from what this repository loaded or last wrote (a payment changes one member).
+  Removed members are deleted first (one statement, RemoveMember only).
+* The cart (items), the group id and its creation time never change after `add`; `save`
+  writes the other columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Result
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from group_svc.adapters.pii import PiiKeyring
 from group_svc.adapters.tables import (
     group_members,
     group_orders,
     group_payment_voids,
-    group_payments_state,
     group_status_history,
 )
 from group_svc.domain.lifecycle import GroupStatus
@@ -46,6 +63,180 @@ from group_svc.domain.model import (
 from group_svc.domain.split import ShareSpec, SplitMode
 from mppo.platform import idempotency
 from mppo.platform.errors import ConflictError
+from mppo.platform.schema import idempotency_keys
+
+
+class Sql:
+    """A statement written once: ``{name}`` placeholders become asyncpg's ``$n`` (numbered in
+    order of first appearance), and `args` orders a call's values accordingly."""
+
+    __slots__ = ("names", "text")
+
+    def __init__(self, template: str) -> None:
+        names = list(dict.fromkeys(re.findall(r"\{(\w+)\}", template)))
+        self.names: tuple[str, ...] = tuple(names)
+        numbered = template.format_map({n: f"${i}" for i, n in enumerate(names, 1)})
+        self.text = " ".join(numbered.split())
+
+    def args(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The positional parameters, from `values` by name."""
+        return tuple(values[name] for name in self.names)
+
+
+_SELECT_GROUP = """
+SELECT g.*,
+    ARRAY(SELECT m FROM group_members m WHERE m.group_id = {group_id}
+          ORDER BY m.position) AS members,
+    ARRAY(SELECT a FROM group_payments_state a WHERE a.group_id = {group_id}
+          ORDER BY a.member_id, a.attempt) AS attempts
+"""
+GET_GROUP = Sql(_SELECT_GROUP + "FROM group_orders g WHERE g.group_id = {group_id}")
+# `seen_version`: the version in the statement's snapshot (see the module docstring)
+GET_GROUP_LOCKED = Sql(
+    _SELECT_GROUP
+    + """, (SELECT s.version FROM group_orders s WHERE s.group_id = {group_id}) AS seen_version
+    FROM group_orders g WHERE g.group_id = {group_id} FOR UPDATE OF g"""
+)
+GROUP_VERSION = Sql("SELECT version FROM group_orders WHERE group_id = {group_id}")
+GROUP_MEMBERS = Sql("SELECT * FROM group_members WHERE group_id = {group_id} ORDER BY position")
+DELETE_MEMBERS = Sql(
+    "DELETE FROM group_members WHERE group_id = {group_id} AND member_id = ANY({member_ids})"
+)
+
+# the children of a written group (CTE `g`), each a no-op for empty arrays
+_CHILDREN = """
+, changed_members AS (
+    UPDATE group_members AS m
+    SET display_name = u.display_name, user_id = u.user_id, status = u.status,
+        share_spec = u.share_spec::jsonb, share_minor = u.share_minor,
+        paid_minor = u.paid_minor, required = u.required, attempt = u.attempt,
+        joined_at = u.joined_at, paid_at = u.paid_at
+    FROM unnest({m_member_id}::text[], {m_display_name}::text[], {m_user_id}::text[],
+                {m_status}::text[], {m_share_spec}::text[], {m_share_minor}::bigint[],
+                {m_paid_minor}::bigint[], {m_required}::boolean[], {m_attempt}::integer[],
+                {m_joined_at}::timestamptz[], {m_paid_at}::timestamptz[])
+        AS u(member_id, display_name, user_id, status, share_spec, share_minor, paid_minor,
+             required, attempt, joined_at, paid_at)
+    WHERE m.member_id = u.member_id AND m.group_id = {group_id}::text
+      AND EXISTS (SELECT FROM g)
+), new_members AS (
+    INSERT INTO group_members (member_id, group_id, position, role, display_name, user_id,
+        email_enc, phone_enc, pii_key_id, status, share_spec, share_minor, paid_minor,
+        required, attempt, invite_token, joined_at, paid_at)
+    SELECT u.member_id, {group_id}::text, u.position, u.role, u.display_name, u.user_id,
+        u.email_enc, u.phone_enc, u.pii_key_id, u.status, u.share_spec::jsonb, u.share_minor,
+        u.paid_minor, u.required, u.attempt, u.invite_token, u.joined_at, u.paid_at
+    FROM unnest({n_member_id}::text[], {n_position}::integer[], {n_role}::text[],
+                {n_display_name}::text[], {n_user_id}::text[], {n_email_enc}::bytea[],
+                {n_phone_enc}::bytea[], {n_pii_key_id}::text[], {n_status}::text[],
+                {n_share_spec}::text[], {n_share_minor}::bigint[], {n_paid_minor}::bigint[],
+                {n_required}::boolean[], {n_attempt}::integer[], {n_invite_token}::text[],
+                {n_joined_at}::timestamptz[], {n_paid_at}::timestamptz[])
+        AS u(member_id, position, role, display_name, user_id, email_enc, phone_enc,
+             pii_key_id, status, share_spec, share_minor, paid_minor, required, attempt,
+             invite_token, joined_at, paid_at)
+    WHERE EXISTS (SELECT FROM g)
+), attempts AS (
+    INSERT INTO group_payments_state (row_id, group_id, member_id, attempt, amount_minor,
+        status, payment_id, payment_link, captured, updated_at)
+    SELECT u.row_id, {group_id}::text, u.member_id, u.attempt, u.amount_minor, u.status,
+        u.payment_id, u.payment_link, u.captured, {updated_at}::timestamptz
+    FROM unnest({a_row_id}::text[], {a_member_id}::text[], {a_attempt}::integer[],
+                {a_amount_minor}::bigint[], {a_status}::text[], {a_payment_id}::text[],
+                {a_payment_link}::text[], {a_captured}::boolean[])
+        AS u(row_id, member_id, attempt, amount_minor, status, payment_id, payment_link,
+             captured)
+    WHERE EXISTS (SELECT FROM g)
+    ON CONFLICT (row_id) DO UPDATE SET amount_minor = excluded.amount_minor,
+        status = excluded.status, payment_id = excluded.payment_id,
+        payment_link = excluded.payment_link, captured = excluded.captured,
+        updated_at = excluded.updated_at
+), history AS (
+    INSERT INTO group_status_history (group_id, from_status, to_status, reason, actor,
+        changed_at)
+    SELECT {group_id}::text, u.from_status, u.to_status, u.reason, u.actor, u.changed_at
+    FROM unnest({h_from_status}::text[], {h_to_status}::text[], {h_reason}::text[],
+                {h_actor}::text[], {h_changed_at}::timestamptz[]) WITH ORDINALITY
+        AS u(from_status, to_status, reason, actor, changed_at, n)
+    WHERE EXISTS (SELECT FROM g)
+    ORDER BY u.n
+)
+SELECT version FROM g
+"""
+
+ADD_GROUP = Sql(
+    """
+WITH g AS (
+    INSERT INTO group_orders (group_id, host_user_id, merchant_id, currency_code, items,
+        fees_minor, tax_minor, tip_minor, total_minor, split_mode, fallback_policy, deadline,
+        status, version, frozen_at, order_id, close_reason, grace_deadline, fallback_at,
+        fallback_notified_at, reminder_sent_at, created_at, updated_at)
+    VALUES ({group_id}, {host_user_id}, {merchant_id}, {currency_code}, {items}::text::jsonb,
+        {fees_minor}, {tax_minor}, {tip_minor}, {total_minor}, {split_mode},
+        {fallback_policy}, {deadline}, {status}, {version}, {frozen_at}, {order_id},
+        {close_reason}, {grace_deadline}, {fallback_at}, {fallback_notified_at},
+        {reminder_sent_at}, {created_at}, {updated_at})
+    RETURNING version
+)"""
+    + _CHILDREN
+)
+
+SAVE_GROUP = Sql(
+    """
+WITH g AS (
+    UPDATE group_orders
+    SET host_user_id = {host_user_id}, merchant_id = {merchant_id},
+        currency_code = {currency_code}, fees_minor = {fees_minor}, tax_minor = {tax_minor},
+        tip_minor = {tip_minor}, total_minor = {total_minor}, split_mode = {split_mode},
+        fallback_policy = {fallback_policy}, deadline = {deadline}, status = {status},
+        version = {version} + 1, frozen_at = {frozen_at}, order_id = {order_id},
+        close_reason = {close_reason}, grace_deadline = {grace_deadline},
+        fallback_at = {fallback_at}, fallback_notified_at = {fallback_notified_at},
+        reminder_sent_at = {reminder_sent_at}, updated_at = {updated_at}
+    WHERE group_id = {group_id} AND version = {version}
+    RETURNING version
+)"""
+    + _CHILDREN
+)
+
+STORE_COMPLETED_KEY = Sql(
+    f"""INSERT INTO {idempotency_keys.name} (scope, key, request_hash, status, response)
+    VALUES ({{scope}}, {{key}}, {{request_hash}}, 'completed', {{response}})
+    ON CONFLICT (scope, key) DO NOTHING RETURNING key"""
+)
+KEY_EXISTS = Sql(
+    f"SELECT true FROM {idempotency_keys.name} WHERE scope = {{scope}} AND key = {{key}}"
+)
+SCHEDULER_DUTIES = Sql(
+    """
+SELECT
+    EXISTS (SELECT FROM group_orders WHERE status IN ('DRAFT', 'OPEN')
+            AND ((fallback_at IS NULL AND deadline <= {now}::timestamptz)
+                 OR grace_deadline <= {now}::timestamptz)) AS due,
+    EXISTS (SELECT FROM group_orders WHERE status = 'OPEN' AND fallback_at IS NOT NULL
+            AND fallback_notified_at IS NULL) AS fallbacks,
+    EXISTS (SELECT FROM group_orders WHERE status = 'OPEN' AND reminder_sent_at IS NULL
+            AND fallback_at IS NULL AND deadline <= {now}::timestamptz + {lead}::interval
+            AND deadline > {now}::timestamptz
+            AND frozen_at + (deadline - frozen_at) / 2 <= {now}::timestamptz) AS reminders,
+    EXISTS (SELECT FROM group_payment_voids WHERE status = 'PENDING'
+            AND (next_attempt_at IS NULL OR next_attempt_at <= {now}::timestamptz)) AS releases
+"""
+)
+
+
+class _Statements:
+    """Runs the statements above on a session's connection, in its transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+        self._conn: AsyncConnection | None = None
+
+    async def _run(self, sql: Sql, values: Mapping[str, Any]) -> Result[Any]:
+        conn = self._conn
+        if conn is None or conn.closed:  # a commit or rollback gave the connection back
+            conn = self._conn = await self._session.connection()
+        return await conn.exec_driver_sql(sql.text, sql.args(values))
 
 
 def spec_to_json(spec: ShareSpec) -> dict[str, Any]:
@@ -68,7 +259,12 @@ def spec_from_json(data: dict[str, Any]) -> ShareSpec:
     )
 
 
-class GroupRepository:
+def _json(value: Any) -> Any:
+    """A jsonb value as decoded (the engine's codec parses it; a bare connection gives text)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class GroupRepository(_Statements):
     """Group persistence within one session/transaction."""
 
     def __init__(
@@ -77,66 +273,55 @@ class GroupRepository:
         keyring: PiiKeyring,
         track: Callable[[Group], None] = lambda group: None,
     ) -> None:
-        self._session = session
+        super().__init__(session)
         self._keyring = keyring
         self._track = track
         # what the database holds, as far as this transaction knows: member id / attempt row
-        # id -> the columns `_write_children` would write
+        # id -> the columns `save` would write
         self._members_written: dict[str, dict[str, Any]] = {}
         self._attempts_written: dict[Any, dict[str, Any]] = {}
 
     async def add(self, group: Group) -> None:
-        """Insert a new group with its members."""
-        await self._session.execute(insert(group_orders).values(**self._group_row(group)))
-        group.version = 1
-        await self._session.execute(
-            update(group_orders).where(group_orders.c.group_id == group.group_id).values(version=1)
+        """Insert a new group (version 1) with its members and history: one statement."""
+        values = self._group_values(group)
+        values["version"] = 1
+        values["items"] = json.dumps(
+            [
+                {
+                    "line_id": line.line_id,
+                    "sku": line.sku,
+                    "name": line.name,
+                    "quantity": line.quantity,
+                    "unit_price_minor": line.unit_price_minor,
+                }
+                for line in group.items
+            ]
         )
-        await self._write_children(group, new_members={m.member_id for m in group.members})
+        written = self._children(group, {m.member_id for m in group.members}, values)
+        await self._run(ADD_GROUP, values)
+        group.version = 1
+        self._written(group, *written)
         self._track(group)
 
-    def _remember(self, group: Group) -> None:
-        for m in group.members:
-            self._members_written[m.member_id] = self._member_state(m)
-        for a in group.attempts:
-            self._attempts_written[a.row_id] = self._attempt_state(a)
-
     async def get(self, group_id: str, *, lock: bool = False) -> Group | None:
-        """Load a group (locking its row when `lock`), or None."""
-        query = select(group_orders).where(group_orders.c.group_id == group_id)
+        """Load a group (locking its row when `lock`), or None: one statement (two when the
+        lock had to wait for a concurrent change)."""
+        values = {"group_id": group_id}
         if lock:
-            query = query.with_for_update()
-        row = (await self._session.execute(query)).mappings().first()
+            row = (await self._run(GET_GROUP_LOCKED, values)).mappings().first()
+            if row is not None and row["seen_version"] != row["version"]:
+                # the lock waited for another transaction's change: read it all under the lock
+                row = (await self._run(GET_GROUP_LOCKED, values)).mappings().first()
+        else:
+            row = (await self._run(GET_GROUP, values)).mappings().first()
         if row is None:
             return None
-        members = (
-            (
-                await self._session.execute(
-                    select(group_members)
-                    .where(group_members.c.group_id == group_id)
-                    .order_by(group_members.c.position)
-                )
-            )
-            .mappings()
-            .all()
-        )
-        attempts = (
-            (
-                await self._session.execute(
-                    select(group_payments_state)
-                    .where(group_payments_state.c.group_id == group_id)
-                    .order_by(group_payments_state.c.member_id, group_payments_state.c.attempt)
-                )
-            )
-            .mappings()
-            .all()
-        )
         group = Group(
             group_id=row["group_id"],
             host_user_id=row["host_user_id"],
             merchant_id=row["merchant_id"],
             currency_code=row["currency_code"],
-            items=[CartLine(**item) for item in row["items"]],
+            items=[CartLine(**item) for item in _json(row["items"])],
             fees_minor=row["fees_minor"],
             tax_minor=row["tax_minor"],
             tip_minor=row["tip_minor"],
@@ -146,7 +331,7 @@ class GroupRepository:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             status=GroupStatus(row["status"]),
-            members=[self._member(m) for m in members],
+            members=[self._member(m) for m in row["members"]],
             attempts=[
                 PaymentAttempt(
                     member_id=a["member_id"],
@@ -158,7 +343,7 @@ class GroupRepository:
                     captured=a["captured"],
                     row_id=a["row_id"],
                 )
-                for a in attempts
+                for a in row["attempts"]
             ],
             version=row["version"],
             frozen_at=row["frozen_at"],
@@ -169,16 +354,17 @@ class GroupRepository:
             fallback_notified_at=row["fallback_notified_at"],
             reminder_sent_at=row["reminder_sent_at"],
         )
-        self._remember(group)
+        for m in group.members:
+            self._members_written[m.member_id] = self._member_state(m)
+        for a in group.attempts:
+            self._attempts_written[a.row_id] = self._attempt_state(a)
         self._track(group)
         return group
 
     async def version(self, group_id: str) -> int | None:
         """The group's current version (one indexed row), or None for an unknown group."""
-        found = await self._session.execute(
-            select(group_orders.c.version).where(group_orders.c.group_id == group_id)
-        )
-        return found.scalar()
+        found: int | None = (await self._run(GROUP_VERSION, {"group_id": group_id})).scalar()
+        return found
 
     async def ids_for_user(
         self,
@@ -256,16 +442,21 @@ class GroupRepository:
         )
         return list(due.scalars().all())
 
+    async def duties(self, now: datetime, lead: timedelta) -> Duties:
+        """Which of the expiry scheduler's duties have work now, in one read (the conditions
+        of `claim_due`, `fallbacks_without_intent`, `claim_reminders_due` and
+        `ReleaseQueue.claim_due`): an idle round costs this statement and nothing else."""
+        row = (await self._run(SCHEDULER_DUTIES, {"now": now, "lead": lead})).one()
+        return Duties(
+            expiry=row.due or row.fallbacks, reminders=row.reminders, releases=row.releases
+        )
+
     async def members(self, group_id: str) -> list[Member]:
         """Just the members of a group, in join order ([] for an unknown group: a group always
-        has its host). One query instead of the three of `get` (contact look-ups are frequent).
+        has its host). Lighter than `get` (contact look-ups are frequent).
         """
-        rows = await self._session.execute(
-            select(group_members)
-            .where(group_members.c.group_id == group_id)
-            .order_by(group_members.c.position)
-        )
-        return [self._member(m) for m in rows.mappings().all()]
+        rows = (await self._run(GROUP_MEMBERS, {"group_id": group_id})).mappings().all()
+        return [self._member(m) for m in rows]
 
     def _member(self, row: Any) -> Member:
         key_id = row["pii_key_id"]
@@ -279,7 +470,7 @@ class GroupRepository:
             email=email,
             phone=phone,
             user_id=row["user_id"],
-            share_spec=spec_from_json(row["share_spec"]),
+            share_spec=spec_from_json(_json(row["share_spec"])),
             status=MemberStatus(row["status"]),
             invite_token=row["invite_token"],
             share_minor=row["share_minor"],
@@ -291,27 +482,20 @@ class GroupRepository:
         )
 
     async def save(self, group: Group, new_members: set[str] | None = None) -> None:
-        """Write a changed group (version-checked) with its members, attempts and history."""
-        values = self._group_row(group)
-        values["version"] = group.version + 1
-        result = await self._session.execute(
-            update(group_orders)
-            .where(
-                group_orders.c.group_id == group.group_id,
-                group_orders.c.version == group.version,
+        """Write a changed group (version-checked) with its members, attempts and history:
+        one statement (and the delete of removed members before it)."""
+        if group.removed_member_ids:
+            await self._run(
+                DELETE_MEMBERS,
+                {"group_id": group.group_id, "member_ids": list(group.removed_member_ids)},
             )
-            .values(**values)
-            .returning(group_orders.c.version)
-        )
-        if result.first() is None:
+        values = self._group_values(group)
+        written = self._children(group, new_members or set(), values)
+        if (await self._run(SAVE_GROUP, values)).first() is None:
             raise ConflictError(f"group {group.group_id} changed concurrently; retry")
         group.version += 1
-        if group.removed_member_ids:
-            await self._session.execute(
-                delete(group_members).where(group_members.c.member_id.in_(group.removed_member_ids))
-            )
-            group.removed_member_ids.clear()
-        await self._write_children(group, new_members or set())
+        group.removed_member_ids.clear()
+        self._written(group, *written)
 
     @staticmethod
     def _member_state(m: Member) -> dict[str, Any]:
@@ -319,7 +503,7 @@ class GroupRepository:
             "display_name": m.display_name,
             "user_id": m.user_id,
             "status": m.status.value,
-            "share_spec": spec_to_json(m.share_spec),
+            "share_spec": json.dumps(spec_to_json(m.share_spec)),
             "share_minor": m.share_minor,
             "paid_minor": m.paid_minor,
             "required": m.required,
@@ -338,81 +522,86 @@ class GroupRepository:
             "amount_minor": a.amount_minor,
         }
 
-    async def _write_children(self, group: Group, new_members: set[str]) -> None:
+    def _children(
+        self, group: Group, new_members: set[str], values: dict[str, Any]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """Put the member, attempt and history rows to write into `values` (parallel arrays,
+        only rows that differ from what the database holds); the states to remember once
+        written."""
+        members: dict[str, dict[str, Any]] = {}
+        changed: list[tuple[Member, dict[str, Any]]] = []
+        added: list[tuple[Member, dict[str, Any]]] = []
         for m in group.members:
             state = self._member_state(m)
-            if m.member_id not in new_members and self._members_written.get(m.member_id) == state:
-                continue
             if m.member_id in new_members:
-                email, key_id = self._keyring.encrypt(m.email) if m.email else (None, "")
-                phone, phone_key = self._keyring.encrypt(m.phone) if m.phone else (None, "")
-                await self._session.execute(
-                    insert(group_members).values(
-                        member_id=m.member_id,
-                        group_id=group.group_id,
-                        position=m.position,
-                        role=m.role.value,
-                        email_enc=email,
-                        phone_enc=phone,
-                        pii_key_id=key_id or phone_key or self._keyring.active_key_id,
-                        invite_token=m.invite_token,
-                        **state,
-                    )
-                )
+                added.append((m, state))
+            elif self._members_written.get(m.member_id) != state:
+                changed.append((m, state))
             else:
-                await self._session.execute(
-                    update(group_members)
-                    .where(group_members.c.member_id == m.member_id)
-                    .values(**state)
-                )
-            self._members_written[m.member_id] = state
-        for a in group.attempts:
-            attempt_state = self._attempt_state(a)
-            if self._attempts_written.get(a.row_id) == attempt_state:
                 continue
-            row = {**attempt_state, "updated_at": group.updated_at}
-            await self._session.execute(
-                pg_insert(group_payments_state)
-                .values(
-                    row_id=a.row_id,
-                    group_id=group.group_id,
-                    member_id=a.member_id,
-                    attempt=a.attempt,
-                    **row,
-                )
-                .on_conflict_do_update(index_elements=["row_id"], set_=row)
-            )
-            self._attempts_written[a.row_id] = attempt_state
-        for h in group.new_history:
-            await self._session.execute(
-                insert(group_status_history).values(
-                    group_id=group.group_id,
-                    from_status=h.from_status.value if h.from_status else None,
-                    to_status=h.to_status.value,
-                    reason=h.reason,
-                    actor=h.actor,
-                    changed_at=h.at,
-                )
-            )
+            members[m.member_id] = state
+        values["m_member_id"] = [m.member_id for m, _ in changed]
+        values["n_member_id"] = [m.member_id for m, _ in added]
+        for column in _MEMBER_STATE:
+            values[f"m_{column}"] = [state[column] for _, state in changed]
+            values[f"n_{column}"] = [state[column] for _, state in added]
+        values["n_position"] = [m.position for m, _ in added]
+        values["n_role"] = [m.role.value for m, _ in added]
+        values["n_invite_token"] = [m.invite_token for m, _ in added]
+        emails: list[bytes | None] = []
+        phones: list[bytes | None] = []
+        key_ids: list[str] = []
+        for m, _ in added:
+            email, key_id = self._keyring.encrypt(m.email) if m.email else (None, "")
+            phone, phone_key = self._keyring.encrypt(m.phone) if m.phone else (None, "")
+            emails.append(email)
+            phones.append(phone)
+            key_ids.append(key_id or phone_key or self._keyring.active_key_id)
+        values["n_email_enc"] = emails
+        values["n_phone_enc"] = phones
+        values["n_pii_key_id"] = key_ids
+
+        attempts: dict[str, dict[str, Any]] = {}
+        rows: list[PaymentAttempt] = []
+        for a in group.attempts:
+            state = self._attempt_state(a)
+            if self._attempts_written.get(a.row_id) != state:
+                attempts[a.row_id] = state
+                rows.append(a)
+        values["a_row_id"] = [a.row_id for a in rows]
+        values["a_member_id"] = [a.member_id for a in rows]
+        values["a_attempt"] = [a.attempt for a in rows]
+        values["a_amount_minor"] = [a.amount_minor for a in rows]
+        values["a_status"] = [a.status.value for a in rows]
+        values["a_payment_id"] = [a.payment_id for a in rows]
+        values["a_payment_link"] = [a.payment_link for a in rows]
+        values["a_captured"] = [a.captured for a in rows]
+
+        history = group.new_history
+        values["h_from_status"] = [h.from_status.value if h.from_status else None for h in history]
+        values["h_to_status"] = [h.to_status.value for h in history]
+        values["h_reason"] = [h.reason for h in history]
+        values["h_actor"] = [h.actor for h in history]
+        values["h_changed_at"] = [h.at for h in history]
+        return members, attempts
+
+    def _written(
+        self,
+        group: Group,
+        members: dict[str, dict[str, Any]],
+        attempts: dict[str, dict[str, Any]],
+    ) -> None:
+        self._members_written.update(members)
+        self._attempts_written.update(attempts)
         group.new_history.clear()
 
     @staticmethod
-    def _group_row(group: Group) -> dict[str, Any]:
+    def _group_values(group: Group) -> dict[str, Any]:
         return {
             "group_id": group.group_id,
             "host_user_id": group.host_user_id,
             "merchant_id": group.merchant_id,
             "currency_code": group.currency_code,
-            "items": [
-                {
-                    "line_id": line.line_id,
-                    "sku": line.sku,
-                    "name": line.name,
-                    "quantity": line.quantity,
-                    "unit_price_minor": line.unit_price_minor,
-                }
-                for line in group.items
-            ],
             "fees_minor": group.fees_minor,
             "tax_minor": group.tax_minor,
             "tip_minor": group.tip_minor,
@@ -441,6 +630,30 @@ class GroupRepository:
             .order_by(group_status_history.c.id)
         )
         return list(rows.mappings().all())
+
+
+#: the member columns `save` compares and writes (besides the id)
+_MEMBER_STATE = (
+    "display_name",
+    "user_id",
+    "status",
+    "share_spec",
+    "share_minor",
+    "paid_minor",
+    "required",
+    "attempt",
+    "joined_at",
+    "paid_at",
+)
+
+
+@dataclass(frozen=True)
+class Duties:
+    """Which of the expiry scheduler's duties have work (GroupRepository.duties)."""
+
+    expiry: bool
+    reminders: bool
+    releases: bool
 
 
 @dataclass(frozen=True)
@@ -527,11 +740,8 @@ class ReleaseQueue:
         )
 
 
-class IdempotencyKeys:
+class IdempotencyKeys(_Statements):
     """Idempotency keys of mutating calls, claimed in the call's own transaction."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
 
     async def claim(self, key: idempotency.IdempotencyKey) -> bytes | None:
         """None for the first call with `key`; the stored response of the first otherwise."""
@@ -540,3 +750,26 @@ class IdempotencyKeys:
     async def complete(self, key: idempotency.IdempotencyKey, response: bytes) -> None:
         """Store the first call's response (committed with the change)."""
         await idempotency.complete(self._session, key, response)
+
+    async def lookup(self, key: idempotency.IdempotencyKey) -> bytes | None:
+        """The stored response of an earlier call with `key`, or None; claims nothing (for the
+        check made before the call's own transaction). Refuses the key like `claim` when it
+        was used with other parameters."""
+        values = {"scope": key.scope, "key": key.key}
+        if (await self._run(KEY_EXISTS, values)).first() is None:
+            return None
+        return await idempotency.claim(self._session, key)  # the stored answer, or the refusal
+
+    async def store(self, key: idempotency.IdempotencyKey, response: bytes) -> bytes | None:
+        """Claim `key` with the response already known (one statement instead of `claim` and
+        `complete`); None when stored, else the response an earlier call with `key` stored
+        (waiting for it like `claim`), or the refusal when it had other parameters."""
+        values = {
+            "scope": key.scope,
+            "key": key.key,
+            "request_hash": key.request_hash,
+            "response": response,
+        }
+        if (await self._run(STORE_COMPLETED_KEY, values)).first() is not None:
+            return None
+        return await idempotency.claim(self._session, key)

@@ -7,7 +7,8 @@ lock (the fallback is re-checked under the lock after its payment links are clos
 runs in the service unless MPPO_GROUP_SCHEDULER=off, and alone as
 ``python -m group_svc.standalone_scheduler``.
 
-A round:
+A round first reads which duties have work (one statement: an idle round commits nothing),
+then does those:
 1. due groups — DRAFT/OPEN past the deadline (or OPEN past the host's grace period): the
    fallback applies, once the payment links it leaves unwanted are closed at the payment
    service (until they are, the group stays due and is tried again next round). CANCEL (or
@@ -56,21 +57,27 @@ class ExpiryScheduler(LoopWorker):
         self._uow = uow
 
     async def work(self) -> bool:
-        """One round of every duty; True when a duty had a full batch (more is waiting)."""
-        needs_intent = await self._handlers.expire_due_groups(
-            c.ExpireDueGroups(ACTOR, BATCH), self._uow()
-        )
-        for group_id in needs_intent:
-            with bind_ids(group_id=group_id):
-                try:
-                    await self._handlers.complete_intents(
-                        c.CompleteIntents(group_id, ACTOR), self._uow()
-                    )
-                except DomainError as exc:
-                    logger.warning("host fallback intent not created yet: %s", exc)
-        async with self._uow() as uow:
-            await self._handlers.send_reminders(c.SendReminders(BATCH), uow)
-            await uow.commit()
+        """One round of the duties that have work (an idle round is one read and commits
+        nothing); True when a duty had a full batch (more is waiting)."""
+        duties = await self._handlers.scheduler_duties(self._uow())
+        if duties.expiry:
+            needs_intent = await self._handlers.expire_due_groups(
+                c.ExpireDueGroups(ACTOR, BATCH), self._uow()
+            )
+            for group_id in needs_intent:
+                with bind_ids(group_id=group_id):
+                    try:
+                        await self._handlers.complete_intents(
+                            c.CompleteIntents(group_id, ACTOR), self._uow()
+                        )
+                    except DomainError as exc:
+                        logger.warning("host fallback intent not created yet: %s", exc)
+        if duties.reminders:
+            async with self._uow() as uow:
+                await self._handlers.send_reminders(c.SendReminders(BATCH), uow)
+                await uow.commit()
+        if not duties.releases:
+            return False
         released = await self._handlers.release_payments(
             c.ReleasePayments(BATCH, backoff_seconds=self.poll_interval), self._uow()
         )

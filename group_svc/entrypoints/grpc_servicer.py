@@ -4,9 +4,13 @@ The runtime maps domain errors to gRPC status for every method. The caller's ide
 what the runtime verified (`identity.caller_from`). Mutating RPCs honour an
 `idempotency-key`: the key is claimed in the same unit of work as the change (as the event
 consumer records its inbox row), a replay returns the first response, and the same key with
-other parameters is refused. CreateGroup first has the cart priced by the merchant (through the
-order service) with no transaction open; when that cannot be done now it answers UNAVAILABLE
-and nothing is stored, so the same key can be sent again.
+other parameters is refused. OpenGroup and RetryPayment, whose handlers run several
+transactions around payment-service calls, store their answer in the handler's last
+transaction (`_finishing`); the other multi-step RPCs in one more after it (`_multi_step`).
+Replays are found before any of that with a read that claims nothing (`_replay`).
+CreateGroup first has the cart priced by the merchant (through the order service) with no
+transaction open; when that cannot be done now it answers UNAVAILABLE and nothing is stored,
+so the same key can be sent again.
 """
 
 # ruff: noqa: N802 (method names are the gRPC RPC names)
@@ -36,7 +40,7 @@ from group_svc.domain.model import Group
 from group_svc.domain.split import ShareSpec
 from group_svc.entrypoints import parsing
 from group_svc.service_layer import commands as c
-from group_svc.service_layer.handlers import GroupHandlers, is_service, require_user
+from group_svc.service_layer.handlers import Finish, GroupHandlers, is_service, require_user
 from group_svc.service_layer.unit_of_work import GroupUnitOfWork
 from mppo.group.v1 import group_pb2, group_service_pb2_grpc
 from mppo.group.v1 import group_service_pb2 as pb
@@ -91,6 +95,13 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
             await uow.commit()
         return response
 
+    async def _replay(self, key: idempotency.IdempotencyKey | None) -> bytes | None:
+        """The answer stored for an earlier call with `key` (a read: nothing is claimed)."""
+        if key is None:
+            return None
+        async with self._uow() as uow:
+            return await uow.idempotency.lookup(key)
+
     async def _multi_step(
         self,
         context: Ctx,
@@ -104,18 +115,43 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         replay an earlier call with this key, else run the handler, then store the group as
         it is now under the key."""
         key = idempotency.key_for(_metadata(context), f"{SERVICE}/{method}", caller.label, request)
-        if key is not None:
-            async with self._uow() as uow:
-                stored = await uow.idempotency.claim(key)
-                # not committed: the claim is taken for real by the final step
-            if stored is not None:
-                return group_pb2.GroupOrder.FromString(stored)
+        stored = await self._replay(key)
+        if stored is not None:
+            return group_pb2.GroupOrder.FromString(stored)
         await run(self._uow())
 
         async def view(uow: GroupUnitOfWork) -> group_pb2.GroupOrder:
             return self._view(await self._h.get_group(c.GetGroup(caller, group_id), uow), caller)
 
         return await self._mutate(context, method, caller, request, group_pb2.GroupOrder, view)
+
+    async def _finishing(
+        self,
+        context: Ctx,
+        method: str,
+        caller: Caller,
+        request: Message,
+        run: Callable[[GroupUnitOfWork, Finish], Awaitable[Group]],
+    ) -> group_pb2.GroupOrder:
+        """`_multi_step` for handlers that take a `finish`: the answer (the group as their
+        last transaction commits it) is stored under the key in that transaction, instead of
+        in one more transaction after it."""
+        key = idempotency.key_for(_metadata(context), f"{SERVICE}/{method}", caller.label, request)
+        stored = await self._replay(key)
+        if stored is not None:
+            return group_pb2.GroupOrder.FromString(stored)
+        answer: list[group_pb2.GroupOrder] = []
+
+        async def finish(uow: GroupUnitOfWork, group: Group) -> None:
+            view = self._view(group, caller)
+            if key is not None:
+                earlier = await uow.idempotency.store(key, view.SerializeToString())
+                if earlier is not None:  # a concurrent call with the key answered first
+                    view = group_pb2.GroupOrder.FromString(earlier)
+            answer[:] = [view]
+
+        group = await run(self._uow(), finish)
+        return answer[0] if answer else self._view(group, caller)
 
     @staticmethod
     def _view(group: Group, caller: Caller) -> group_pb2.GroupOrder:
@@ -132,12 +168,9 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         key = idempotency.key_for(
             _metadata(context), f"{SERVICE}/CreateGroup", caller.label, request
         )
-        if key is not None:  # a replay is answered without asking the merchant again
-            async with self._uow() as uow:
-                stored = await uow.idempotency.claim(key)
-                # not committed: the claim is taken for real with the group below
-            if stored is not None:
-                return pb.CreateGroupResponse.FromString(stored)
+        stored = await self._replay(key)  # a replay is answered without asking the merchant
+        if stored is not None:
+            return pb.CreateGroupResponse.FromString(stored)
         quoted = await self._h.quote_cart(cmd)
 
         async def work(uow: GroupUnitOfWork) -> pb.CreateGroupResponse:
@@ -280,13 +313,12 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         caller = caller_from(_metadata(context))
         cmd = c.OpenGroup(caller, request.group_id)
         with bind_ids(group_id=request.group_id):
-            view = await self._multi_step(
+            view = await self._finishing(
                 context,
                 "OpenGroup",
                 caller,
                 request,
-                request.group_id,
-                lambda uow: self._h.open_group(cmd, uow),
+                lambda uow, finish: self._h.open_group(cmd, uow, finish),
             )
         return pb.OpenGroupResponse(group=view)
 
@@ -296,13 +328,12 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         caller = caller_from(_metadata(context))
         cmd = c.RetryPayment(caller, request.group_id, request.member_id)
         with bind_ids(group_id=request.group_id, member_id=request.member_id):
-            view = await self._multi_step(
+            view = await self._finishing(
                 context,
                 "RetryPayment",
                 caller,
                 request,
-                request.group_id,
-                lambda uow: self._h.retry_payment(cmd, uow),
+                lambda uow, finish: self._h.retry_payment(cmd, uow, finish),
             )
         return pb.RetryPaymentResponse(group=view)
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from group_svc.adapters.repository import Duties
 from group_svc.domain.lifecycle import GroupStatus
 from group_svc.domain.model import FallbackOutcome, Group, Member, PaymentOutcome
 from group_svc.service_layer import commands as c
@@ -108,6 +109,11 @@ class Orders(Protocol):
     async def quote_cart(
         self, *, merchant_id: str, currency_code: str, items: Sequence[cart_pb2.LineItem]
     ) -> order_service_pb2.QuoteCartResponse: ...
+
+
+#: what a caller runs in the last transaction of a multi-step command, before it commits, with
+#: the group as committed (the servicer stores the call's answer under its idempotency key)
+Finish = Callable[[GroupUnitOfWork, Group], Awaitable[None]]
 
 
 class SnapshotCache(Protocol):
@@ -412,24 +418,30 @@ class GroupHandlers:
 
     # ---- commands that call the payment service (own transactions) -----------------------
 
-    async def open_group(self, cmd: c.OpenGroup, uow: GroupUnitOfWork) -> Group:
-        """Freeze (transaction 1) → request the intents → open and publish group.opened
-        (transaction 2). Asking again after any failure resumes where it stopped."""
+    async def open_group(
+        self, cmd: c.OpenGroup, uow: GroupUnitOfWork, finish: Finish | None = None
+    ) -> Group:
+        """Freeze (transaction 1, when not frozen yet) → request the intents → open and
+        publish group.opened (transaction 2, which also runs `finish`). Asking again after any
+        failure resumes where it stopped."""
         async with uow:
             group = await _load_for_host(uow, cmd.caller, cmd.group_id)
             if group.status is GroupStatus.DRAFT and group.frozen_at is None:
                 group.freeze(self._clock())
                 await uow.groups.save(group)
+                await uow.commit()
             elif group.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
                 raise FailedPreconditionError(
                     f"the group is {group.status}", reason="GROUP_NOT_DRAFT"
                 )
-            await uow.commit()
-        return await self.complete_intents(c.CompleteIntents(cmd.group_id, cmd.caller.label), uow)
+        # the group as transaction 1 left it: the intents it misses are requested
+        return await self._complete_intents(cmd.group_id, cmd.caller.label, uow, group, finish)
 
-    async def retry_payment(self, cmd: c.RetryPayment, uow: GroupUnitOfWork) -> Group:
+    async def retry_payment(
+        self, cmd: c.RetryPayment, uow: GroupUnitOfWork, finish: Finish | None = None
+    ) -> Group:
         """Plan a fresh attempt for a member whose payment failed (the old link is closed
-        first), and request its intent."""
+        first), and request its intent (`finish` runs in the transaction that stores it)."""
         require_user(cmd.caller)
 
         async def load(tx: GroupUnitOfWork) -> Group:
@@ -443,8 +455,8 @@ class GroupHandlers:
             group.retry_payment(cmd.member_id, self._clock())
             return "payment link replaced by a new attempt"
 
-        await self._change_closing_checkouts(uow, cmd.group_id, load, change)
-        return await self.complete_intents(c.CompleteIntents(cmd.group_id, cmd.caller.label), uow)
+        group = await self._change_closing_checkouts(uow, cmd.group_id, load, change)
+        return await self._complete_intents(cmd.group_id, cmd.caller.label, uow, group, finish)
 
     async def cancel_group(self, cmd: c.CancelGroup, uow: GroupUnitOfWork) -> Group:
         """The host cancels a DRAFT or OPEN group. Its payment links are closed first; the
@@ -497,10 +509,24 @@ class GroupHandlers:
         store them under the group's row lock, publish what became possible: `group.opened`
         once every intent of a frozen DRAFT group exists, `group.host_fallback` once the
         host's fallback intent does. Whoever asks again resumes where it stopped."""
-        async with uow:
-            group = await uow.groups.get(cmd.group_id)
+        return await self._complete_intents(cmd.group_id, cmd.actor, uow)
+
+    async def _complete_intents(
+        self,
+        group_id: str,
+        actor: str,
+        uow: GroupUnitOfWork,
+        group: Group | None = None,
+        finish: Finish | None = None,
+    ) -> Group:
+        """`complete_intents`, starting from `group` when the caller just read it (no read of
+        its own), and running `finish` in the transaction that stores the intents (committed
+        then even when nothing changed)."""
         if group is None:
-            raise NotFoundError(f"group {cmd.group_id} not found")
+            async with uow:
+                group = await uow.groups.get(group_id)
+            if group is None:
+                raise NotFoundError(f"group {group_id} not found")
         answers: dict[tuple[str, int], payment_pb2.Payment] = {}
         for attempt in group.attempts_missing_intent():
             member = group.member(attempt.member_id)
@@ -517,28 +543,37 @@ class GroupHandlers:
                 payer_user_id=member.user_id,
             )
         async with uow:
-            locked = await uow.groups.get(cmd.group_id, lock=True)
+            locked = await uow.groups.get(group_id, lock=True)
             if locked is None:
-                raise NotFoundError(f"group {cmd.group_id} not found")
+                raise NotFoundError(f"group {group_id} not found")
             changed = bool(answers)
             for (member_id, attempt_no), payment in answers.items():
                 locked.attach_intent(
                     member_id, attempt_no, payment.payment_id, payment.payment_link
                 )
             now = self._clock()
-            changed = locked.open(cmd.actor, now) or changed
+            changed = locked.open(actor, now) or changed
             changed = locked.announce_fallback(now) or changed
             if changed:
                 await uow.groups.save(locked)
                 self._invalidate_after_commit(uow, locked)
+            if finish is not None:
+                await finish(uow, locked)
+            if changed or finish is not None:
                 await uow.commit()
         # intents of attempts the group moved past meanwhile (closed, superseded) are not sent
         # to anyone: close their pages as well
         stray = {p.payment_id for p in answers.values()} - locked.live_checkouts()
-        await self._close_quietly(cmd.group_id, stray, "payment link no longer needed")
+        await self._close_quietly(group_id, stray, "payment link no longer needed")
         return locked
 
     # ---- the expiry scheduler's duties ----------------------------------------------------
+
+    async def scheduler_duties(self, uow: GroupUnitOfWork) -> Duties:
+        """Which of the scheduler's duties have work now: one read, so that an idle round
+        opens no other transaction and commits nothing."""
+        async with uow:
+            return await uow.groups.duties(self._clock(), self._reminder_lead)
 
     async def expire_due_groups(self, cmd: c.ExpireDueGroups, uow: GroupUnitOfWork) -> list[str]:
         """Apply the fallback to due groups (found with SKIP LOCKED, re-checked under the lock),

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from group_svc.adapters.event_mapping import to_outbox
 from group_svc.adapters.pii import PiiKeyring
 from group_svc.adapters.repository import (
+    Duties,
     GroupRepository,
     IdempotencyKeys,
     Release,
@@ -49,6 +50,7 @@ class Groups(Protocol):
     async def claim_reminders_due(
         self, now: datetime, lead: timedelta, limit: int
     ) -> list[str]: ...
+    async def duties(self, now: datetime, lead: timedelta) -> Duties: ...
 
 
 class Releases(Protocol):
@@ -68,6 +70,8 @@ class Idempotency(Protocol):
 
     async def claim(self, key: IdempotencyKey) -> bytes | None: ...
     async def complete(self, key: IdempotencyKey, response: bytes) -> None: ...
+    async def lookup(self, key: IdempotencyKey) -> bytes | None: ...
+    async def store(self, key: IdempotencyKey, response: bytes) -> bytes | None: ...
 
 
 class GroupUnitOfWork(UnitOfWork):

@@ -16,7 +16,7 @@ from typing import Any, Self, cast
 from google.protobuf.message import Message
 
 from group_svc.adapters.event_mapping import to_outbox
-from group_svc.adapters.repository import Release
+from group_svc.adapters.repository import Duties, Release
 from group_svc.domain.lifecycle import GroupStatus
 from group_svc.domain.model import Group, HistoryEntry, Member
 from group_svc.service_layer.unit_of_work import GroupUnitOfWork
@@ -171,6 +171,13 @@ class FakeGroups:
             and g.frozen_at + (g.deadline - g.frozen_at) / 2 <= now
         ][:limit]
 
+    async def duties(self, now: datetime, lead: timedelta) -> Duties:
+        return Duties(
+            expiry=bool(await self.claim_due(now, 1) or await self.fallbacks_without_intent(1)),
+            reminders=bool(await self.claim_reminders_due(now, lead, 1)),
+            releases=bool(await FakeReleases(self._data).claim_due(now, 1)),
+        )
+
 
 class FakeReleases:
     """The release queue over the open transaction's copy of the store."""
@@ -233,6 +240,16 @@ class FakeKeys:
 
     async def complete(self, key: IdempotencyKey, response: bytes) -> None:
         self._data.keys[(key.scope, key.key)] = response
+
+    async def lookup(self, key: IdempotencyKey) -> bytes | None:
+        return self._data.keys.get((key.scope, key.key))
+
+    async def store(self, key: IdempotencyKey, response: bytes) -> bytes | None:
+        name = (key.scope, key.key)
+        if name in self._data.keys:
+            return self._data.keys[name]
+        self._data.keys[name] = response
+        return None
 
 
 class FakeUnitOfWork(GroupUnitOfWork):
