@@ -38,8 +38,9 @@ from order_svc.domain.model import (
 
 _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
-#: the order row with its lines, shares and steps (in order) as arrays, in one round trip
-_SELECT_ORDER = """
+#: order rows (of `{source}`, as ``o``) with their lines, shares and steps (in order) as
+#: arrays, in one round trip
+_SELECT_ORDERS = """
     SELECT o.order_id, o.group_id, o.merchant_id, o.status, o.failure_reason,
            o.failure_detail, o.currency, o.total_minor, o.fees_minor, o.tax_minor, o.tip_minor,
            o.reservation_id, o.merchant_order_id, o.merchant_cancelled, o.version,
@@ -47,7 +48,7 @@ _SELECT_ORDER = """
            i.line_ids, i.skus, i.names, i.quantities, i.unit_prices,
            s.member_ids, s.payment_ids, s.amounts, s.statuses,
            e.steps, e.outcomes, e.details, e.created_ats
-    FROM orders o
+    FROM {source} o
     CROSS JOIN LATERAL (
         SELECT array_agg(line_id ORDER BY line_no) AS line_ids,
                array_agg(sku ORDER BY line_no) AS skus,
@@ -70,8 +71,8 @@ _SELECT_ORDER = """
                array_agg(created_at ORDER BY event_no) AS created_ats
         FROM order_events WHERE order_events.order_id = o.order_id
     ) e
-    WHERE o.order_id = :order_id
 """
+_SELECT_ORDER = _SELECT_ORDERS.format(source="orders") + " WHERE o.order_id = :order_id"
 _GET = text(_SELECT_ORDER)
 _GET_FOR_UPDATE = text(_SELECT_ORDER + " FOR UPDATE OF o")
 
@@ -156,20 +157,25 @@ _SAVE = text(
 )
 
 #: lease due unfinished orders nobody else holds (the literal statuses match ix_orders_due)
+#: and read them, with their lines, shares and steps, in the same statement
 _CLAIM_DUE = text(
     """
-    UPDATE orders SET lease_until = now() + make_interval(secs => :lease_seconds)
-    WHERE order_id IN (
-        SELECT order_id FROM orders
-        WHERE status NOT IN ('CONFIRMED', 'FAILED')
-          AND next_attempt_at <= now()
-          AND (lease_until IS NULL OR lease_until < now())
-        ORDER BY next_attempt_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
+    WITH claimed AS (
+        UPDATE orders SET lease_until = now() + make_interval(secs => :lease_seconds)
+        WHERE order_id IN (
+            SELECT order_id FROM orders
+            WHERE status NOT IN ('CONFIRMED', 'FAILED')
+              AND next_attempt_at <= now()
+              AND (lease_until IS NULL OR lease_until < now())
+            ORDER BY next_attempt_at
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING *
     )
-    RETURNING order_id
     """
+    + _SELECT_ORDERS.format(source="claimed")
+    + " ORDER BY o.next_attempt_at"
 )
 
 _SCHEDULE_RETRY = text(
@@ -371,14 +377,14 @@ class OrderRepository:
         order.updated_at = at
         self._track(order)
 
-    async def claim_due(self, limit: int, lease_seconds: float) -> list[str]:
-        """Lease up to `limit` unfinished orders that are due and not leased by someone else
-        (one statement that commits by itself: the unit of work's only one)."""
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[Order]:
+        """Lease up to `limit` unfinished orders that are due and not leased by someone else,
+        and read them (one statement that commits by itself: the unit of work's only one)."""
         conn = await self._conn_alone()
         claimed = await conn.execute(
             _CLAIM_DUE, {"limit": limit, "lease_seconds": float(lease_seconds)}
         )
-        return [str(row[0]) for row in claimed]
+        return [_order(row) for row in claimed.mappings()]
 
     async def schedule_retry(self, order_id: str, delay_seconds: float) -> int:
         """Release the lease and try again after `delay_seconds`; the new attempt count."""

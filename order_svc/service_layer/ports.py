@@ -50,9 +50,9 @@ class Orders(Protocol):
         commit by itself."""
         ...
 
-    async def claim_due(self, limit: int, lease_seconds: float) -> list[str]:
-        """Lease up to `limit` unfinished orders that are due and not leased by anyone else
-        (committed by itself: the unit of work's only work)."""
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[Order]:
+        """Lease up to `limit` unfinished orders that are due and not leased by anyone else,
+        as they are stored (committed by itself: the unit of work's only work)."""
         ...
 
     async def schedule_retry(self, order_id: str, delay_seconds: float) -> int:

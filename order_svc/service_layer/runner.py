@@ -4,7 +4,8 @@ A :class:`~mppo.platform.worker.LoopWorker`: it runs a round at start-up (pickin
 a crashed process left in a non-terminal state once its lease lapsed), whenever it is woken
 (after the commit that created an order) and every ``poll_interval`` seconds. Several replicas
 may run it: a lease is taken with ``FOR UPDATE SKIP LOCKED``, so each due order goes to one of
-them, and the saga takes a per-order lock before it acts, so no effect is doubled.
+them, and the saga takes a per-order lock before it acts, so no effect is doubled. The claim
+reads the orders it leases in the same statement, and the saga starts from that copy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from collections.abc import Callable
 
 from mppo.platform.worker import LoopWorker
+from order_svc.domain.model import Order
 from order_svc.service_layer.saga import OrderSaga, SagaSettings
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
@@ -50,20 +52,22 @@ class SagaRunner(LoopWorker):
     async def run_once(self) -> int:
         """Lease due orders and start advancing each; returns how many were leased."""
         async with self._uow() as uow:
-            order_ids = await uow.orders.claim_due(self._batch, self._settings.lease_seconds)
+            orders = await uow.orders.claim_due(self._batch, self._settings.lease_seconds)
             await uow.commit()
-        for order_id in order_ids:
-            task = asyncio.create_task(self._advance(order_id), name=f"order-{order_id}")
+        for order in orders:
+            task = asyncio.create_task(self._advance(order), name=f"order-{order.order_id}")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-        return len(order_ids)
+        return len(orders)
 
-    async def _advance(self, order_id: str) -> None:
+    async def _advance(self, order: Order) -> None:
         async with self._limit:
             try:
-                await self._saga.advance(order_id)
+                await self._saga.advance(order.order_id, order)
             except Exception:
-                logger.exception("order %s: saga step failed; retried after the lease", order_id)
+                logger.exception(
+                    "order %s: saga step failed; retried after the lease", order.order_id
+                )
 
     async def closing(self) -> None:
         """Stop the orders in flight (their leases lapse; a replica or restart resumes them)."""

@@ -102,24 +102,26 @@ class OrderSaga:
         self._settings = settings
         self._on_finished = on_finished
 
-    async def advance(self, order_id: str) -> None:
-        """Run steps until the order is finished or must wait (the caller holds its lease)."""
+    async def advance(self, order_id: str, claimed: Order | None = None) -> None:
+        """Run steps until the order is finished or must wait (the caller holds its lease);
+        `claimed`: the order as the claim that leased it read it (else it is read here)."""
         token = await self._locks.acquire(order_id, self._settings.lease_seconds)
         if token is None:
             logger.info("order %s is being advanced elsewhere", order_id)
             return
         try:
             with bind_ids(order_id=order_id):
-                await self._advance(order_id)
+                await self._advance(order_id, claimed)
         finally:
             await self._locks.release(order_id, token)
 
-    async def _advance(self, order_id: str) -> None:
-        # Loaded once: while the lease is held nobody else writes the order, and each save
+    async def _advance(self, order_id: str, order: Order | None) -> None:
+        # Read once: while the lease is held nobody else writes the order, and each save
         # checks the version (a concurrent writer makes it fail), so the order in memory is
         # the stored one from step to step.
-        async with self._uow() as uow:
-            order = await uow.orders.read(order_id)
+        if order is None:
+            async with self._uow() as uow:
+                order = await uow.orders.read(order_id)
         if order is None or order.status.terminal:
             return
         with bind_ids(group_id=order.group_id):

@@ -88,13 +88,13 @@ class FakeOrderRepository:
             self.leased.add(order.order_id)
         self._hand_out(order)
 
-    async def claim_due(self, limit: int, lease_seconds: float) -> list[str]:
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[Order]:
         due = [
-            o.order_id
+            copy.deepcopy(o)
             for o in self.orders.values()
             if not o.status.terminal and o.order_id not in self.leased
         ][:limit]
-        self.leased.update(due)
+        self.leased.update(o.order_id for o in due)
         return due
 
     async def schedule_retry(self, order_id: str, delay_seconds: float) -> int:
