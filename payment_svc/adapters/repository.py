@@ -32,6 +32,8 @@ from payment_svc.adapters.tables import (
 )
 from payment_svc.domain.model import Payment, PaymentStatus
 
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
 _FIELDS = (
     "status",
     "provider_payment_id",
@@ -294,8 +296,11 @@ class ReceivedWebhook:
 class PaymentRepository(Protocol):
     """Payments and what hangs off them, within one unit of work."""
 
-    async def get(self, payment_id: str, *, lock: bool = False) -> Payment | None:
-        """The payment (row-locked FOR UPDATE when ``lock``)."""
+    async def get(
+        self, payment_id: str, *, lock: bool = False, alone: bool = False
+    ) -> Payment | None:
+        """The payment (row-locked FOR UPDATE when ``lock``; ``alone``: a read on its own, no
+        transaction around it, the unit of work's only statement)."""
 
     async def get_attempt(self, group_id: str, member_id: str, attempt: int) -> Payment | None:
         """The payment for one member attempt."""
@@ -307,7 +312,8 @@ class PaymentRepository(Protocol):
         self, payment: Payment, *, return_url: str, payer_user_id: str, check_at: datetime
     ) -> bool:
         """Insert a new payment, due for its first check at ``check_at``; False when its
-        (group, member, attempt) exists already or its group is closed."""
+        (group, member, attempt) exists already or its group is closed. A statement on its own:
+        it commits by itself, so it is the unit of work's only one."""
 
     async def save(self, payment: Payment) -> None:
         """Write the payment's fields and its new history rows."""
@@ -440,6 +446,7 @@ class SqlPaymentRepository:
         self.session = session
         self._track_in_uow = track
         self._conn: AsyncConnection | None = None
+        self._alone = False
         self._queue = _Queue()
         #: compensate_reason of the payments loaded in this transaction, as of their last load
         #: (it cannot change while the row is locked, so _after_change need not read it again)
@@ -456,9 +463,20 @@ class SqlPaymentRepository:
         return await self._execute(statement, params)
 
     async def _execute(self, statement: Any, params: dict[str, Any]) -> Any:
+        if self._alone:
+            raise RuntimeError("this unit of work ran a statement on its own; open another")
         conn = self._conn
         if conn is None or conn.closed:
             conn = self._conn = await self.session.connection()
+        return await conn.execute(statement, params)
+
+    async def _execute_alone(self, statement: Any, params: dict[str, Any]) -> Any:
+        """Run one statement that commits by itself (autocommit: no BEGIN / COMMIT round
+        trips); only as the unit of work's first and only statement."""
+        if self._conn is not None or self._queue or self._alone:
+            raise RuntimeError("a statement on its own must be the unit of work's only one")
+        self._alone = True
+        conn = await self.session.connection(execution_options=_AUTOCOMMIT)
         return await conn.execute(statement, params)
 
     async def flush(self) -> None:
@@ -472,9 +490,16 @@ class SqlPaymentRepository:
         self._loaded_reason[row.payment_id] = row.compensate_reason
         return self._track(_to_payment(row))
 
-    async def get(self, payment_id: str, *, lock: bool = False) -> Payment | None:
-        """The payment (row-locked FOR UPDATE when ``lock``)."""
-        result = await self._run(_GET_LOCKED if lock else _GET, {"payment_id": payment_id})
+    async def get(
+        self, payment_id: str, *, lock: bool = False, alone: bool = False
+    ) -> Payment | None:
+        """The payment (row-locked FOR UPDATE when ``lock``; ``alone``: a read on its own, no
+        transaction around it, the unit of work's only statement)."""
+        params = {"payment_id": payment_id}
+        if alone and not lock:
+            result = await self._execute_alone(_GET, params)
+        else:
+            result = await self._run(_GET_LOCKED if lock else _GET, params)
         row = result.first()
         return self._loaded(row) if row is not None else None
 
@@ -495,9 +520,10 @@ class SqlPaymentRepository:
         self, payment: Payment, *, return_url: str, payer_user_id: str, check_at: datetime
     ) -> bool:
         """Insert a new payment, due for its first check at ``check_at``; False when its
-        (group, member, attempt) exists already or its group is closed."""
+        (group, member, attempt) exists already or its group is closed. A statement on its own:
+        it commits by itself, so it is the unit of work's only one."""
         self._track(payment)
-        inserted = await self._run(
+        inserted = await self._execute_alone(
             _ADD,
             {
                 "payment_id": payment.payment_id,

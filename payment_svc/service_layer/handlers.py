@@ -220,15 +220,18 @@ class PaymentHandlers:
         payment.can_authorize = provider.can_authorize if provider is not None else True
         return payment
 
-    async def _load(self, uow: PaymentUnitOfWork, payment_id: str, *, lock: bool) -> Payment:
-        payment = await uow.payments.get(payment_id, lock=lock)
+    async def _load(
+        self, uow: PaymentUnitOfWork, payment_id: str, *, lock: bool, alone: bool = False
+    ) -> Payment:
+        payment = await uow.payments.get(payment_id, lock=lock, alone=alone)
         if payment is None:
             raise NotFoundError(f"payment {payment_id} not found")
         return self._prepare(payment)
 
     async def _read(self, uow: PaymentUnitOfWork, payment_id: str) -> Payment:
+        """The payment as it stands: one statement, outside any transaction."""
         async with uow:
-            return await self._load(uow, payment_id, lock=False)
+            return await self._load(uow, payment_id, lock=False, alone=True)
 
     def _next_check(self, payment: Payment, compensating: bool, checks: int = 0) -> datetime | None:
         """When reconciliation should re-read this payment (None: no need)."""
@@ -259,46 +262,52 @@ class PaymentHandlers:
         """The payment for (group, member, attempt), created with its hosted page if new."""
         _internal_only(cmd.caller)
         self.provider(cmd.provider)
-        payment_id = None
+        existing: Payment | None = None
         if self._cache is not None:
             payment_id = await self._cache.get(cmd.group_id, cmd.member_id, cmd.attempt)
-        async with uow:
-            existing = await uow.payments.get(payment_id) if payment_id else None
-            if existing is None:
-                # insert first (one statement: a new attempt of an open group is the common
-                # case); an attempt that exists, or a closed group, inserts nothing
-                candidate = Payment(
-                    payment_id=str(uuid.uuid4()),
-                    group_id=cmd.group_id,
-                    member_id=cmd.member_id,
-                    attempt=cmd.attempt,
-                    amount_minor=cmd.amount_minor,
-                    currency_code=cmd.currency_code,
-                    provider=cmd.provider,
-                    description=cmd.description,
-                )
-                if await uow.payments.add(
+            if payment_id:
+                async with uow:
+                    existing = await uow.payments.get(payment_id)
+        if existing is None:
+            # insert first (a new attempt of an open group is the common case): one statement
+            # that commits by itself; an attempt that exists, or a closed group, inserts nothing
+            candidate = Payment(
+                payment_id=str(uuid.uuid4()),
+                group_id=cmd.group_id,
+                member_id=cmd.member_id,
+                attempt=cmd.attempt,
+                amount_minor=cmd.amount_minor,
+                currency_code=cmd.currency_code,
+                provider=cmd.provider,
+                description=cmd.description,
+            )
+            async with uow:
+                added = await uow.payments.add(
                     candidate,
                     return_url=cmd.return_url,
                     payer_user_id=cmd.payer_user_id,
                     check_at=self._clock() + timedelta(seconds=self.settings.reconcile_interval),
-                ):
+                )
+                if added:
                     await uow.commit()
-                    existing = candidate
-                else:
+            if added:
+                existing = candidate
+            else:
+                async with uow:
                     existing = await uow.payments.get_attempt(
                         cmd.group_id, cmd.member_id, cmd.attempt
                     )
-            if existing is None:
-                closed = await uow.payments.group_closed(cmd.group_id)
-                if closed is not None:
-                    raise FailedPreconditionError(
-                        f"group {cmd.group_id} is closed ({closed})", reason="GROUP_CLOSED"
-                    )
-                # the conflicting row was rolled back
-                raise UnavailableError(  # pragma: no cover
-                    "concurrent create did not settle; retry"
-                )
+                    if existing is None:
+                        closed = await uow.payments.group_closed(cmd.group_id)
+                        if closed is not None:
+                            raise FailedPreconditionError(
+                                f"group {cmd.group_id} is closed ({closed})",
+                                reason="GROUP_CLOSED",
+                            )
+                        # the conflicting row was rolled back
+                        raise UnavailableError(  # pragma: no cover
+                            "concurrent create did not settle; retry"
+                        )
         self._check_same_intent(existing, cmd)
         if not existing.payment_link:
             existing = await self._open_checkout(uow, existing, cmd.return_url)
@@ -843,8 +852,8 @@ class PaymentHandlers:
         """Compensate a payment of a closed group, or re-read it from its provider."""
         payment_id = cmd.payment_id
         async with uow:  # one read: the payment and why its money must go back, if it must
-            payment = await self._load(uow, payment_id, lock=False)
-            reason = await uow.payments.compensate_reason(payment_id)
+            payment = await self._load(uow, payment_id, lock=False, alone=True)
+            reason = await uow.payments.compensate_reason(payment_id)  # read with the payment
         payment, changed = await self._sync(uow, payment_id, RECONCILER.label, payment)
         if changed:
             logger.info("reconciliation repaired %s: now %s", payment_id, payment.status.value)

@@ -72,7 +72,9 @@ class FakePaymentRepository:
         self._uow.track(payment)
         return payment
 
-    async def get(self, payment_id: str, *, lock: bool = False) -> Payment | None:
+    async def get(
+        self, payment_id: str, *, lock: bool = False, alone: bool = False
+    ) -> Payment | None:
         return self._out(self.db.rows.get(payment_id))
 
     async def get_attempt(self, group_id: str, member_id: str, attempt: int) -> Payment | None:
