@@ -143,6 +143,37 @@ _RECORD_WEBHOOK = (
     .returning(webhook_events.c.event_id)
 )
 
+#: the hosted page of a payment that has none yet, its history row(s) and its provider ids
+_ATTACH_CHECKOUT = text(
+    f"""
+    WITH attached AS (
+        UPDATE payments AS p SET
+            provider_payment_id = CAST(:provider_payment_id AS text),
+            provider_checkout_id = CAST(:provider_checkout_id AS text),
+            payment_link = CAST(:payment_link AS text),
+            authorization_expires_at = COALESCE(CAST(:authorization_expires_at AS timestamptz),
+                                                p.authorization_expires_at),
+            updated_at = now()
+        WHERE p.payment_id = CAST(:payment_id AS text) AND p.payment_link = ''
+        RETURNING {_PAYMENT_SQL}
+    ), history AS (
+        INSERT INTO payment_status_history (payment_id, from_status, to_status, reason, actor)
+        SELECT a.payment_id, h.from_status, h.to_status, h.reason, h.actor
+        FROM attached AS a,
+             unnest(CAST(:h_from AS text[]), CAST(:h_to AS text[]), CAST(:h_reason AS text[]),
+                    CAST(:h_actor AS text[])) WITH ORDINALITY
+                 AS h(from_status, to_status, reason, actor, n)
+        ORDER BY h.n
+    ), mapped AS (
+        INSERT INTO provider_payment_map (provider, provider_payment_id, payment_id)
+        SELECT a.provider, m.provider_payment_id, a.payment_id
+        FROM attached AS a, unnest(CAST(:provider_ids AS text[])) AS m(provider_payment_id)
+        ON CONFLICT DO NOTHING
+    )
+    SELECT * FROM attached
+    """
+)
+
 #: everything queued by save, schedule_check, map_provider_id and webhook_outcome, at once
 _FLUSH = text(
     """
@@ -317,6 +348,13 @@ class PaymentRepository(Protocol):
 
     async def save(self, payment: Payment) -> None:
         """Write the payment's fields and its new history rows."""
+
+    async def attach_checkout(
+        self, payment: Payment, provider_ids: Sequence[str]
+    ) -> Payment | None:
+        """Write the hosted page ``payment`` was given (its provider ids, link, checkout,
+        hold expiry, history rows) and map ``provider_ids`` to it, unless the stored payment
+        has a link already (None then, nothing written); the payment as stored."""
 
     async def schedule_check(self, payment_id: str, at: datetime | None, *, reset: bool) -> None:
         """When reconciliation should look at the payment next (None: never)."""
@@ -564,6 +602,36 @@ class SqlPaymentRepository:
             for change in payment.changes
         )
         payment.changes.clear()
+
+    async def attach_checkout(
+        self, payment: Payment, provider_ids: Sequence[str]
+    ) -> Payment | None:
+        """Write the hosted page ``payment`` was given (its provider ids, link, checkout,
+        hold expiry, history rows) and map ``provider_ids`` to it, unless the stored payment
+        has a link already (None then, nothing written); the payment as stored."""
+        self._track(payment)
+        changes = payment.changes
+        result = await self._run(
+            _ATTACH_CHECKOUT,
+            {
+                "payment_id": payment.payment_id,
+                "provider_payment_id": payment.provider_payment_id,
+                "provider_checkout_id": payment.provider_checkout_id,
+                "payment_link": payment.payment_link,
+                "authorization_expires_at": payment.authorization_expires_at,
+                "h_from": [c.from_status.value if c.from_status else None for c in changes],
+                "h_to": [c.to_status.value for c in changes],
+                "h_reason": [c.reason[:500] for c in changes],
+                "h_actor": [c.actor for c in changes],
+                "provider_ids": [i for i in provider_ids if i],
+            },
+        )
+        row = result.first()
+        if row is None:
+            return None
+        payment.changes.clear()
+        self._loaded_reason[row.payment_id] = row.compensate_reason
+        return _to_payment(row)
 
     async def schedule_check(self, payment_id: str, at: datetime | None, *, reset: bool) -> None:
         """When reconciliation should look at the payment next (None: never; queued)."""

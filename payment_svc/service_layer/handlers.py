@@ -349,24 +349,23 @@ class PaymentHandlers:
                 )
             except ProviderError as exc:
                 raise self._provider_failure(exc, "create the checkout") from exc
+            # the hosted page on the payment as we know it, written only if no other create
+            # attached one meanwhile (then that one stands): one statement, no lock taken first
+            payment.attach_checkout(
+                result.provider_payment_id, result.payment_link, result.checkout_id
+            )
+            if result.authorization_expires_at is not None:
+                payment.authorization_expires_at = result.authorization_expires_at
+            provider_ids = list(
+                dict.fromkeys((result.provider_payment_id, payment.provider_checkout_id))
+            )
             async with uow:
-                locked = await self._load(uow, payment.payment_id, lock=True)
-                if not locked.payment_link:
-                    locked.attach_checkout(
-                        result.provider_payment_id, result.payment_link, result.checkout_id
-                    )
-                    if result.authorization_expires_at is not None:
-                        locked.authorization_expires_at = result.authorization_expires_at
-                    for provider_id in dict.fromkeys(
-                        (result.provider_payment_id, locked.provider_checkout_id)
-                    ):
-                        await uow.payments.map_provider_id(
-                            locked.provider, provider_id, locked.payment_id
-                        )
-                    await uow.payments.save(locked)
+                attached = await uow.payments.attach_checkout(payment, provider_ids)
+                if attached is not None:
                     await uow.commit()
-                    logger.info("payment intent created with %s", locked.provider)
-            return locked
+                    logger.info("payment intent created with %s", attached.provider)
+                    return self._prepare(attached)
+            return await self._read(uow, payment.payment_id)
 
     async def get_payment(self, cmd: commands.GetPayment, uow: PaymentUnitOfWork) -> Payment:
         """One payment; NOT_FOUND also when the caller may not see it."""

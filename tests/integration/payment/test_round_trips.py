@@ -12,6 +12,7 @@ ROLLBACK). Postgres counts ``commits + autocommits`` in ``pg_stat_database.xact_
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -184,9 +185,9 @@ def bound(
 CHECKOUT_PAYMENT: dict[str, dict[str, int]] = {
     # 10/2/0/2 → 14: the attempt, the closed group, insert and first check apart; the attach
     # transaction a statement per provider id, the update and the history row apart. Now the
-    # insert (guarded, with its first check) commits by itself, the attach is lock + flush +
-    # outbox
-    "create": bound(4, 1, 0, 1, 2),
+    # insert (guarded, with its first check) commits by itself, the attach is one guarded
+    # statement (no lock first: a create that lost the race reads the winner's) and the outbox
+    "create": bound(3, 1, 0, 1, 2),
     # 10/1/1/2 → 14: ids matched one by one in a transaction of their own, then stored, locked,
     # compensate_reason read, next check, update, history and outcome a statement each
     "webhook (applied)": bound(3, 1, 0, 0, 1),
@@ -389,3 +390,20 @@ async def test_the_other_paths_over_postgres(rig: Rig) -> None:
         "payment.authorization_expiring",
     ]
     assert_costs(costs, OTHER_PATHS)
+
+
+async def test_racing_creates_attach_one_checkout(rig: Rig) -> None:
+    """Creates of one attempt racing each other: one payment, one hosted page, one history row
+    and one payment.requested (the attach is guarded, not locked first)."""
+    group, member = str(uuid.uuid4()), str(uuid.uuid4())
+    made = await asyncio.gather(
+        *(rig.handlers.create_payment_intent(intent(member, group), rig.uow()) for _ in range(4))
+    )
+    assert len({(p.payment_id, p.payment_link, p.provider_payment_id) for p in made}) == 1
+    payment_id = made[0].payment_id
+    history = await rig.rows(
+        "SELECT to_status FROM payment_status_history WHERE payment_id = :p", p=payment_id
+    )
+    assert [r[0] for r in history] == ["requires_action"]
+    events = await rig.rows("SELECT event_type FROM outbox WHERE aggregate_id = :p", p=payment_id)
+    assert [r[0] for r in events] == ["payment.requested"]

@@ -115,6 +115,25 @@ class FakePaymentRepository:
         self.db.history.extend((payment.payment_id, c) for c in payment.changes)
         payment.changes.clear()
 
+    async def attach_checkout(
+        self, payment: Payment, provider_ids: Sequence[str]
+    ) -> Payment | None:
+        self._uow.track(payment)
+        row = self.db.rows[payment.payment_id]
+        if row.payment.payment_link:
+            return None
+        stored = row.payment
+        stored.provider_payment_id = payment.provider_payment_id
+        stored.provider_checkout_id = payment.provider_checkout_id
+        stored.payment_link = payment.payment_link
+        if payment.authorization_expires_at is not None:
+            stored.authorization_expires_at = payment.authorization_expires_at
+        self.db.history.extend((payment.payment_id, c) for c in payment.changes)
+        payment.changes.clear()
+        for provider_id in provider_ids:
+            await self.map_provider_id(stored.provider, provider_id, stored.payment_id)
+        return copy.deepcopy(stored)
+
     async def schedule_check(self, payment_id: str, at: datetime | None, *, reset: bool) -> None:
         row = self.db.rows[payment_id]
         row.next_check_at = at
