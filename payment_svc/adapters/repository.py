@@ -11,6 +11,8 @@ nothing reads back before the commit (:meth:`PaymentRepository.save`, ``schedule
 ``map_provider_id``, ``webhook_outcome``) are queued and written by :meth:`flush` as one
 statement; the unit of work flushes before it commits, and the repository flushes before any
 other statement, so the order in which statements reach Postgres is the order of the calls.
+A unit of work whose only statement is a read (``get(..., alone=True)``) or the insert of a new
+payment (``add``) runs it on its own, in autocommit: no BEGIN and COMMIT / ROLLBACK around it.
 """
 
 from __future__ import annotations
