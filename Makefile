@@ -9,7 +9,7 @@ BUF := node_modules/.bin/buf
 CODE := mppo group_svc payment_svc order_svc notification_svc gateway scripts tests bench
 PYTEST_ARGS ?=
 
-.PHONY: help install run gen check-gen fmt lint proto-lint typecheck test test-unit test-integration test-e2e clean
+.PHONY: help install run gen check-gen contracts-baseline fmt lint proto-lint typecheck test test-unit test-integration test-e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -58,9 +58,19 @@ typecheck: install
 proto-lint: install
 	$(BUF) lint
 	$(BUF) format -d --exit-code
-	@tag=$$(git tag --list 'contracts-v*' --sort=-v:refname 2>/dev/null | head -n1); \
-	if [ -n "$$tag" ]; then echo "buf breaking against $$tag"; $(BUF) breaking --against ".git#tag=$$tag"; \
-	else echo "buf breaking: no contracts-v* tag yet, nothing to compare against"; fi
+	$(BUF) breaking proto --against $(CONTRACTS_BASELINE)
+
+# The released contracts every change is compared with (`buf breaking` in proto-lint). It moves
+# only on purpose: `make contracts-baseline` when a contract version is released (REF=<commit>
+# to take another one than HEAD), committed with a message saying why.
+CONTRACTS_BASELINE := proto/baseline.binpb
+REF ?= HEAD
+
+contracts-baseline: install ## renew proto/baseline.binpb from the committed contracts at REF (default HEAD)
+	@src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
+	git archive $(REF) buf.yaml proto third_party | tar -x -C "$$src" && \
+	(cd "$$src" && $(CURDIR)/$(BUF) build proto --exclude-source-info -o $(CURDIR)/$(CONTRACTS_BASELINE)) && \
+	echo "$(CONTRACTS_BASELINE) now holds the contracts of $$(git rev-parse --short $(REF))"
 
 test: lint check-gen ## every check and every test tier
 	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
