@@ -32,7 +32,7 @@ from pathlib import Path
 from gateway.descriptors import DEFAULT_DESCRIPTORS
 from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, dev_keys
 from gateway.ratelimit import FailureMode, Limit
-from mppo.platform.config import ConfigError, require, service_addr
+from mppo.platform.config import ConfigError, listen_addr, require, service_addr
 from mppo.platform.environment import environment, is_development
 from mppo.platform.trust import Trust
 from mppo.platform.user_token import UserTokenSigner, load_signer
@@ -80,7 +80,7 @@ class GatewayConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
         """Read and check every setting."""
         source = os.environ if env is None else env
-        host, _, port = service_addr(source, "gateway").rpartition(":")
+        host, _, port = listen_addr(source, "gateway").rpartition(":")
         jwks = require(source, "MPPO_JWT_JWKS")
         if jwks == "dev" and not is_development(source):
             raise ConfigError(

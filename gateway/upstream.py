@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import Message
 
 from gateway.descriptors import Catalog, HttpBinding
+from mppo.platform.targets import channel_options, grpc_target
 from mppo.platform.tls import channel_credentials
 from mppo.platform.trust import Trust
 
@@ -43,10 +44,14 @@ class Upstreams:
             if addr is None:
                 raise LookupError(f"no upstream address for service area {area!r}")
             material = self._trust.material if self._trust is not None else None
+            # round robin over every replica the address names (mppo.platform.targets)
+            target, options = grpc_target(addr), channel_options(addr)
             if material is None:
-                channel = grpc.aio.insecure_channel(addr)
+                channel = grpc.aio.insecure_channel(target, options=options)
             else:
-                channel = grpc.aio.secure_channel(addr, channel_credentials(material))
+                channel = grpc.aio.secure_channel(
+                    target, channel_credentials(material), options=options
+                )
             self._channels[area] = channel
         return channel
 

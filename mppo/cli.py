@@ -1,4 +1,5 @@
-"""The ``mppo`` command: ``mppo dev up|down|status|pki``, ``mppo token``, ``mppo demo``.
+"""The ``mppo`` command: ``mppo dev up|down|status|restart|logs|pki``, ``mppo token``,
+``mppo demo``.
 
 Each command group registers itself with :func:`build_parser` through a ``register_*``
 function and sets ``handler`` on its sub-parser; :func:`main` calls it with the parsed
@@ -25,19 +26,32 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 def _dev_up(args: argparse.Namespace, out: TextIO) -> int:
     from mppo.devstack.infra import InfraPorts
-    from mppo.devstack.services import load_services
+    from mppo.devstack.process import RestartPolicy
+    from mppo.devstack.services import load_services, with_worker_role
     from mppo.devstack.stack import StackConfig, detach_up, run_stack
 
     state_dir = _state_dir(args)
+    if args.replicas < 1:
+        sys.stderr.write("mppo dev up: --replicas must be at least 1\n")
+        return 2
+    if args.nats_cluster != 1 and (args.nats_cluster < 3 or args.nats_cluster % 2 == 0):
+        sys.stderr.write("mppo dev up: --nats-cluster is 1 or an odd number of nodes >= 3\n")
+        return 2
     if args.detach:
         forwarded = [a for a in args.raw_argv if a not in ("--detach", "-d")]
         return detach_up(forwarded, state_dir, out)
+    services = load_services(args.services)
+    if args.worker_role:
+        services = with_worker_role(services)
     config = StackConfig(
         state_dir=state_dir,
         ports=InfraPorts(args.pg_port, args.redis_port, args.nats_port),
-        services=load_services(args.services),
+        services=services,
         fsync=not args.no_fsync,
         ephemeral=args.ephemeral,
+        replicas=args.replicas,
+        nats_cluster=args.nats_cluster,
+        restart=None if args.no_restart else RestartPolicy(max_restarts=args.max_restarts),
     )
     try:
         import uvloop
@@ -58,6 +72,18 @@ def _dev_status(args: argparse.Namespace, out: TextIO) -> int:
     from mppo.devstack.stack import status
 
     return status(_state_dir(args), out)
+
+
+def _dev_restart(args: argparse.Namespace, out: TextIO) -> int:
+    from mppo.devstack.stack import request_restart
+
+    return request_restart(_state_dir(args), args.name, out, timeout=args.timeout)
+
+
+def _dev_logs(args: argparse.Namespace, out: TextIO) -> int:
+    from mppo.devstack.stack import logs
+
+    return logs(_state_dir(args), args.name, out, lines=args.lines, follow=args.follow)
 
 
 def _dev_pki(args: argparse.Namespace, out: TextIO) -> int:
@@ -102,6 +128,36 @@ def register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     up.add_argument("--no-fsync", action="store_true", help="Postgres without fsync (tests)")
     up.add_argument("--ephemeral", action="store_true", help="delete all data on stop")
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="copies of every scalable service (group-1, group-2, ...; a service's own "
+        "`replicas` in the services file wins); callers balance round robin over them",
+    )
+    up.add_argument(
+        "--nats-cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N nats-servers (3) as one JetStream cluster; streams get 3 replicas",
+    )
+    up.add_argument(
+        "--worker-role",
+        action="store_true",
+        help="run the group expiry scheduler as its own process (group-scheduler)",
+    )
+    up.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="stop the whole stack when a process dies instead of restarting it",
+    )
+    up.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="restarts of one process within 2 minutes before it is left down (default 5)",
+    )
     up.set_defaults(handler=_dev_up)
 
     dn = dev_commands.add_parser("down", parents=[state], help="stop a detached stack")
@@ -111,6 +167,24 @@ def register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     st = dev_commands.add_parser("status", parents=[state], help="show a running stack")
     st.set_defaults(handler=_dev_status)
+
+    rs = dev_commands.add_parser(
+        "restart",
+        parents=[state],
+        help="restart a process of the running stack (a service name restarts every replica, "
+        "one after the other)",
+    )
+    rs.add_argument("name", help="process (group-2, nats-1, postgres) or service (group, nats)")
+    rs.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it")
+    rs.set_defaults(handler=_dev_restart)
+
+    lg = dev_commands.add_parser(
+        "logs", parents=[state], help="show a process's log (every replica's for a service)"
+    )
+    lg.add_argument("name", help="process (group-2, nats-1, postgres) or service (group, nats)")
+    lg.add_argument("-n", "--lines", type=int, default=50, help="lines from the end (default 50)")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.set_defaults(handler=_dev_logs)
 
     pki = dev_commands.add_parser(
         "pki",

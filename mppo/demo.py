@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from mppo.platform.event_types import message_class
+from mppo.platform.messaging import server_urls
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +298,9 @@ class EventTap:
         self._waiters: dict[tuple[str, str], asyncio.Future[SeenEvent]] = {}
 
     async def start(self) -> None:
-        self._nc = await nats.connect(self._url, connect_timeout=3, max_reconnect_attempts=3)
+        self._nc = await nats.connect(
+            server_urls(self._url), connect_timeout=3, max_reconnect_attempts=3
+        )
         js = self._nc.jetstream()
         for subject in TAP_SUBJECTS:
             await js.subscribe(

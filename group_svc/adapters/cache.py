@@ -3,7 +3,9 @@
 A snapshot is keyed by group id *and version*; readers first read the current version from
 Postgres (one indexed row), so a cached snapshot can never be served after a change, and
 writers also delete the group's keys after commit. Snapshots hold contact details, so they
-are sealed with the PII key (AES-GCM). With Redis down every call reads Postgres.
+are sealed with the PII key (AES-GCM). With Redis down every call reads Postgres. Keys are
+``<namespace>group:{<group id>}:v<version>``: the ``{…}`` hash tag keeps a group's keys in one
+Redis Cluster slot (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ class GroupCache:
         self._namespace = namespace
 
     def _key(self, group_id: str, version: int) -> str:
-        return f"{self._namespace}group:{group_id}:v{version}"
+        # the group id is the hash tag: every version of a group lives in one Redis Cluster
+        # slot, so `invalidate` deletes them with one multi-key DEL
+        return f"{self._namespace}group:{{{group_id}}}:v{version}"
 
     async def get(self, group_id: str, version: int) -> group_pb2.GroupOrder | None:
         """The snapshot of exactly this version, or None."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mppo.devstack.nats_server import EmbeddedNats
+from mppo.devstack.nats_server import EmbeddedNats, EmbeddedNatsCluster
 from mppo.devstack.postgres import EmbeddedPostgres, create_database, database_url, remove_data
 from mppo.devstack.probes import free_port
 from mppo.devstack.process import ManagedProcess, ProcessExitedError, ProcessSpec, Supervisor
@@ -130,11 +130,14 @@ async def start_infra(
     ephemeral: bool = False,
     env: Mapping[str, str] | None = None,
     supervisor: Supervisor | None = None,
+    nats_cluster: int = 1,
 ) -> Infra:
     """Start the servers not given by ``MPPO_POSTGRES_URL``/``MPPO_REDIS_URL``/``MPPO_NATS_URL``.
 
     ``state_dir`` holds data and logs. ``fsync=False`` is for tests only. ``ephemeral`` wipes
-    the data on :meth:`Infra.stop` and keeps no Redis append-only file.
+    the data on :meth:`Infra.stop` and keeps no Redis append-only file. ``nats_cluster`` > 1
+    starts that many nats-servers as one JetStream cluster (processes ``nats-1`` …, the first
+    on ``ports.nats``); the NATS URL then lists every node, comma-separated.
     """
     started = time.monotonic()
     env = os.environ if env is None else env
@@ -169,6 +172,16 @@ async def start_infra(
         return redis.url
 
     async def start_nats() -> str:
+        if nats_cluster > 1:
+            cluster = EmbeddedNatsCluster(state_dir / "nats", nats_cluster, first_port=ports.nats)
+            # together: each node is ready only once a quorum elected a meta leader
+            started = await asyncio.gather(
+                *(sup.start(spec) for spec in cluster.specs()), return_exceptions=True
+            )
+            for result in started:
+                if isinstance(result, BaseException):
+                    raise result
+            return cluster.url
         nats = EmbeddedNats(state_dir / "nats", ports.nats)
 
         def spec(port: int) -> ProcessSpec:

@@ -1,9 +1,17 @@
-"""Child processes that never outlive us: spawn, readiness, graceful stop, process groups.
+"""Child processes that never outlive us: spawn, readiness, graceful stop, process groups, and
+bringing back one that dies.
 
 Every child runs in its own session (so its process group id equals its pid and a whole tree
 can be signalled at once) and, on Linux, with ``PR_SET_PDEATHSIG`` so the kernel kills it when
 the thread that spawned it dies — even if the supervisor is killed with SIGKILL. Spawn from the
 main thread (the parent-death signal is tied to the spawning thread).
+
+:meth:`Supervisor.keep_up` restarts a process that exits on its own, with the same spec (same
+command, environment and port), after a back-off that doubles with each recent restart; a
+process that died more than ``RestartPolicy.max_restarts`` times within ``window`` seconds is
+left down (``failed``). Every restart is logged (the supervisor's log and the process's own)
+and reported to a callback. :meth:`Supervisor.restart` is the deliberate kind (``mppo dev
+restart``): a graceful stop, then the same spawn and readiness wait.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ __all__ = [
     "Probe",
     "ProcessExitedError",
     "ProcessSpec",
+    "RestartPolicy",
     "StartupError",
     "Supervisor",
     "kill_process_group",
@@ -172,6 +181,11 @@ def stop_process(
     return proc.returncode
 
 
+def _append_log(path: Path, line: str) -> None:
+    with contextlib.suppress(OSError), open(path, "a") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -180,13 +194,42 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How the supervisor brings back a process that exits on its own.
+
+    The n-th restart within ``window`` seconds waits ``backoff * 2**(n-1)`` seconds (at most
+    ``max_backoff``); an exit beyond ``max_restarts`` within the window leaves it down.
+    """
+
+    max_restarts: int = 5
+    window: float = 120.0
+    backoff: float = 0.5
+    max_backoff: float = 15.0
+
+    def delay(self, recent: int) -> float:
+        """The pause before restart number ``recent`` (1 = the first within the window)."""
+        return float(min(self.backoff * 2 ** max(recent - 1, 0), self.max_backoff))
+
+
+#: a process's state as the supervisor sees it (recorded in devstack.json)
+RUNNING, RESTARTING, FAILED, STOPPING = "running", "restarting", "failed", "stopping"
+
+
 @dataclass
 class ManagedProcess:
-    """A child the supervisor started."""
+    """A child the supervisor started (``popen`` is replaced when it is restarted)."""
 
     spec: ProcessSpec
     popen: subprocess.Popen[bytes]
     log_path: Path
+    state: str = RUNNING
+    #: restarts so far (after a crash or asked for)
+    restarts: int = 0
+    #: the exit code of the last unexpected exit
+    last_exit: int | None = None
+    #: monotonic times of the recent unexpected exits (the restart policy's window)
+    exits: list[float] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -213,12 +256,19 @@ class ManagedProcess:
         return await asyncio.to_thread(stop_process, self.popen, signal.SIGKILL, 5.0)
 
 
+Listener = Callable[[ManagedProcess, str], None]
+"""Told about every restart: the process and one line saying what happened."""
+
+
 class Supervisor:
-    """Starts processes one by one, waits for each to be ready, stops them in reverse order."""
+    """Starts processes one by one, waits for each to be ready, keeps them up
+    (:meth:`keep_up`), stops them in reverse order."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self._procs: list[ManagedProcess] = []
+        self._closing = False
+        self._restarting: dict[str, asyncio.Task[None]] = {}
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -276,7 +326,120 @@ class Supervisor:
                     return proc
             await asyncio.sleep(0.2)
 
+    def find(self, name: str) -> ManagedProcess:
+        """The supervised process called ``name`` (KeyError if there is none)."""
+        for proc in self._procs:
+            if proc.name == name:
+                return proc
+        raise KeyError(name)
+
+    async def keep_up(
+        self,
+        policy: RestartPolicy,
+        listener: Listener | None = None,
+        *,
+        interval: float = 0.2,
+    ) -> None:
+        """Restart every process that exits on its own, per ``policy``; runs until cancelled."""
+        try:
+            while not self._closing:
+                for proc in list(self._procs):
+                    if proc.state != RUNNING or proc.returncode is None:
+                        continue
+                    self._exited(proc, policy, listener)
+                await asyncio.sleep(interval)
+        finally:
+            for task in list(self._restarting.values()):
+                task.cancel()
+            await asyncio.gather(*self._restarting.values(), return_exceptions=True)
+
+    def _exited(
+        self, proc: ManagedProcess, policy: RestartPolicy, listener: Listener | None
+    ) -> None:
+        now = time.monotonic()
+        code = proc.returncode
+        proc.last_exit = code
+        proc.exits = [t for t in proc.exits if now - t <= policy.window]
+        proc.exits.append(now)
+        # whatever it left in its process group goes with it
+        kill_process_group(proc.pid, signal.SIGKILL)
+        if len(proc.exits) > policy.max_restarts:
+            proc.state = FAILED
+            message = (
+                f"{proc.name} (pid {proc.pid}) exited with code {code}; it died "
+                f"{len(proc.exits)} times within {policy.window:.0f}s: left down "
+                f"(log: {proc.log_path})"
+            )
+            _log.error("%s", message)
+            _append_log(proc.log_path, f"supervisor: {message}")
+            if listener is not None:
+                listener(proc, message)
+            return
+        delay = policy.delay(len(proc.exits))
+        proc.state = RESTARTING
+        message = (
+            f"{proc.name} (pid {proc.pid}) exited with code {code}; restart "
+            f"{len(proc.exits)}/{policy.max_restarts} within {policy.window:.0f}s "
+            f"in {delay:.1f}s"
+        )
+        _log.warning("%s", message)
+        _append_log(proc.log_path, f"supervisor: {message}")
+        if listener is not None:
+            listener(proc, message)
+        self._restarting[proc.name] = asyncio.ensure_future(
+            self._respawn_after(proc, delay, listener)
+        )
+
+    async def _respawn_after(
+        self, proc: ManagedProcess, delay: float, listener: Listener | None
+    ) -> None:
+        try:
+            await asyncio.sleep(delay)
+            if self._closing or proc.state != RESTARTING:
+                return
+            ready = await self._respawn(proc)
+            if listener is not None:
+                what = "is back" if ready else "did not come back (see its log)"
+                listener(proc, f"{proc.name} {what} (pid {proc.pid})")
+        finally:
+            self._restarting.pop(proc.name, None)
+
+    async def _respawn(self, proc: ManagedProcess) -> bool:
+        """Spawn ``proc`` again and wait for it; False (and stopped, so that the next exit
+        counts) when it does not become ready."""
+        proc.popen = spawn(proc.spec, proc.log_path)
+        proc.restarts += 1
+        proc.state = RUNNING
+        _log.info("restarted %s (pid %d)", proc.name, proc.pid)
+        try:
+            await self._wait_ready(proc)
+        except StartupError as exc:
+            _log.warning("%s restarted but not ready: %s", proc.name, str(exc).splitlines()[0])
+            if proc.returncode is None:
+                await asyncio.to_thread(stop_process, proc.popen, signal.SIGKILL, 5.0)
+            return False
+        return True
+
+    async def restart(self, name: str) -> ManagedProcess:
+        """Stop ``name`` gracefully and start it again with the same spec; returns once it is
+        ready (StartupError if it does not become ready: the keeper then treats it as a crash)."""
+        proc = self.find(name)
+        pending = self._restarting.pop(name, None)
+        if pending is not None:
+            pending.cancel()
+        proc.state = STOPPING
+        proc.exits.clear()  # a deliberate restart starts a new crash window
+        code = await proc.stop()
+        _append_log(proc.log_path, f"supervisor: restart asked for; stopped with code {code}")
+        if not await self._respawn(proc):
+            raise StartupError(f"{name} did not become ready after the restart:\n{proc.log_tail()}")
+        return proc
+
     async def stop(self, proc: ManagedProcess) -> int:
+        proc.state = STOPPING
+        pending = self._restarting.pop(proc.name, None)
+        if pending is not None:
+            pending.cancel()
         code = await proc.stop()
         if proc in self._procs:
             self._procs.remove(proc)
@@ -284,7 +447,8 @@ class Supervisor:
         return code
 
     async def stop_all(self) -> None:
-        """Stop every process, last started first."""
+        """Stop every process, last started first (nothing is restarted from now on)."""
+        self._closing = True
         while self._procs:
             await self.stop(self._procs[-1])
 

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -17,9 +17,12 @@ from mppo.devstack.process import Probe
 __all__ = [
     "DEFAULT_SERVICES",
     "ENV_SERVICES",
+    "GROUP_SCHEDULER",
     "PYTHON",
     "ServiceDef",
+    "check_services",
     "load_services",
+    "with_worker_role",
 ]
 
 ENV_SERVICES = "MPPO_DEV_SERVICES"
@@ -37,8 +40,16 @@ class ServiceDef:
 
     It listens on ``127.0.0.1:<port>`` (0 picks a free port), announced to every service as
     ``MPPO_<NAME>_ADDR``. With ``database`` set, ``dev up`` creates that database and passes
-    ``MPPO_<NAME>_DATABASE_URL``. Readiness is the gRPC health check (``grpc``), an HTTP GET of
-    ``health_path`` answering 200 (``http``), or just "still running" (``none``).
+    ``MPPO_<NAME>_DATABASE_URL`` (or ``database_var``, for a role sharing another service's
+    database). Readiness is the gRPC health check (``grpc``), an HTTP GET of ``health_path``
+    answering 200 (``http``), or just "still running" (``none``).
+
+    Replicas: ``replicas`` copies run (0: as many as ``mppo dev up --replicas N`` asks for when
+    the service is ``scalable``, else one). Replica ``i`` of ``group`` is the process
+    ``group-<i>``; the first listens on ``port`` (the others on free ports) and each is given
+    its own address in ``MPPO_<NAME>_ADDR``, while every other process gets the replicas'
+    addresses there, comma-separated (gRPC peers balance round robin over them; an HTTP
+    service is announced by its first replica's address).
     """
 
     name: str
@@ -48,6 +59,9 @@ class ServiceDef:
     database: str | None = None
     health_path: str = "/healthz"
     env: Mapping[str, str] = field(default_factory=dict)
+    replicas: int = 0
+    scalable: bool = True
+    database_var: str = ""
 
     @classmethod
     def grpc(cls, name: str, module: str, port: int, *, database: str | None = None) -> ServiceDef:
@@ -55,9 +69,17 @@ class ServiceDef:
 
     @classmethod
     def http(
-        cls, name: str, module: str, port: int, *, health_path: str = "/healthz"
+        cls,
+        name: str,
+        module: str,
+        port: int,
+        *,
+        health_path: str = "/healthz",
+        scalable: bool = False,
     ) -> ServiceDef:
-        return cls(name, (PYTHON, "-m", module), port, "http", health_path=health_path)
+        return cls(
+            name, (PYTHON, "-m", module), port, "http", health_path=health_path, scalable=scalable
+        )
 
     @property
     def env_prefix(self) -> str:
@@ -69,7 +91,17 @@ class ServiceDef:
 
     @property
     def database_env(self) -> str:
-        return f"{self.env_prefix}_DATABASE_URL"
+        return self.database_var or f"{self.env_prefix}_DATABASE_URL"
+
+    def replica_count(self, default: int) -> int:
+        """How many copies run when ``mppo dev up --replicas`` says ``default``."""
+        if self.replicas > 0:
+            return self.replicas
+        return default if self.scalable else 1
+
+    def process_names(self, count: int) -> list[str]:
+        """``[name]`` for one copy, else ``name-1`` … ``name-<count>``."""
+        return [self.name] if count == 1 else [f"{self.name}-{i}" for i in range(1, count + 1)]
 
     def argv(self) -> list[str]:
         return [sys.executable if part == PYTHON else part for part in self.command]
@@ -97,24 +129,72 @@ DEFAULT_SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef("gateway", (PYTHON, "-m", "gateway"), 8080, "http", env={"MPPO_JWT_JWKS": "dev"}),
     # later: ServiceDef.http("stripe-sandbox", "...", 8090), ...("razorpay-sandbox", ..., 8091)
 )
+"""One of each process; the sandbox provider, the sandbox merchant and the SMTP sink are
+stand-ins for outside parties and never replicated."""
+
+GROUP_SCHEDULER = ServiceDef(
+    "group-scheduler",
+    (PYTHON, "-m", "group_svc.standalone_scheduler"),
+    0,
+    "grpc",
+    database="group_db",
+    database_var="MPPO_GROUP_DATABASE_URL",
+)
+"""The worker/scheduler role: the group service's expiry scheduler as its own process (the
+same code, another entry point; health only, on ``MPPO_GROUP_SCHEDULER_ADDR``)."""
+
+
+def with_worker_role(services: Sequence[ServiceDef]) -> tuple[ServiceDef, ...]:
+    """``services`` with the group scheduler moved out of the group service into its own
+    process (``MPPO_GROUP_SCHEDULER=off`` on group), right after group."""
+    out: list[ServiceDef] = []
+    for svc in services:
+        if svc.name == GROUP_SCHEDULER.name:
+            continue
+        if svc.name == "group":
+            out.append(replace(svc, env={**svc.env, "MPPO_GROUP_SCHEDULER": "off"}))
+            out.append(GROUP_SCHEDULER)
+        else:
+            out.append(svc)
+    return tuple(out)
 
 
 def _from_json(path: Path) -> tuple[ServiceDef, ...]:
     items = json.loads(path.read_text())
     services = []
     for item in items:
+        readiness = item.get("readiness", "grpc")
+        if readiness not in ("grpc", "http", "none"):
+            raise ValueError(f"{path}: {item.get('name')}: readiness {readiness!r}")
         services.append(
             ServiceDef(
                 name=str(item["name"]),
                 command=tuple(str(part) for part in item["command"]),
                 port=int(item.get("port", 0)),
-                readiness=item.get("readiness", "grpc"),
+                readiness=readiness,
                 database=item.get("database"),
                 health_path=str(item.get("health_path", "/healthz")),
                 env={str(k): str(v) for k, v in item.get("env", {}).items()},
+                replicas=int(item.get("replicas", 0)),
+                scalable=bool(item.get("scalable", readiness == "grpc")),
+                database_var=str(item.get("database_var", "")),
             )
         )
+    check_services(services, str(path))
     return tuple(services)
+
+
+def check_services(services: Sequence[ServiceDef], where: str = "services") -> None:
+    """ValueError for duplicate names, negative replica counts or a stand-in asked for more
+    than one copy."""
+    names = [svc.name for svc in services]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: duplicate service names in {names}")
+    for svc in services:
+        if svc.replicas < 0:
+            raise ValueError(f"{where}: {svc.name}: replicas must be 0 (default) or more")
+        if svc.replicas > 1 and not svc.scalable:
+            raise ValueError(f"{where}: {svc.name} is not scalable; it runs once")
 
 
 def load_services(ref: str | None = None) -> tuple[ServiceDef, ...]:

@@ -1,4 +1,16 @@
-"""``mppo dev up/down/status``: infrastructure and services under one supervisor + state file."""
+"""``mppo dev up/down/status/restart/logs``: infrastructure and services under one supervisor
+that keeps them up, and a state file.
+
+``<state dir>/devstack.json`` says what runs: the endpoints, each service's addresses (every
+replica's, and the target its callers get), and for each process what is needed to run it
+again — command, the environment it was given on top of the supervisor's, working directory,
+readiness check, log file — with its pid, state (running, restarting, failed) and restarts.
+
+The supervisor restarts a process that dies (:class:`~mppo.devstack.process.RestartPolicy`:
+back-off, a limit, each restart logged to its log and the supervisor's output) while the rest
+keeps serving. ``mppo dev restart NAME`` asks it (a request file in ``<state dir>/control``
+and SIGUSR1) for a deliberate restart; ``mppo dev logs NAME`` reads the logs.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +24,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,29 +34,49 @@ from mppo.devstack.infra import DEV_PORTS, InfraPorts, start_infra
 from mppo.devstack.postgres import recorded_data_dir, remove_data
 from mppo.devstack.probes import free_port
 from mppo.devstack.process import (
+    ManagedProcess,
     ProcessSpec,
+    RestartPolicy,
     StartupError,
     Supervisor,
     kill_process_group,
     pid_alive,
     process_start_time,
 )
-from mppo.devstack.services import ServiceDef, load_services
+from mppo.devstack.services import ServiceDef, check_services, load_services
 
 __all__ = [
+    "CONTROL_DIR",
     "ENV_STATE_DIR",
+    "PEER_SERVICES",
     "STATE_FILE",
+    "Replica",
     "StackConfig",
     "default_state_dir",
     "detach_up",
     "down",
+    "isolated_up_args",
+    "logs",
+    "plan_replicas",
     "read_state",
+    "request_restart",
+    "resolve_names",
     "run_stack",
     "status",
 ]
 
 ENV_STATE_DIR = "MPPO_STATE_DIR"
 STATE_FILE = "devstack.json"
+CONTROL_DIR = "control"
+
+#: where a process serves /metrics (mppo.platform.metrics); the services below have a default
+#: port each, which only their first replica may take
+METRICS_ADDR_VAR = "MPPO_METRICS_ADDR"
+METRICS_DEFAULTS = frozenset({"group", "payment", "order", "notification", "gateway"})
+
+#: services our code dials over gRPC: their callers get every replica's address (round robin,
+#: mppo.platform.targets); any other process is announced by its first replica's address
+PEER_SERVICES = frozenset({"group", "payment", "order", "notification"})
 
 
 def default_state_dir() -> Path:
@@ -64,12 +97,25 @@ class StackConfig:
     services: tuple[ServiceDef, ...] = field(default_factory=load_services)
     fsync: bool = True
     ephemeral: bool = False
+    #: copies of every scalable service (a service's own ``replicas`` wins)
+    replicas: int = 1
+    #: nats-servers: 1, or an odd cluster size (3) whose streams get 3 replicas
+    nats_cluster: int = 1
+    #: how dead processes come back; None: the first one that dies stops the stack
+    restart: RestartPolicy | None = field(default_factory=RestartPolicy)
 
 
 # ---------------------------------------------------------------- state file
 
 
-def isolated_up_args(state_dir: Path, services_file: Path, *, fsync: bool = False) -> list[str]:
+def isolated_up_args(
+    state_dir: Path,
+    services_file: Path,
+    *,
+    fsync: bool = False,
+    replicas: int = 1,
+    nats_cluster: int = 1,
+) -> list[str]:
     """`mppo` arguments for a detached, throw-away stack on free ports (tests, benchmarks):
     the services listed in `services_file` (JSON), every infrastructure port picked free."""
     return [
@@ -88,6 +134,8 @@ def isolated_up_args(state_dir: Path, services_file: Path, *, fsync: bool = Fals
         "0",
         "--services",
         str(services_file),
+        *(("--replicas", str(replicas)) if replicas != 1 else ()),
+        *(("--nats-cluster", str(nats_cluster)) if nats_cluster != 1 else ()),
     ]
 
 
@@ -121,6 +169,15 @@ def _supervisor_alive(state: dict[str, Any]) -> bool:
     return _same_process(int(state["supervisor_pid"]), state.get("supervisor_start_time"))
 
 
+def resolve_names(state: dict[str, Any], name: str) -> list[str]:
+    """The processes ``name`` means: a process (``group-2``, ``nats-1``), or every replica of a
+    service (``group``) or node of the NATS cluster (``nats``); [] when none."""
+    processes = [str(p["name"]) for p in state.get("processes", [])]
+    if name in processes:
+        return [name]
+    return [p for p in processes if p.rpartition("-")[0] == name and p.rpartition("-")[2].isdigit()]
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -130,77 +187,254 @@ def _write_endpoints(out: TextIO, state: dict[str, Any]) -> None:
         out.write(f"  {name:<14} {url}\n")
     for name, svc in state["services"].items():
         extra = f"  db {svc['database_url']}" if svc.get("database_url") else ""
-        out.write(f"  {name:<14} {svc['addr']}{extra}\n")
+        addrs = svc.get("addrs") or [svc["addr"]]
+        copies = f"  ({len(addrs)} replicas)" if len(addrs) > 1 else ""
+        out.write(f"  {name:<14} {','.join(addrs)}{copies}{extra}\n")
     if state.get("pki"):
         pki = Path(state["pki"])
         out.write(
             f"mTLS: CA {pki / 'ca.pem'}, operator client cert {pki / 'operator.pem'}"
             f" (key {pki / 'operator.key'})\n"
         )
-    out.write(f"logs: {Path(state['state_dir']) / 'logs'}\n")
+    out.write(f"logs: {Path(state['state_dir']) / 'logs'}  (mppo dev logs NAME)\n")
     out.flush()
+
+
+# ---------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One process of a service: its name and the address it listens on."""
+
+    service: ServiceDef
+    name: str
+    addr: str
+
+
+def plan_replicas(services: Sequence[ServiceDef], replicas: int = 1) -> dict[str, list[Replica]]:
+    """Every service's processes: ``replicas`` copies of each scalable one (its own count in
+    the services file wins), the first on the service's port, the others on free ports."""
+    if replicas < 1:
+        raise ValueError("--replicas must be at least 1")
+    check_services(services)
+    plan: dict[str, list[Replica]] = {}
+    for svc in services:
+        names = svc.process_names(svc.replica_count(replicas))
+        ports = [svc.port or free_port(), *(free_port() for _ in names[1:])]
+        plan[svc.name] = [
+            Replica(svc, name, f"127.0.0.1:{port}") for name, port in zip(names, ports, strict=True)
+        ]
+    return plan
+
+
+def announced_addr(svc: ServiceDef, replicas: Sequence[Replica]) -> str:
+    """What ``MPPO_<NAME>_ADDR`` says to the other processes: every replica of a gRPC peer
+    service (comma-separated), else the first replica's address."""
+    if svc.name in PEER_SERVICES and svc.readiness == "grpc":
+        return ",".join(r.addr for r in replicas)
+    return replicas[0].addr
+
+
+def _readiness(svc: ServiceDef, addr: str) -> dict[str, str]:
+    described = {"kind": svc.readiness, "addr": addr}
+    if svc.readiness == "http":
+        described["path"] = svc.health_path
+    return described
 
 
 # ---------------------------------------------------------------- foreground
 
 
-async def _start_everything(
-    config: StackConfig, sup: Supervisor, state: dict[str, Any], out: TextIO
-) -> None:
-    infra = await start_infra(
-        config.state_dir,
-        ports=config.ports,
-        fsync=config.fsync,
-        ephemeral=config.ephemeral,
-        supervisor=sup,
-    )
-    state["endpoints"] = infra.endpoints()
-    pki = _mint_pki(Path(state["state_dir"]), config.services)
-    state["pki"] = str(pki)
-    addrs = {svc.name: f"127.0.0.1:{svc.port or free_port()}" for svc in config.services}
-    common = {
-        "MPPO_POSTGRES_URL": infra.postgres_server_url,
-        "MPPO_REDIS_URL": infra.redis_url,
-        "MPPO_NATS_URL": infra.nats_url,
-        # every process finds the stack's state (e.g. the gateway's dev JWKS) in one place
-        ENV_STATE_DIR: str(config.state_dir),
-        # mTLS certificates, the gateway's user-token keys (mppo.platform.tls, .user_token)
-        "MPPO_TLS_DIR": str(pki),
-        # development defaults (sandbox provider, dev secrets) exist only in dev/test
-        "MPPO_ENV": os.environ.get("MPPO_ENV", "").strip() or "dev",
-        **{svc.addr_env: addrs[svc.name] for svc in config.services},
-    }
-    db_urls: dict[str, str] = {}
-    for svc in config.services:
-        if svc.database:
-            db_urls[svc.name] = await infra.create_database(svc.database)
-    _record_processes(sup, state)
-    _write_state(config.state_dir, state)
-    for svc in config.services:
-        env = dict(common)
-        if svc.name in db_urls:
-            env[svc.database_env] = db_urls[svc.name]
-        env.update(svc.env)
-        state["services"][svc.name] = {
-            "addr": addrs[svc.name],
-            "database_url": db_urls.get(svc.name),
+class _Stack:
+    """One ``mppo dev up`` run: the supervisor, the state file, the control requests."""
+
+    def __init__(self, config: StackConfig, out: TextIO, state_dir: Path) -> None:
+        self.config = config
+        self.out = out
+        self.state_dir = state_dir
+        self.sup = Supervisor(state_dir / "logs")
+        self.state: dict[str, Any] = {
+            "status": "starting",
+            "state_dir": str(state_dir),
+            "supervisor_pid": os.getpid(),
+            "supervisor_start_time": process_start_time(os.getpid()),
+            "replicas": config.replicas,
+            "nats_cluster": config.nats_cluster,
+            "endpoints": {},
+            "services": {},
+            "processes": [],
         }
-        out.write(f"starting {svc.name} on {addrs[svc.name]}\n")
-        out.flush()
-        await sup.start(
+        #: per process name: service, readiness (what devstack.json records besides the spec)
+        self.meta: dict[str, dict[str, Any]] = {}
+        self.control = asyncio.Event()
+
+    # ---- state
+
+    def save(self) -> None:
+        self.state["processes"] = [self._describe(p) for p in self.sup.processes]
+        _write_state(self.state_dir, self.state)
+
+    def _describe(self, proc: ManagedProcess) -> dict[str, Any]:
+        spec = proc.spec
+        meta = self.meta.get(proc.name, {})
+        return {
+            "name": proc.name,
+            "service": meta.get("service", proc.name.rpartition("-")[0] or proc.name),
+            "pid": proc.pid,
+            "start_time": process_start_time(proc.pid),
+            "state": proc.state,
+            "restarts": proc.restarts,
+            "last_exit": proc.last_exit,
+            "log": str(proc.log_path),
+            "argv": list(spec.argv),
+            "env": dict(spec.env),
+            "cwd": str(spec.cwd) if spec.cwd else None,
+            "readiness": meta.get("readiness", {"kind": "probe"}),
+            "ready_timeout": spec.ready_timeout,
+            "stop_signal": int(spec.stop_signal),
+        }
+
+    def on_restart(self, proc: ManagedProcess, message: str) -> None:
+        """The supervisor's report of a restart: to our output and the state file."""
+        self.out.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+        self.out.flush()
+        self.save()
+
+    # ---- start
+
+    async def start_everything(self) -> None:
+        config = self.config
+        infra = await start_infra(
+            config.state_dir,
+            ports=config.ports,
+            fsync=config.fsync,
+            ephemeral=config.ephemeral,
+            supervisor=self.sup,
+            nats_cluster=config.nats_cluster,
+        )
+        for proc in self.sup.processes:
+            self.meta[proc.name] = {"service": proc.name.rpartition("-")[0] or proc.name}
+        self.state["endpoints"] = infra.endpoints()
+        pki = _mint_pki(self.state_dir, config.services)
+        self.state["pki"] = str(pki)
+        plan = plan_replicas(config.services, config.replicas)
+        announced = {svc.name: announced_addr(svc, plan[svc.name]) for svc in config.services}
+        common = {
+            "MPPO_POSTGRES_URL": infra.postgres_server_url,
+            "MPPO_REDIS_URL": infra.redis_url,
+            "MPPO_NATS_URL": infra.nats_url,
+            # every process finds the stack's state (e.g. the gateway's dev JWKS) in one place
+            ENV_STATE_DIR: str(config.state_dir),
+            # mTLS certificates, the gateway's user-token keys (mppo.platform.tls, .user_token)
+            "MPPO_TLS_DIR": str(pki),
+            # development defaults (sandbox provider, dev secrets) exist only in dev/test
+            "MPPO_ENV": os.environ.get("MPPO_ENV", "").strip() or "dev",
+            **{svc.addr_env: announced[svc.name] for svc in config.services},
+        }
+        if config.nats_cluster > 1:
+            common["MPPO_NATS_STREAM_REPLICAS"] = "3"
+        db_urls: dict[str, str] = {}
+        for svc in config.services:
+            if svc.database:
+                db_urls[svc.name] = await infra.create_database(svc.database)
+        self.save()
+        for svc in config.services:
+            replicas = plan[svc.name]
+            self.state["services"][svc.name] = {
+                "addr": replicas[0].addr,
+                "addrs": [r.addr for r in replicas],
+                "target": announced[svc.name],
+                "processes": [r.name for r in replicas],
+                "database_url": db_urls.get(svc.name),
+            }
+            env = dict(common)
+            if svc.name in db_urls:
+                env[svc.database_env] = db_urls[svc.name]
+            env.update(svc.env)
+            self.out.write(
+                f"starting {svc.name} on {','.join(r.addr for r in replicas)}"
+                + (f" ({len(replicas)} replicas)\n" if len(replicas) > 1 else "\n")
+            )
+            self.out.flush()
+            # the first alone (it migrates the database), then the others together
+            await self._start_replica(replicas[0], env, pki, first=True)
+            await asyncio.gather(*(self._start_replica(r, env, pki) for r in replicas[1:]))
+
+    async def _start_replica(
+        self, replica: Replica, env: dict[str, str], pki: Path, *, first: bool = False
+    ) -> None:
+        svc = replica.service
+        self.meta[replica.name] = {
+            "service": svc.name,
+            "readiness": _readiness(svc, replica.addr),
+        }
+        own = {svc.addr_env: replica.addr}
+        if METRICS_ADDR_VAR not in svc.env and not (first and svc.name in METRICS_DEFAULTS):
+            # a copy beside the first (or a role sharing a service's code) must not take the
+            # service's default metrics port
+            own[METRICS_ADDR_VAR] = f"127.0.0.1:{free_port()}"
+        await self.sup.start(
             ProcessSpec(
-                name=svc.name,
+                name=replica.name,
                 argv=svc.argv(),
-                env=env,
-                readiness=svc.probe(addrs[svc.name], pki),
+                env={**env, **own},
+                readiness=svc.probe(replica.addr, pki),
                 ready_timeout=60.0,
                 stop_signal=signal.SIGTERM,
                 stop_timeout=10.0,
                 pdeath_signal=signal.SIGKILL,
             )
         )
-        _record_processes(sup, state)
-        _write_state(config.state_dir, state)
+        self.save()
+
+    # ---- control requests (mppo dev restart)
+
+    async def serve_control(self) -> None:
+        """Carry out the requests in ``<state>/control`` each time SIGUSR1 arrives."""
+        directory = self.state_dir / CONTROL_DIR
+        while True:
+            await self.control.wait()
+            self.control.clear()
+            for request, asked in await asyncio.to_thread(_take_requests, directory):
+                results: dict[str, str] = {}
+                for name in asked.get("restart", []):
+                    results[str(name)] = await self._restart(str(name))
+                await asyncio.to_thread(_answer, request, results)
+
+    async def _restart(self, name: str) -> str:
+        self.out.write(f"{time.strftime('%H:%M:%S')} restarting {name} (asked for)\n")
+        self.out.flush()
+        try:
+            proc = await self.sup.restart(name)
+        except KeyError:
+            return "error: no such process"
+        except StartupError as exc:
+            return f"error: {str(exc).splitlines()[0]}"
+        finally:
+            self.save()
+        return f"restarted (pid {proc.pid})"
+
+
+def _take_requests(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The waiting control requests, oldest first (each file is removed as it is read)."""
+    taken = []
+    for request in sorted(directory.glob("*.request.json")):
+        try:
+            asked = json.loads(request.read_text())
+            request.unlink()
+        except (OSError, ValueError):
+            continue
+        if isinstance(asked, dict):
+            taken.append((request, asked))
+    return taken
+
+
+def _answer(request: Path, results: dict[str, str]) -> None:
+    answer = request.with_name(request.name.replace(".request.json", ".answer.json"))
+    tmp = answer.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"results": results}))
+    os.replace(tmp, answer)
 
 
 def _mint_pki(state_dir: Path, services: Sequence[ServiceDef]) -> Path:
@@ -209,25 +443,14 @@ def _mint_pki(state_dir: Path, services: Sequence[ServiceDef]) -> Path:
 
     pki = state_dir / "pki"
     names = [*DEV_NAMES, *(svc.name for svc in services if svc.readiness == "grpc")]
-    mint_dev_pki(pki, names)
+    mint_dev_pki(pki, list(dict.fromkeys(names)))
     return pki
 
 
-def _record_processes(sup: Supervisor, state: dict[str, Any]) -> None:
-    state["processes"] = [
-        {
-            "name": p.name,
-            "pid": p.pid,
-            "start_time": process_start_time(p.pid),
-            "log": str(p.log_path),
-        }
-        for p in sup.processes
-    ]
-
-
 async def run_stack(config: StackConfig, out: TextIO, *, stop: asyncio.Event | None = None) -> int:
-    """Start everything, print the endpoints, run until SIGINT/SIGTERM (or ``stop``), then stop
-    everything. Returns the exit code: 0 after a requested stop, 1 if something failed."""
+    """Start everything, print the endpoints, keep it up until SIGINT/SIGTERM (or ``stop``),
+    then stop everything. Returns the exit code: 0 after a requested stop, 1 if something
+    failed (startup, or — with ``config.restart`` None — a process that died)."""
     state_dir = config.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     existing = read_state(state_dir)
@@ -237,27 +460,27 @@ async def run_stack(config: StackConfig, out: TextIO, *, stop: asyncio.Event | N
         )
         return 1
     stop = stop or asyncio.Event()
+    stack = _Stack(config, out, state_dir)
+    (state_dir / CONTROL_DIR).mkdir(exist_ok=True)
+    for stale in (state_dir / CONTROL_DIR).iterdir():
+        stale.unlink(missing_ok=True)
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig, action in (
+        (signal.SIGINT, stop.set),
+        (signal.SIGTERM, stop.set),
+        (signal.SIGUSR1, stack.control.set),
+    ):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, action)
             handled.append(sig)
-    sup = Supervisor(state_dir / "logs")
+    sup = stack.sup
     atexit.register(sup.kill_all_now)
-    state: dict[str, Any] = {
-        "status": "starting",
-        "state_dir": str(state_dir),
-        "supervisor_pid": os.getpid(),
-        "supervisor_start_time": process_start_time(os.getpid()),
-        "endpoints": {},
-        "services": {},
-        "processes": [],
-    }
-    _write_state(state_dir, state)
+    _write_state(state_dir, stack.state)
     code = 0
+    background: list[asyncio.Future[Any]] = []
     try:
-        starting = asyncio.ensure_future(_start_everything(config, sup, state, out))
+        starting = asyncio.ensure_future(stack.start_everything())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():
@@ -272,29 +495,38 @@ async def run_stack(config: StackConfig, out: TextIO, *, stop: asyncio.Event | N
                 raise exc  # type: ignore[misc]
             code = 1
         else:
-            state["status"] = "running"
-            _write_state(state_dir, state)
+            stack.state["status"] = "running"
+            stack.save()
             out.write("MPPO dev stack is up\n")
-            _write_endpoints(out, state)
+            _write_endpoints(out, stack.state)
             out.write("press Ctrl-C to stop\n")
             out.flush()
-            exited = asyncio.ensure_future(sup.wait_any_exit())
-            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if exited.done():
-                proc = exited.result()
-                out.write(
-                    f"{proc.name} exited with code {proc.returncode}; stopping the stack"
-                    f" (log: {proc.log_path})\n{proc.log_tail(15)}\n"
-                )
-                code = 1
+            background.append(asyncio.ensure_future(stack.serve_control()))
+            if config.restart is not None:
+                keeper = asyncio.ensure_future(sup.keep_up(config.restart, stack.on_restart))
+                background.append(keeper)
+                await asyncio.wait({keeper, stopping}, return_when=asyncio.FIRST_COMPLETED)
             else:
-                exited.cancel()
+                exited = asyncio.ensure_future(sup.wait_any_exit())
+                await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if exited.done():
+                    proc = exited.result()
+                    out.write(
+                        f"{proc.name} exited with code {proc.returncode}; stopping the stack"
+                        f" (log: {proc.log_path})\n{proc.log_tail(15)}\n"
+                    )
+                    code = 1
+                else:
+                    exited.cancel()
         stopping.cancel()
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         out.write("stopping\n")
         out.flush()
-        state["status"] = "stopping"
-        _write_state(state_dir, state)
+        stack.state["status"] = "stopping"
+        _write_state(state_dir, stack.state)
         await sup.stop_all()
         if config.ephemeral:
             remove_data(state_dir)
@@ -312,7 +544,7 @@ async def run_stack(config: StackConfig, out: TextIO, *, stop: asyncio.Event | N
 # ---------------------------------------------------------------- detached
 
 
-def detach_up(up_argv: Sequence[str], state_dir: Path, out: TextIO, timeout: float = 180.0) -> int:
+def detach_up(up_argv: Sequence[str], state_dir: Path, out: TextIO, timeout: float = 300.0) -> int:
     """Run ``mppo dev up <up_argv>`` as a background supervisor; return once it is running."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -377,8 +609,10 @@ def down(state_dir: Path, out: TextIO, *, timeout: float = 60.0, purge: bool = F
             if _supervisor_alive(state):
                 out.write(f"supervisor {pid} did not stop in {timeout:.0f}s; killing it\n")
                 os.kill(pid, signal.SIGKILL)
-        # Children die with their supervisor (parent-death signal); make sure anyway.
-        for proc in state.get("processes", []):
+        # Children die with their supervisor (parent-death signal); make sure anyway, with the
+        # pids the supervisor recorded last (a restarted process has a new one).
+        latest = read_state(state_dir) or state
+        for proc in latest.get("processes", []):
             if _same_process(int(proc["pid"]), proc.get("start_time")):
                 out.write(f"killing leftover {proc['name']} (pid {proc['pid']})\n")
                 kill_process_group(int(proc["pid"]))
@@ -405,6 +639,114 @@ def status(state_dir: Path, out: TextIO) -> int:
     _write_endpoints(out, state)
     for proc in state.get("processes", []):
         alive = _same_process(int(proc["pid"]), proc.get("start_time"))
-        out.write(f"  {proc['name']:<14} pid {proc['pid']:<8} {'up' if alive else 'DOWN'}\n")
+        shown = proc.get("state", "running") if alive else "DOWN"
+        restarts = int(proc.get("restarts", 0))
+        extra = f"  restarts {restarts}" if restarts else ""
+        out.write(f"  {proc['name']:<16} pid {proc['pid']:<8} {shown}{extra}\n")
     out.flush()
+    return 0
+
+
+def request_restart(state_dir: Path, name: str, out: TextIO, *, timeout: float = 120.0) -> int:
+    """``mppo dev restart NAME``: ask the running supervisor to restart the process(es) ``NAME``
+    means (:func:`resolve_names`) one after the other; 0 when each came back ready."""
+    state_dir = state_dir.resolve()
+    state = read_state(state_dir)
+    if state is None or not _supervisor_alive(state):
+        out.write(f"no stack is running from {state_dir}\n")
+        return 3
+    names = resolve_names(state, name)
+    if not names:
+        known = ", ".join(p["name"] for p in state.get("processes", []))
+        out.write(f"no process {name!r} (running: {known})\n")
+        return 2
+    control = state_dir / CONTROL_DIR
+    control.mkdir(exist_ok=True)
+    ident = uuid.uuid4().hex
+    request = control / f"{time.time_ns()}-{ident}.request.json"
+    tmp = control / f"{ident}.tmp"
+    tmp.write_text(json.dumps({"restart": names}))
+    os.replace(tmp, request)
+    os.kill(int(state["supervisor_pid"]), signal.SIGUSR1)
+    answer = request.with_name(request.name.replace(".request.json", ".answer.json"))
+    deadline = time.monotonic() + timeout
+    while not answer.exists():
+        if time.monotonic() > deadline or not _supervisor_alive(state):
+            out.write(f"no answer from the supervisor within {timeout:.0f}s\n")
+            return 1
+        time.sleep(0.1)
+    results: dict[str, str] = json.loads(answer.read_text())["results"]
+    answer.unlink(missing_ok=True)
+    for proc_name, outcome in results.items():
+        out.write(f"{proc_name}: {outcome}\n")
+    out.flush()
+    return 0 if all(not r.startswith("error") for r in results.values()) else 1
+
+
+def _log_files(state_dir: Path, name: str) -> list[tuple[str, Path]]:
+    state = read_state(state_dir)
+    if state is not None:
+        names = resolve_names(state, name)
+        by_name = {p["name"]: Path(p["log"]) for p in state.get("processes", [])}
+        if names:
+            return [(n, by_name[n]) for n in names]
+    logs_dir = state_dir / "logs"
+    exact = logs_dir / f"{name}.log"
+    if exact.exists():
+        return [(name, exact)]
+    found = sorted(logs_dir.glob(f"{name}-*.log"))
+    return [(path.stem, path) for path in found if path.stem.rpartition("-")[2].isdigit()]
+
+
+def _tail_lines(path: Path, lines: int) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:] if lines > 0 else []
+
+
+def _follow(files: Sequence[tuple[str, Path]], prefix: bool) -> Iterator[str]:
+    offsets = {path: path.stat().st_size if path.exists() else 0 for _, path in files}
+    while True:
+        quiet = True
+        for name, path in files:
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            if size < offsets[path]:
+                offsets[path] = 0
+            if size == offsets[path]:
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(offsets[path])
+                chunk = handle.read()
+            offsets[path] += len(chunk)
+            quiet = False
+            for line in chunk.decode(errors="replace").splitlines():
+                yield f"{name} | {line}" if prefix else line
+        if quiet:
+            time.sleep(0.2)
+
+
+def logs(state_dir: Path, name: str, out: TextIO, *, lines: int = 50, follow: bool = False) -> int:
+    """``mppo dev logs NAME``: the last ``lines`` lines of each process ``NAME`` means (every
+    replica of a service, each line prefixed with its process), then new lines as they come
+    with ``follow``. Works after the stack stopped too (the logs stay in the state dir)."""
+    state_dir = state_dir.resolve()
+    files = _log_files(state_dir, name)
+    if not files:
+        out.write(f"no log for {name!r} in {state_dir / 'logs'}\n")
+        return 2
+    prefix = len(files) > 1
+    for proc_name, path in files:
+        for line in _tail_lines(path, lines):
+            out.write(f"{proc_name} | {line}\n" if prefix else f"{line}\n")
+    out.flush()
+    if follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            for line in _follow(files, prefix):
+                out.write(line + "\n")
+                out.flush()
     return 0

@@ -28,6 +28,9 @@ DEFAULT_ADDRS: Mapping[str, str] = {
 }
 
 
+STREAM_REPLICAS_VAR = "MPPO_NATS_STREAM_REPLICAS"
+
+
 def require(env: Mapping[str, str], name: str) -> str:
     """The value of `name`, or ConfigError naming the variable."""
     value = env.get(name, "").strip()
@@ -37,12 +40,26 @@ def require(env: Mapping[str, str], name: str) -> str:
 
 
 def service_addr(env: Mapping[str, str], service: str) -> str:
-    """`host:port` of `service`, from MPPO_<SERVICE>_ADDR or its default."""
+    """Where callers reach `service`, from MPPO_<SERVICE>_ADDR or its default: `host:port`,
+    several `host:port` of its replicas (IP addresses), or a `dns:///name:port` target
+    (mppo.platform.targets; channels balance round robin over every address)."""
+    from mppo.platform.targets import validate_target  # targets imports this module
+
+    name = f"MPPO_{service.upper()}_ADDR"
+    return validate_target(name, env.get(name, "").strip() or DEFAULT_ADDRS[service])
+
+
+def listen_addr(env: Mapping[str, str], service: str) -> str:
+    """The one `host:port` process `service` listens on, from MPPO_<SERVICE>_ADDR (a replica
+    is given its own address there; its callers get every replica's)."""
     name = f"MPPO_{service.upper()}_ADDR"
     value = env.get(name, "").strip() or DEFAULT_ADDRS[service]
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{name}={value!r} is not host:port")
+    valid = sep and host and "," not in host and "/" not in host and port.isdigit()
+    if not valid or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{name}={value!r} is not host:port (the address this process listens on)"
+        )
     return value
 
 
@@ -62,11 +79,15 @@ class InfraConfig:
     nats_url: str
     nats_prefix: str
     retention: RetentionSettings = field(default_factory=_default_retention, kw_only=True)
+    #: replicas of each MPPO stream (MPPO_NATS_STREAM_REPLICAS: 1, or 3/5 on a JetStream
+    #: cluster); existing streams are brought to it at start (messaging.ensure_streams)
+    stream_replicas: int = field(default=1, kw_only=True)
 
     @classmethod
     def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> InfraConfig:
-        """Read MPPO_<SERVICE>_DATABASE_URL, MPPO_REDIS_URL, MPPO_NATS_URL, MPPO_NATS_PREFIX
-        and MPPO_RETENTION_* (refusing unsafe retention windows)."""
+        """Read MPPO_<SERVICE>_DATABASE_URL, MPPO_REDIS_URL, MPPO_NATS_URL (one URL or a
+        comma-separated list of a cluster's servers), MPPO_NATS_PREFIX,
+        MPPO_NATS_STREAM_REPLICAS and MPPO_RETENTION_* (refusing unsafe retention windows)."""
         from mppo.platform.retention import RetentionSettings  # retention imports this module
 
         source = os.environ if env is None else env
@@ -82,7 +103,16 @@ class InfraConfig:
             nats_url=require(source, "MPPO_NATS_URL"),
             nats_prefix=prefix,
             retention=RetentionSettings.from_env(source),
+            stream_replicas=stream_replicas(source),
         )
+
+
+def stream_replicas(env: Mapping[str, str]) -> int:
+    """MPPO_NATS_STREAM_REPLICAS: 1 (default), 3 or 5 (JetStream keeps an odd quorum)."""
+    raw = env.get(STREAM_REPLICAS_VAR, "").strip() or "1"
+    if raw not in ("1", "3", "5"):
+        raise ConfigError(f"{STREAM_REPLICAS_VAR}={raw!r} must be 1, 3 or 5")
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -100,7 +130,7 @@ class ServiceConfig:
         source = os.environ if env is None else env
         return cls(
             name=service,
-            addr=service_addr(source, service),
+            addr=listen_addr(source, service),
             infra=InfraConfig.from_env(service, source),
             log_level=source.get("MPPO_LOG_LEVEL", "INFO").upper(),
         )

@@ -111,8 +111,16 @@ def dlq_subject(durable: str, event_type: str, prefix: str = "") -> str:
     return subject_for(f"dlq.{durable}.{event_type}", prefix)
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of ``MPPO_NATS_URL``: one URL, or a cluster's as a comma-separated list."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(url: str, *, name: str = "mppo", connect_timeout: int = 5) -> Client:
-    """Connect to NATS, reconnecting forever with a short wait (callers own ``close()``)."""
+    """Connect to NATS, reconnecting forever with a short wait (callers own ``close()``).
+
+    ``url`` may list a cluster's servers separated by commas (any one is enough to connect;
+    the client learns the others from the cluster and fails over to them)."""
 
     async def on_error(exc: Exception) -> None:
         logger.warning("nats error: %s", exc)
@@ -124,7 +132,7 @@ async def connect(url: str, *, name: str = "mppo", connect_timeout: int = 5) -> 
         logger.info("nats reconnected")
 
     return await nats.connect(
-        url,
+        server_urls(url),
         name=name,
         connect_timeout=connect_timeout,
         allow_reconnect=True,

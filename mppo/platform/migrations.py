@@ -22,11 +22,13 @@ from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import Connection, MetaData
+from sqlalchemy import Connection, MetaData, text
 
 from mppo.platform.db import create_engine, to_async_url
 
 _CONNECTION_KEY = "connection"
+#: the advisory lock key migrations hold (one database per service, so one key is enough)
+MIGRATION_LOCK = 0x4D50504F_4D494752  # "MPPO" "MIGR"
 
 
 def alembic_config(script_location: str | Path, database_url: str | None = None) -> Config:
@@ -41,11 +43,16 @@ def alembic_config(script_location: str | Path, database_url: str | None = None)
 async def upgrade_head(
     script_location: str | Path, database_url: str, *, revision: str = "head"
 ) -> None:
-    """``alembic upgrade head`` for ``script_location`` against ``database_url``."""
+    """``alembic upgrade head`` for ``script_location`` against ``database_url``.
+
+    Replicas starting together migrate one at a time: the migration's transaction first takes
+    a transaction-level advisory lock, so the next replica waits for the commit and then finds
+    the database at head (instead of racing to create the same tables)."""
     config = alembic_config(script_location, database_url)
     engine = create_engine(database_url, application_name="mppo-migrations", pool_size=1)
     try:
         async with engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             await conn.run_sync(_upgrade, config, revision)
     finally:
         await engine.dispose()

@@ -50,6 +50,12 @@ from mppo.platform.worker import Worker
 logger = logging.getLogger(__name__)
 
 OVERALL = ""  # the health service's name for the server as a whole
+#: clients reconnect at least every 5 minutes (calls in flight get 30 s to finish), so that a
+#: round-robin client of a DNS target (a headless Service) re-resolves and finds new replicas
+SERVER_OPTIONS = (
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
+)
 CONNECT_ATTEMPT_SECONDS = 15.0
 
 
@@ -158,7 +164,10 @@ async def connect_infra(config: ServiceConfig, migrations: Path) -> Infra:
         nats = await messaging.connect(config.infra.nats_url, name=f"mppo-{config.name}")
         js = nats.jetstream()
         await messaging.ensure_streams(
-            js, config.infra.nats_prefix, limits=config.infra.retention.streams
+            js,
+            config.infra.nats_prefix,
+            limits=config.infra.retention.streams,
+            num_replicas=config.infra.stream_replicas,
         )
     except BaseException:
         if nats is not None:
@@ -325,7 +334,7 @@ def build_server(
     spec: ServiceSpec, trust: Trust | None = None
 ) -> tuple[grpc.aio.Server, HealthServicer, LateBoundHandlers]:
     """A server with tracing, health, reflection and a slot for the service's own handlers."""
-    server = grpc.aio.server(interceptors=[TracingServerInterceptor()])
+    server = grpc.aio.server(interceptors=[TracingServerInterceptor()], options=SERVER_OPTIONS)
     late = LateBoundHandlers(
         spec.grpc_services, admission(spec, trust) if trust is not None else None
     )

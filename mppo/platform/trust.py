@@ -45,6 +45,7 @@ from mppo.platform.environment import environment, is_development
 from mppo.platform.errors import PermissionDeniedError, UnauthenticatedError
 from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY, USER_JWT_KEY, Caller
 from mppo.platform.idp_jwt import AuthError, JwtVerifier, bearer_token, load_jwt_verifier
+from mppo.platform.targets import channel_options, grpc_target
 from mppo.platform.telemetry import TracingClientInterceptor
 from mppo.platform.tls import (
     TlsConfigError,
@@ -259,12 +260,14 @@ def outbound_metadata(on_behalf_of: Caller | None = None) -> tuple[tuple[str, st
 
 
 def channel(target: str, options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
-    """A channel to a peer: mutual TLS with our certificate (plaintext only in explicit dev
-    mode), carrying the trace context."""
+    """A channel to a peer at `target` (``host:port``, a list of replicas or a ``dns:///``
+    name, mppo.platform.targets), balanced round robin over its addresses: mutual TLS with
+    our certificate (plaintext only in explicit dev mode), carrying the trace context."""
     trust = current()
     interceptors: Any = [TracingClientInterceptor()]
+    address, options = grpc_target(target), channel_options(target, options)
     if trust.material is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(
-        target, channel_credentials(trust.material), options=options, interceptors=interceptors
+        address, channel_credentials(trust.material), options=options, interceptors=interceptors
     )
