@@ -13,6 +13,7 @@ from mppo.platform.db import create_sessionmaker
 from mppo.platform.runtime import Infra, Parts, Servicer, ServiceSpec
 from notification_svc.adapters.contacts import GrpcContactDirectory
 from notification_svc.adapters.mailer import SmtpMailer
+from notification_svc.adapters.page_links import GrpcPageLinks
 from notification_svc.adapters.webhook import WebhookPoster
 from notification_svc.config import NotificationConfig
 from notification_svc.entrypoints.consumers import build_consumers
@@ -74,6 +75,7 @@ def build(infra: Infra) -> Parts:
             poll_seconds=config.poll_seconds,
             settle_seconds=config.settle_seconds,
         ),
+        page_links=GrpcPageLinks(config.group_page_url, groups) if config.group_page_url else None,
     )
     group_events = GroupEventHandlers(
         contacts, webhook_enabled=config.webhook_enabled, wake=sender.wake

@@ -15,10 +15,16 @@ Besides the shared settings (docs/conventions.md):
 | `MPPO_NOTIFY_POLL_SECONDS` | how often the sender looks for due rows (new rows wake it) | `1.0` |
 | `MPPO_NOTIFY_SETTLE_SECONDS` | how long expiry notices wait for void/refund facts | `30` |
 | `MPPO_NOTIFY_SEND_TIMEOUT_SECONDS` | timeout of one SMTP or webhook delivery | `10` |
+| `MPPO_GROUP_PAGE_URL` | public base URL of the group page (`none`: no page links) | below |
 
 Without `MPPO_SMTP_ADDR`, e-mail goes to the SMTP port the local sink announces at
 `GET http://$MPPO_SMTP_SINK_ADDR/info` (`mppo dev up` sets `MPPO_SMTP_SINK_ADDR`), else to
 `127.0.0.1:8025`.
+
+Invitations, reminders and the host's fallback request link to the member's group page,
+`<MPPO_GROUP_PAGE_URL>/g/<group id>#<invite token>` (gateway/group_page.py), and name the
+provider's page after it. Without `MPPO_GROUP_PAGE_URL` the gateway `mppo dev up` announces
+(`http://$MPPO_GATEWAY_ADDR`) is used; with neither, e-mails carry the provider's link alone.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class NotificationConfig(ServiceConfig):
     poll_seconds: float = 1.0
     settle_seconds: float = 30.0
     send_timeout_seconds: float = 10.0
+    group_page_url: str = ""
 
     @property
     def webhook_enabled(self) -> bool:
@@ -83,7 +90,16 @@ class NotificationConfig(ServiceConfig):
             poll_seconds=read.number("MPPO_NOTIFY_POLL_SECONDS", 1.0, minimum=0.01),
             settle_seconds=read.number("MPPO_NOTIFY_SETTLE_SECONDS", 30.0),
             send_timeout_seconds=read.number("MPPO_NOTIFY_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            group_page_url=_group_page_url(source, read),
         )
+
+
+def _group_page_url(source: Mapping[str, str], read: Env) -> str:
+    """`MPPO_GROUP_PAGE_URL`, else the gateway `mppo dev up` announces; "" for none."""
+    if source.get("MPPO_GROUP_PAGE_URL", "").strip().lower() == "none":
+        return ""
+    gateway = source.get("MPPO_GATEWAY_ADDR", "").strip()
+    return read.url("MPPO_GROUP_PAGE_URL", f"http://{gateway}" if gateway else "")
 
 
 def load_config() -> NotificationConfig:

@@ -6,6 +6,8 @@
   so its NOT_FOUND / PERMISSION_DENIED / INVALID_ARGUMENT become our NOT_FOUND, and its answer
   says whether the user is the host and which member slots are theirs.
 * :meth:`GroupClient.contacts` — the members' contact details (our services only).
+* :meth:`GroupClient.invite_tokens` — each member's invite token, for the group page link an
+  invitation carries (our services only).
 """
 
 from __future__ import annotations
@@ -87,6 +89,20 @@ class GroupClient:
         except NotFoundError:
             return []
         return list(reply.contacts)
+
+    async def invite_tokens(self, group_id: str) -> dict[str, str]:
+        """Member id -> invite token (our services only; the capability of each member's group
+        page link); {} for a group the service does not know."""
+        request = group_service_pb2.GetGroupRequest(group_id=group_id)
+        md = self._peer.metadata()
+        try:
+            reply = await self._peer.call(
+                "GetGroup",
+                lambda: self._stub().GetGroup(request, metadata=md, timeout=self._peer.timeout),
+            )
+        except NotFoundError:
+            return {}
+        return {m.member_id: m.invite_token for m in reply.group.members if m.invite_token}
 
     async def close(self) -> None:
         """Close the channel."""

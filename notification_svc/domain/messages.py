@@ -61,8 +61,24 @@ def outcome_sentence(outcome: Outcome, params: Mapping[str, str]) -> str:
     return _OUTCOME_TEXT[outcome].format(amount=_money(params, "settled_minor"))
 
 
-def render_email(kind: Kind, params: Mapping[str, str], display_name: str) -> EmailContent:
-    """The e-mail for ``kind``; settlement kinds need ``params["outcome"]`` set."""
+def _pay_lines(lead: str, params: Mapping[str, str], page_link: str) -> list[str]:
+    """Where to pay: the member's group page when there is one (the provider's page stays
+    reachable from there and is named too), else the provider's page."""
+    link = params.get("payment_link", "")
+    if not page_link:
+        return [f"{lead}:", link]
+    lines = [f"{lead} (see your group, who has paid, and pay):", page_link]
+    if link:
+        lines.append(f"Or pay straight on the payment page: {link}")
+    return lines
+
+
+def render_email(
+    kind: Kind, params: Mapping[str, str], display_name: str, *, page_link: str = ""
+) -> EmailContent:
+    """The e-mail for ``kind``; settlement kinds need ``params["outcome"]`` set. ``page_link``
+    is the member's group page (gateway/group_page.py), which the invitation, the reminder and
+    the host's fallback request lead to when given."""
     group = params.get("group_id", "")
     hello = f"Hi {display_name}," if display_name else "Hello,"
     match kind:
@@ -71,16 +87,18 @@ def render_email(kind: Kind, params: Mapping[str, str], display_name: str) -> Em
             lines = [
                 f"Your share of the group order is {_money(params, 'share_minor')} "
                 f"(group total {_money(params, 'total_minor')}).",
-                f"Pay here before {format_time(params.get('deadline', ''))}:",
-                params.get("payment_link", ""),
+                *_pay_lines(
+                    f"Pay here before {format_time(params.get('deadline', ''))}",
+                    params,
+                    page_link,
+                ),
                 "Nothing is charged until the whole group has paid and the order is accepted.",
             ]
         case Kind.REMINDER:
             subject = "Reminder: your share of the group order is still unpaid"
             lines = [
                 f"The group pays by {format_time(params.get('deadline', ''))}.",
-                "Pay your share here:",
-                params.get("payment_link", ""),
+                *_pay_lines("Pay your share here", params, page_link),
             ]
         case Kind.PAYMENT_RECEIVED:
             subject = f"Payment received: {_money(params)}"
@@ -108,8 +126,11 @@ def render_email(kind: Kind, params: Mapping[str, str], display_name: str) -> Em
             lines = [
                 f"Not every member paid in time, so the remaining {_money(params)} moved to "
                 "you as the host.",
-                f"Pay here before {format_time(params.get('grace_deadline', ''))}:",
-                params.get("payment_link", ""),
+                *_pay_lines(
+                    f"Pay here before {format_time(params.get('grace_deadline', ''))}",
+                    params,
+                    page_link,
+                ),
             ]
     body = "\n\n".join([hello, *lines, f"Group: {group}", "-- MPPO"]) + "\n"
     return EmailContent(subject=subject, body=body)

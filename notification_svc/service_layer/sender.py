@@ -29,6 +29,7 @@ from mppo.platform.events import format_timestamp
 from mppo.platform.logs import bind_ids
 from mppo.platform.worker import LoopWorker
 from notification_svc.adapters.contacts import ContactDirectory
+from notification_svc.adapters.page_links import PageLinks
 from notification_svc.domain.messages import EmailContent, render_email, webhook_body
 from notification_svc.domain.model import (
     SETTLEMENT_KINDS,
@@ -36,11 +37,15 @@ from notification_svc.domain.model import (
     Contact,
     DeliveryError,
     DeliveryResult,
+    Kind,
     Notification,
     Result,
 )
 from notification_svc.domain.outcome import SETTLED, outcome_for
 from notification_svc.service_layer.unit_of_work import NotificationUnitOfWork
+
+#: e-mails that link to the member's group page (gateway/group_page.py) when one is configured
+PAGE_LINK_KINDS = frozenset({Kind.INVITATION, Kind.REMINDER, Kind.HOST_FALLBACK})
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +107,10 @@ class Sender(LoopWorker):
         mailer: Mailer,
         poster: Poster | None,
         policy: SenderPolicy,
+        page_links: PageLinks | None = None,
     ) -> None:
         super().__init__(poll_interval=policy.poll_seconds)
+        self._page_links = page_links
         self._uow = uow
         self._contacts = contacts
         self._mailer = mailer
@@ -264,7 +271,13 @@ class Sender(LoopWorker):
         contact = group_contacts.get(row.member_id)
         if contact is None or not contact.email:
             raise DeliveryError("recipient has no e-mail address", permanent=True)
-        content = render_email(row.kind, params, contact.display_name)
+        page = ""
+        if self._page_links is not None and row.kind in PAGE_LINK_KINDS:
+            try:
+                page = await self._page_links.link(row.group_id, row.member_id)
+            except UnavailableError:
+                raise DeliveryError("group service unavailable for the page link") from None
+        content = render_email(row.kind, params, contact.display_name, page_link=page)
         await self._mailer.send(
             delivery_id=row.notification_id,
             to=contact.email,

@@ -124,3 +124,15 @@ def test_webhook_body_is_compact_json_with_ids_and_facts() -> None:
         "e1",
     )
     assert b" " not in body
+
+
+def test_link_e_mails_lead_to_the_group_page_and_still_name_the_payment_page() -> None:
+    page = "https://mppo.example/g/g1#tok"
+    params = {"payment_link": LINK, "deadline": "", "amount_minor": "700", "currency": "EUR"}
+    for kind in (Kind.INVITATION, Kind.REMINDER, Kind.HOST_FALLBACK):
+        body = render_email(kind, params, "Ann", page_link=page).body
+        assert page in body
+        assert body.index(page) < body.index(LINK)  # the page first, the provider's page after
+    without = render_email(Kind.INVITATION, params, "Ann").body
+    assert "group page" not in without
+    assert LINK in without

@@ -1,0 +1,265 @@
+"""The members' group page: what one member of a group order sees without logging in.
+
+Routes (registered by :func:`add_routes` before the REST catch-all):
+
+| route | answer |
+| --- | --- |
+| `GET /g/{group_id}` | the page: static HTML, the same for everyone; no data in it |
+| `GET /g/assets/group-page.js`, `.css` | its script and style (`gateway/static/`) |
+| `GET /g/{group_id}/state` | JSON: what the member holding the `X-Mppo-Invite` token may see |
+
+The capability is the member's invite token, the one the group service issued for the member's
+slot (192 random bits, `secrets.token_urlsafe(24)`). The invitation e-mail links to
+`/g/<group_id>#<token>`: the token rides in the URL fragment, which the browser never sends
+to a server (no access log, no `Referer`); the script hands it to `/state` in a header. The
+gateway reads the group as itself (its certificate: the service view, tokens included), finds
+the member whose token matches (constant-time compare against every member) and answers only
+what that member may see:
+
+- the cart (lines, fees, tax, tip, total), the deadline, the group's status;
+- their own share, what they paid, their status and -- while the group is open and they owe
+  -- their own payment link;
+- every member's display name and whether they have paid: no e-mails, phones, user ids,
+  amounts, links or tokens of anyone else.
+
+A wrong group id, an unknown token and a malformed one get the same 404. Every answer carries a
+strict Content-Security-Policy (scripts, styles and fetches from this origin only; no inline
+script or style, no frames, no forms, no base URI), `Referrer-Policy: no-referrer`, `nosniff`,
+`X-Frame-Options: DENY` and `Cache-Control: no-store`; the script writes text with
+`textContent` only, so names and cart lines are shown, never interpreted. The state endpoint
+is rate limited per client IP like the REST API.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2
+
+from mppo.group.v1 import group_pb2, group_service_pb2
+from mppo.platform.money import format_minor
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+INVITE_HEADER = "X-Mppo-Invite"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+ASSETS = {
+    "group-page.js": "text/javascript",
+    "group-page.css": "text/css",
+}
+_GROUP_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}\Z")
+_GET_GROUP = "GetGroup"
+
+GROUP_STATUS = {
+    group_pb2.GROUP_STATUS_DRAFT: "DRAFT",
+    group_pb2.GROUP_STATUS_OPEN: "OPEN",
+    group_pb2.GROUP_STATUS_PENDING: "PENDING",
+    group_pb2.GROUP_STATUS_CONFIRMED: "CONFIRMED",
+    group_pb2.GROUP_STATUS_EXPIRED: "EXPIRED",
+    group_pb2.GROUP_STATUS_CANCELLED: "CANCELLED",
+}
+MEMBER_STATUS = {
+    group_pb2.MEMBER_STATUS_INVITED: "INVITED",
+    group_pb2.MEMBER_STATUS_JOINED: "JOINED",
+    group_pb2.MEMBER_STATUS_AWAITING_PAYMENT: "AWAITING_PAYMENT",
+    group_pb2.MEMBER_STATUS_PAID: "PAID",
+    group_pb2.MEMBER_STATUS_PAYMENT_FAILED: "PAYMENT_FAILED",
+    group_pb2.MEMBER_STATUS_COVERED_BY_HOST: "COVERED_BY_HOST",
+}
+#: the group's states after which nothing changes any more (the page stops polling)
+FINAL = frozenset({"CONFIRMED", "EXPIRED", "CANCELLED"})
+#: member states in which the member still owes their share
+OWES = frozenset({"AWAITING_PAYMENT", "PAYMENT_FAILED"})
+
+
+class NoSuchPageError(Exception):
+    """The group or the member the token names does not exist (one answer for every case)."""
+
+
+def _money(amount_minor: int, currency: str) -> str:
+    return format_minor(amount_minor, currency)
+
+
+def _time(ts: Timestamp) -> str:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return ""
+    return ts.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _http_link(link: str) -> str:
+    return link if link.startswith(("https://", "http://")) else ""
+
+
+def member_view(group: group_pb2.GroupOrder, invite_token: str, now: datetime) -> dict[str, Any]:
+    """What the member holding `invite_token` may see of `group`; NoSuchPageError when no
+    member holds it. Compares against every member in constant time per token."""
+    you: group_pb2.Member | None = None
+    for member in group.members:
+        # every member is compared (no early exit), each compare in constant time
+        if member.invite_token and secrets.compare_digest(
+            member.invite_token.encode(), invite_token.encode()
+        ):
+            you = member
+    if you is None:
+        raise NoSuchPageError
+    currency = group.total.currency_code
+    status = GROUP_STATUS.get(group.status, "UNKNOWN")
+    own_status = MEMBER_STATUS.get(you.status, "UNKNOWN")
+    payable = (
+        status == "OPEN"
+        and own_status in OWES
+        and you.amount_paid.amount_minor < (you.share.amount_minor)
+    )
+    return {
+        "status": status,
+        "final": status in FINAL,
+        "deadline": _time(group.deadline),
+        "graceDeadline": _time(group.grace_deadline),
+        "serverTime": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "items": [
+            {
+                "name": line.name,
+                "quantity": line.quantity,
+                "amount": _money(line.quantity * line.unit_price_minor, currency),
+            }
+            for line in group.items
+        ],
+        "extras": [
+            {"name": name, "amount": _money(value, currency)}
+            for name, value in (
+                ("Fees", group.fees_minor),
+                ("Tax", group.tax_minor),
+                ("Tip", group.tip_minor),
+            )
+            if value
+        ],
+        "total": _money(group.total.amount_minor, currency),
+        "you": {
+            "name": you.display_name,
+            "host": you.role == group_pb2.MEMBER_ROLE_HOST,
+            "status": own_status,
+            "share": _money(you.share.amount_minor, currency),
+            "paid": _money(you.amount_paid.amount_minor, currency),
+            "payLink": _http_link(you.payment_link) if payable else "",
+        },
+        "members": [
+            {
+                "name": m.display_name,
+                "paid": m.status == group_pb2.MEMBER_STATUS_PAID,
+                "you": m.member_id == you.member_id,
+            }
+            for m in group.members
+            if m.required
+        ],
+    }
+
+
+class GroupPage:
+    """The page's handlers, over the gateway's upstreams, limiter and error answers."""
+
+    def __init__(self, gateway: Any) -> None:
+        # gateway.app.Gateway (not imported: app.py imports this module)
+        self._gateway = gateway
+        self._binding = next(
+            b
+            for b in gateway.catalog.bindings
+            if b.service == "mppo.group.v1.GroupService" and b.method.name == _GET_GROUP
+        )
+
+    @staticmethod
+    def _secure(response: web.StreamResponse) -> web.StreamResponse:
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        """The HTML shell (the same bytes for every group and member)."""
+        if not _GROUP_ID.match(request.match_info["group_id"]):
+            return self._secure(self._gateway.error(code_pb2.NOT_FOUND, "no such page"))
+        return self._secure(
+            web.Response(body=(STATIC / "group-page.html").read_bytes(), content_type="text/html")
+        )
+
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        """The page's script or style."""
+        name = request.match_info["name"]
+        kind = ASSETS.get(name)
+        if kind is None:
+            return self._secure(self._gateway.error(code_pb2.NOT_FOUND, "no such asset"))
+        response = web.Response(body=(STATIC / name).read_bytes(), content_type=kind)
+        self._secure(response)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    async def state(self, request: web.Request) -> web.StreamResponse:
+        """What the member holding the invite token may see, as JSON."""
+        gateway = self._gateway
+        decision = await gateway.limiter.take(
+            f"ip:{request.remote or 'unknown'}", gateway.config.ip_limit
+        )
+        if not decision.allowed:
+            return self._secure(gateway._refused(decision))
+        group_id = request.match_info["group_id"]
+        token = request.headers.get(INVITE_HEADER, "")
+        if not _GROUP_ID.match(group_id) or not _TOKEN.match(token):
+            return self._not_found()
+        message = group_service_pb2.GetGroupRequest(group_id=group_id)
+        metadata = [
+            ("x-request-id", request["request_id"]),
+            ("traceparent", request["traceparent"]),
+            ("x-mppo-service", "gateway"),
+        ]
+        try:
+            reply = await gateway.upstreams.call(self._binding, message, metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return self._not_found()
+            logger.warning("group page: GetGroup %s", exc.code().name)
+            return self._secure(
+                gateway.error(
+                    code_pb2.UNAVAILABLE,
+                    "the group service is unavailable",
+                    headers={"Retry-After": "1"},
+                    http=503,
+                )
+            )
+        group = group_service_pb2.GetGroupResponse.FromString(reply.SerializeToString()).group
+        try:
+            view = member_view(group, token, datetime.now(UTC))
+        except NoSuchPageError:
+            return self._not_found()
+        return self._secure(web.json_response(view))
+
+    def _not_found(self) -> web.StreamResponse:
+        return self._secure(
+            self._gateway.error(code_pb2.NOT_FOUND, "no such group page (the link is not valid)")
+        )
+
+
+def add_routes(app: web.Application, gateway: Any) -> None:
+    """The page's routes; call before the REST catch-all is added."""
+    page = GroupPage(gateway)
+    app.router.add_get("/g/assets/{name}", page.asset)
+    app.router.add_get("/g/{group_id}", page.page)
+    app.router.add_get("/g/{group_id}/state", page.state)
