@@ -19,6 +19,7 @@ from mppo.order.v1 import order_events_pb2
 from mppo.payment.v1 import payment_events_pb2
 from mppo.platform.db import create_sessionmaker
 from mppo.platform.inbox import EventConsumer
+from mppo.platform.providers import ProviderChoice
 from mppo.platform.runtime import Infra, Parts, Servicer, ServiceSpec
 from mppo.platform.worker import Worker
 
@@ -49,6 +50,7 @@ class Core:
             reminder_lead=self.settings.reminder_lead,
             cache=self.cache,
             clock=utcnow,
+            providers=ProviderChoice.from_env(),
         )
 
     async def close(self) -> None:
@@ -77,6 +79,7 @@ def build(infra: Infra) -> Parts:
             handlers={
                 payment_events_pb2.PaymentSucceeded: h.payment_succeeded,
                 payment_events_pb2.PaymentFailed: h.payment_failed,
+                payment_events_pb2.AuthorizationExpiring: h.authorization_expiring,
             },
             prefix=prefix,
         ),
@@ -93,7 +96,9 @@ def build(infra: Infra) -> Parts:
         ),
     ]
     if core.settings.scheduler_enabled:
-        workers.append(core.scheduler())
+        scheduler = core.scheduler()
+        h.wake_when_due(scheduler.wake)
+        workers.append(scheduler)
     servicer = GroupServiceServicer(h, core.uow, core.cache, utcnow)
     return Parts(
         servicers=[Servicer(group_service_pb2_grpc.add_GroupServiceServicer_to_server, servicer)],

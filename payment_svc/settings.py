@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from mppo.platform.config import ConfigError, ServiceConfig, service_addr
 from mppo.platform.environment import ENV_VAR, environment, is_development, secret
+from mppo.platform.providers import DEFAULT_HOLD_WINDOWS, ProviderChoice
 from mppo.platform.settings import Env
 from payment_svc.sandbox.config import DEFAULT_ADDR as SANDBOX_DEFAULT_ADDR
 from payment_svc.sandbox.config import DEV_API_KEY, DEV_WEBHOOK_SECRET
@@ -89,6 +91,10 @@ class PaymentSettings:
     paypal: PayPalSettings | None = None
     #: the group service, asked who may see a group's payments
     group_addr: str = ""
+    #: how long each provider holds an authorization (mppo.platform.providers)
+    hold_windows: Mapping[str, timedelta] = field(
+        default_factory=lambda: dict(DEFAULT_HOLD_WINDOWS)
+    )
 
     @classmethod
     def from_env(cls, source: Mapping[str, str] | None = None) -> PaymentSettings:
@@ -144,6 +150,7 @@ class PaymentSettings:
             razorpay=razorpay,
             paypal=paypal,
             group_addr=service_addr(values, "group"),
+            hold_windows=ProviderChoice.from_env(values).hold_windows,
         )
 
 

@@ -18,6 +18,7 @@ from group_svc.domain.model import (
 from group_svc.domain.split import ShareSpec, SplitMode
 from mppo.common.v1 import cart_pb2, money_pb2
 from mppo.group.v1 import group_pb2
+from mppo.payment.v1 import payment_pb2
 
 STATUS_TO_PROTO: Mapping[GroupStatus, group_pb2.GroupStatus.ValueType] = {
     GroupStatus.DRAFT: group_pb2.GROUP_STATUS_DRAFT,
@@ -67,6 +68,23 @@ def timestamp(moment: datetime | None) -> Timestamp | None:
 def from_timestamp(ts: Timestamp) -> datetime:
     """An aware UTC datetime."""
     return ts.ToDatetime(tzinfo=UTC)
+
+
+def provider_name(value: payment_pb2.Provider.ValueType) -> str | None:
+    """A Provider as the payment service names it ("" for unspecified); None if unknown."""
+    if value == payment_pb2.PROVIDER_UNSPECIFIED:
+        return ""
+    try:
+        return payment_pb2.Provider.Name(value).removeprefix("PROVIDER_").lower()
+    except ValueError:
+        return None
+
+
+def provider_to_proto(name: str) -> payment_pb2.Provider.ValueType:
+    """A provider name as the Provider enum (unspecified for "")."""
+    if not name:
+        return payment_pb2.PROVIDER_UNSPECIFIED
+    return payment_pb2.Provider.Value(f"PROVIDER_{name.upper()}")
 
 
 def money(amount_minor: int, currency: str) -> money_pb2.Money:
@@ -153,6 +171,7 @@ def group_to_proto(group: Group) -> group_pb2.GroupOrder:
                 joined_at=timestamp(m.joined_at),
                 paid_at=timestamp(m.paid_at),
                 invite_token=m.invite_token,
+                provider=provider_to_proto(m.provider),
             )
         )
     return out

@@ -110,31 +110,32 @@ _CHILDREN = """
     SET display_name = u.display_name, user_id = u.user_id, status = u.status,
         share_spec = u.share_spec::jsonb, share_minor = u.share_minor,
         paid_minor = u.paid_minor, required = u.required, attempt = u.attempt,
-        joined_at = u.joined_at, paid_at = u.paid_at
+        joined_at = u.joined_at, paid_at = u.paid_at, provider = u.provider
     FROM unnest({m_member_id}::text[], {m_display_name}::text[], {m_user_id}::text[],
                 {m_status}::text[], {m_share_spec}::text[], {m_share_minor}::bigint[],
                 {m_paid_minor}::bigint[], {m_required}::boolean[], {m_attempt}::integer[],
-                {m_joined_at}::timestamptz[], {m_paid_at}::timestamptz[])
+                {m_joined_at}::timestamptz[], {m_paid_at}::timestamptz[], {m_provider}::text[])
         AS u(member_id, display_name, user_id, status, share_spec, share_minor, paid_minor,
-             required, attempt, joined_at, paid_at)
+             required, attempt, joined_at, paid_at, provider)
     WHERE m.member_id = u.member_id AND m.group_id = {group_id}::text
       AND EXISTS (SELECT FROM g)
 ), new_members AS (
     INSERT INTO group_members (member_id, group_id, position, role, display_name, user_id,
         email_enc, phone_enc, pii_key_id, status, share_spec, share_minor, paid_minor,
-        required, attempt, invite_token, joined_at, paid_at)
+        required, attempt, invite_token, joined_at, paid_at, provider)
     SELECT u.member_id, {group_id}::text, u.position, u.role, u.display_name, u.user_id,
         u.email_enc, u.phone_enc, u.pii_key_id, u.status, u.share_spec::jsonb, u.share_minor,
-        u.paid_minor, u.required, u.attempt, u.invite_token, u.joined_at, u.paid_at
+        u.paid_minor, u.required, u.attempt, u.invite_token, u.joined_at, u.paid_at,
+        u.provider
     FROM unnest({n_member_id}::text[], {n_position}::integer[], {n_role}::text[],
                 {n_display_name}::text[], {n_user_id}::text[], {n_email_enc}::bytea[],
                 {n_phone_enc}::bytea[], {n_pii_key_id}::text[], {n_status}::text[],
                 {n_share_spec}::text[], {n_share_minor}::bigint[], {n_paid_minor}::bigint[],
                 {n_required}::boolean[], {n_attempt}::integer[], {n_invite_token}::text[],
-                {n_joined_at}::timestamptz[], {n_paid_at}::timestamptz[])
+                {n_joined_at}::timestamptz[], {n_paid_at}::timestamptz[], {n_provider}::text[])
         AS u(member_id, position, role, display_name, user_id, email_enc, phone_enc,
              pii_key_id, status, share_spec, share_minor, paid_minor, required, attempt,
-             invite_token, joined_at, paid_at)
+             invite_token, joined_at, paid_at, provider)
     WHERE EXISTS (SELECT FROM g)
 ), attempts AS (
     INSERT INTO group_payments_state (row_id, group_id, member_id, attempt, amount_minor,
@@ -170,12 +171,12 @@ WITH g AS (
     INSERT INTO group_orders (group_id, host_user_id, merchant_id, currency_code, items,
         fees_minor, tax_minor, tip_minor, total_minor, split_mode, fallback_policy, deadline,
         status, version, frozen_at, order_id, close_reason, grace_deadline, fallback_at,
-        fallback_notified_at, reminder_sent_at, created_at, updated_at)
+        fallback_notified_at, reminder_sent_at, created_at, updated_at, due_reason)
     VALUES ({group_id}, {host_user_id}, {merchant_id}, {currency_code}, {items}::text::jsonb,
         {fees_minor}, {tax_minor}, {tip_minor}, {total_minor}, {split_mode},
         {fallback_policy}, {deadline}, {status}, {version}, {frozen_at}, {order_id},
         {close_reason}, {grace_deadline}, {fallback_at}, {fallback_notified_at},
-        {reminder_sent_at}, {created_at}, {updated_at})
+        {reminder_sent_at}, {created_at}, {updated_at}, {due_reason})
     RETURNING version
 )"""
     + _CHILDREN
@@ -192,7 +193,8 @@ WITH g AS (
         version = {version} + 1, frozen_at = {frozen_at}, order_id = {order_id},
         close_reason = {close_reason}, grace_deadline = {grace_deadline},
         fallback_at = {fallback_at}, fallback_notified_at = {fallback_notified_at},
-        reminder_sent_at = {reminder_sent_at}, updated_at = {updated_at}
+        reminder_sent_at = {reminder_sent_at}, updated_at = {updated_at},
+        due_reason = {due_reason}
     WHERE group_id = {group_id} AND version = {version}
     RETURNING version
 )"""
@@ -353,6 +355,7 @@ class GroupRepository(_Statements):
             fallback_at=row["fallback_at"],
             fallback_notified_at=row["fallback_notified_at"],
             reminder_sent_at=row["reminder_sent_at"],
+            due_reason=row["due_reason"],
         )
         for m in group.members:
             self._members_written[m.member_id] = self._member_state(m)
@@ -479,6 +482,7 @@ class GroupRepository(_Statements):
             attempt=row["attempt"],
             joined_at=row["joined_at"],
             paid_at=row["paid_at"],
+            provider=row["provider"],
         )
 
     async def save(self, group: Group, new_members: set[str] | None = None) -> None:
@@ -510,6 +514,7 @@ class GroupRepository(_Statements):
             "attempt": m.attempt,
             "joined_at": m.joined_at,
             "paid_at": m.paid_at,
+            "provider": m.provider,
         }
 
     @staticmethod
@@ -618,16 +623,22 @@ class GroupRepository(_Statements):
             "fallback_at": group.fallback_at,
             "fallback_notified_at": group.fallback_notified_at,
             "reminder_sent_at": group.reminder_sent_at,
+            "due_reason": group.due_reason,
             "created_at": group.created_at,
             "updated_at": group.updated_at,
         }
 
-    async def history(self, group_id: str) -> list[Any]:
-        """Every status change of a group, oldest first."""
+    async def history(
+        self, group_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[Any]:
+        """A group's status changes, oldest first: the `limit` first after the change `after`
+        (keyset on the history row's id)."""
         rows = await self._session.execute(
             select(group_status_history)
             .where(group_status_history.c.group_id == group_id)
+            .where(group_status_history.c.id > after)
             .order_by(group_status_history.c.id)
+            .limit(limit)
         )
         return list(rows.mappings().all())
 
@@ -644,6 +655,7 @@ _MEMBER_STATE = (
     "attempt",
     "joined_at",
     "paid_at",
+    "provider",
 )
 
 

@@ -51,6 +51,8 @@ group_orders = Table(
     Column("reminder_sent_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # why the group became due before its deadline (a hold about to lapse)
+    Column("due_reason", Text, nullable=False, server_default=""),
 )
 Index("ix_group_orders_host", group_orders.c.host_user_id, group_orders.c.created_at)
 Index(
@@ -86,6 +88,7 @@ group_members = Table(
     Column("invite_token", Text, nullable=False),
     Column("joined_at", DateTime(timezone=True)),
     Column("paid_at", DateTime(timezone=True)),
+    Column("provider", Text, nullable=False, server_default=""),
     UniqueConstraint("group_id", "position", name="uq_group_members_position"),
 )
 Index("ix_group_members_user", group_members.c.user_id)

@@ -24,6 +24,7 @@ from mppo.platform.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from mppo.platform.providers import ProviderChoice
 
 #: Most members a group may have, the host included (documented limit; requests over it get
 #: INVALID_ARGUMENT).
@@ -116,6 +117,8 @@ class Member:
     attempt: int = 0
     joined_at: datetime | None = None
     paid_at: datetime | None = None
+    #: the provider the member pays with ("": the payment service's default)
+    provider: str = ""
 
     @property
     def secured(self) -> bool:
@@ -157,6 +160,8 @@ class NewMember:
     phone: str
     user_id: str
     share_spec: ShareSpec
+    #: the provider the member prefers ("": the payment service's default)
+    provider: str = ""
 
 
 @dataclass
@@ -187,6 +192,8 @@ class Group:
     fallback_at: datetime | None = None
     fallback_notified_at: datetime | None = None
     reminder_sent_at: datetime | None = None
+    #: why the group became due before its deadline (a hold about to lapse); "" otherwise
+    due_reason: str = ""
     new_history: list[HistoryEntry] = field(default_factory=list)
     removed_member_ids: list[str] = field(default_factory=list)
     #: recorded domain events, drained (and published) by the unit of work on commit
@@ -242,6 +249,7 @@ class Group:
             user_id=host_user_id,
             share_spec=host.share_spec,
             status=MemberStatus.JOINED,
+            provider=host.provider,
             invite_token=secrets.token_urlsafe(24),
             joined_at=now,
         )
@@ -413,6 +421,7 @@ class Group:
                     user_id=spec.user_id,
                     share_spec=spec.share_spec,
                     status=MemberStatus.INVITED,
+                    provider=spec.provider,
                     invite_token=secrets.token_urlsafe(24),
                 )
             )
@@ -487,6 +496,95 @@ class Group:
             member.status = MemberStatus.JOINED
         self.updated_at = now
         return member
+
+    def check_holds(
+        self, providers: ProviderChoice, now: datetime, field_name: str = "deadline"
+    ) -> None:
+        """Refuse a deadline the holds of the providers in play cannot outlast: a share paid now
+        must still be held when the group completes at its deadline (InvalidArgumentError
+        naming `field_name`). Only DRAFT and OPEN groups are checked."""
+        if self.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
+            return
+        name, window = providers.shortest_window(m.provider for m in self.members)
+        if self.deadline - now > window:
+            hours = window.total_seconds() / 3600
+            raise InvalidArgumentError(
+                f"the deadline is further away than {name} holds a payment ({hours:g} hours)",
+                [
+                    FieldViolation(
+                        field_name,
+                        f"at most {hours:g} hours from now: {name} holds a payment that long",
+                    )
+                ],
+                reason="DEADLINE_BEYOND_HOLD",
+            )
+
+    def choose_provider(self, member: Member, provider: str, changes: bool) -> bool:
+        """The member pays with `provider` from now on (`changes`: it is not the provider of
+        their current link). True when their unpaid payment link must be replaced by a new
+        attempt at that provider (the group has planned their payment already)."""
+        if not changes:
+            return False
+        if self.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
+            raise FailedPreconditionError(f"the group is {self.status}", reason="GROUP_CLOSED")
+        if member.secured and member.required:
+            raise FailedPreconditionError(
+                "the member's share is paid already; the provider cannot change",
+                reason="ALREADY_PAID",
+            )
+        if member.status is MemberStatus.COVERED_BY_HOST:
+            raise FailedPreconditionError("the host covers this share", reason="COVERED_BY_HOST")
+        member.provider = provider
+        current = self.current_attempt(member)
+        if self.frozen_at is None or current is None or not member.required:
+            return False
+        if current.status not in (AttemptStatus.REQUESTED, AttemptStatus.FAILED):
+            return False
+        self._new_attempt(member, member.share_minor - member.paid_minor)
+        if self.status is GroupStatus.OPEN:
+            member.status = MemberStatus.AWAITING_PAYMENT
+        return True
+
+    def hold_lapsing(self, payment_id: str, lapses_at: datetime, actor: str, now: datetime) -> bool:
+        """A secured share's hold lapses at `lapses_at` and the group has not completed: the
+        hold policy (docs/payment.md, "Holds that never lapse"). An OPEN group with every
+        required share secured is finalized now; otherwise it becomes due now (deadline, or
+        the host's grace period, brought forward), so the scheduler applies its fallback at
+        once with this reason; the history records why. Nothing for other groups (PENDING: the
+        order is capturing; closed: everything is released). True when the group changed."""
+        attempt = self.attempt_by_payment(payment_id)
+        if (
+            self.status is not GroupStatus.OPEN
+            or attempt is None
+            or attempt.status is not AttemptStatus.SUCCEEDED
+            or attempt.captured
+            or self.due_reason
+        ):
+            return False
+        member = self.member(attempt.member_id)
+        why = (
+            f"the hold of {member.display_name}'s share lapses at "
+            f"{lapses_at.strftime('%Y-%m-%d %H:%M')} UTC"
+        )
+        if self.fully_paid:
+            self.transition(GroupStatus.PENDING, f"{why}: all shares secured", actor, now)
+            self.events += [ev.FullyPaid(), ev.Finalized()]
+            return True
+        self.due_reason = why
+        self.new_history.append(
+            HistoryEntry(
+                GroupStatus.OPEN,
+                GroupStatus.OPEN,
+                f"{why}: the fallback applies now instead of at the deadline",
+                actor,
+                now,
+            )
+        )
+        self.deadline = min(self.deadline, now)
+        if self.grace_deadline is not None:
+            self.grace_deadline = min(self.grace_deadline, now)
+        self.updated_at = now
+        return True
 
     def freeze(self, now: datetime) -> None:
         """Lock the shares and plan attempt 1 for every member who owes something."""

@@ -31,6 +31,7 @@ from group_svc.adapters.proto_mapping import (
     STATUS_FROM_PROTO,
     STATUS_TO_PROTO,
     group_to_proto,
+    provider_name,
     redact,
     spec_from_proto,
     timestamp,
@@ -272,7 +273,23 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
             raise InvalidArgumentError(
                 "invite token required", [FieldViolation("invite_token", "required")]
             )
-        cmd = c.JoinGroup(caller, request.group_id, request.invite_token)
+        provider = provider_name(request.provider)
+        if provider is None:
+            raise InvalidArgumentError(
+                "unknown provider", [FieldViolation("provider", "not a known provider")]
+            )
+        cmd = c.JoinGroup(caller, request.group_id, request.invite_token, provider)
+        if provider:  # may replace the member's payment link: the multi-step path
+            with bind_ids(group_id=request.group_id):
+                view = await self._finishing(
+                    context,
+                    "JoinGroup",
+                    caller,
+                    request,
+                    lambda uow, finish: self._h.join_with_provider(cmd, uow, finish),
+                )
+            member_id = next((m.member_id for m in view.members if m.user_id == caller.user_id), "")
+            return pb.JoinGroupResponse(group=view, member_id=member_id)
 
         async def work(uow: GroupUnitOfWork) -> pb.JoinGroupResponse:
             group, member = await self._h.join_group(cmd, uow)

@@ -10,6 +10,7 @@ from group_svc.adapters.proto_mapping import (
     FALLBACK_FROM_PROTO,
     SPLIT_FROM_PROTO,
     from_timestamp,
+    provider_name,
     spec_from_proto,
 )
 from group_svc.domain.model import MAX_MEMBERS, CartLine, FallbackPolicy, NewMember
@@ -39,12 +40,16 @@ def member_input(
     phone = member.phone.strip()
     if phone and not _PHONE.match(phone):
         bad.append(FieldViolation(f"{label}.phone", "E.164, e.g. +14155550100"))
+    provider = provider_name(member.provider)
+    if provider is None:
+        bad.append(FieldViolation(f"{label}.provider", "not a known provider"))
     return NewMember(
         display_name=member.display_name.strip(),
         email=email,
         phone=phone,
         user_id=user_id or member.user_id.strip(),
         share_spec=spec_from_proto(member.share_spec),
+        provider=provider or "",
     )
 
 

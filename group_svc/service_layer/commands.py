@@ -119,6 +119,8 @@ class JoinGroup:
     caller: Caller
     group_id: str
     invite_token: str
+    #: the provider the member names ("": none named)
+    provider: str = ""
 
 
 @dataclass(frozen=True)

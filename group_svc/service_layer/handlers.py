@@ -53,7 +53,7 @@ from typing import Any, Protocol
 
 from group_svc.adapters.repository import Duties
 from group_svc.domain.lifecycle import GroupStatus
-from group_svc.domain.model import FallbackOutcome, Group, Member, PaymentOutcome
+from group_svc.domain.model import FallbackOutcome, Group, Member, NewMember, PaymentOutcome
 from group_svc.service_layer import commands as c
 from group_svc.service_layer.unit_of_work import GroupUnitOfWork
 from mppo.common.v1 import cart_pb2
@@ -63,6 +63,7 @@ from mppo.platform.errors import (
     ConflictError,
     DomainError,
     FailedPreconditionError,
+    FieldViolation,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -72,6 +73,7 @@ from mppo.platform.errors import (
 from mppo.platform.identity import Caller
 from mppo.platform.logs import bind_ids
 from mppo.platform.money import format_minor
+from mppo.platform.providers import PROVIDERS, ProviderChoice
 from mppo.platform.rpc_status import is_retryable
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class Payments(Protocol):
         currency_code: str,
         description: str,
         payer_user_id: str,
+        provider: str = "",
     ) -> payment_pb2.Payment: ...
 
     async def release(
@@ -190,13 +193,21 @@ class GroupHandlers:
         reminder_lead: timedelta,
         cache: SnapshotCache | None = None,
         clock: Callable[[], datetime] = utcnow,
+        providers: ProviderChoice | None = None,
     ) -> None:
+        self._providers = providers or ProviderChoice(configured=PROVIDERS, default="sandbox")
+        #: wakes the expiry scheduler (bootstrap sets it) when a group became due early
+        self._on_due: Callable[[], None] | None = None
         self._payments = payments
         self._orders = orders
         self._host_grace = host_grace
         self._reminder_lead = reminder_lead
         self._cache = cache
         self._clock = clock
+
+    def wake_when_due(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (the expiry scheduler's) after a commit that made a group due early."""
+        self._on_due = wake
 
     def _invalidate_after_commit(self, uow: GroupUnitOfWork, group: Group) -> None:
         if self._cache is not None:
@@ -281,8 +292,26 @@ class GroupHandlers:
 
     # ---- commands and queries (inside the caller's unit of work) -------------------------
 
+    def _check_providers(self, named: Sequence[tuple[str, str]]) -> None:
+        """Refuse providers the payment service does not offer: (field, provider) pairs."""
+        bad = [
+            FieldViolation(label, f"not a configured provider; one of {self._providers.configured}")
+            for label, provider in named
+            if not self._providers.is_configured(provider)
+        ]
+        if bad:
+            raise InvalidArgumentError("unknown payment provider", bad, reason="PROVIDER_UNKNOWN")
+
+    def _check_new_members(self, members: Sequence[NewMember], label: str) -> None:
+        self._check_providers(
+            [(f"{label}[{i}].provider", m.provider) for i, m in enumerate(members)]
+        )
+
     def _new_group(self, cmd: c.CreateGroup) -> Group:
-        return Group.create(
+        self._check_providers([("host.provider", cmd.host.provider)])
+        self._check_new_members(cmd.members, "members")
+        now = self._clock()
+        group = Group.create(
             group_id=str(uuid.uuid4()),
             host_user_id=require_user(cmd.caller),
             merchant_id=cmd.merchant_id,
@@ -297,8 +326,10 @@ class GroupHandlers:
             host=cmd.host,
             members=cmd.members,
             actor=cmd.caller.label,
-            now=self._clock(),
+            now=now,
         )
+        group.check_holds(self._providers, now)
+        return group
 
     async def quote_cart(self, cmd: c.CreateGroup) -> c.CreateGroup:
         """The command with its cart priced by the merchant's catalogue (through the order
@@ -368,7 +399,9 @@ class GroupHandlers:
     async def add_members(self, cmd: c.AddMembers, uow: GroupUnitOfWork) -> Group:
         """The host adds guests to a DRAFT group."""
         group = await _load_for_host(uow, cmd.caller, cmd.group_id)
+        self._check_new_members(cmd.members, "members")
         added = group.add_members(cmd.members, self._clock(), "members")
+        group.check_holds(self._providers, self._clock(), "members")
         await uow.groups.save(group, new_members={m.member_id for m in added})
         self._invalidate_after_commit(uow, group)
         return group
@@ -401,6 +434,35 @@ class GroupHandlers:
         member = group.join(cmd.invite_token, user_id, self._clock())
         await uow.groups.save(group)
         return group, member
+
+    async def join_with_provider(
+        self, cmd: c.JoinGroup, uow: GroupUnitOfWork, finish: Finish | None = None
+    ) -> Group:
+        """A user accepts an invitation and names the provider they pay with. When their
+        payment was planned at another provider (the group is open, or being opened), the
+        unpaid link is closed first and a new attempt at this provider is requested, as for a
+        retry (`finish` runs in the transaction that stores it). `uow` is given closed."""
+        user_id = require_user(cmd.caller)
+        self._check_providers([("provider", cmd.provider)])
+
+        async def load(tx: GroupUnitOfWork) -> Group:
+            group = await tx.groups.get(cmd.group_id, lock=True)
+            if group is None:
+                raise NotFoundError(f"group {cmd.group_id} not found")
+            return group
+
+        def change(group: Group) -> str:
+            now = self._clock()
+            member = group.join(cmd.invite_token, user_id, now)
+            resolve = self._providers.resolve
+            changes = resolve(member.provider) != resolve(cmd.provider)
+            group.choose_provider(member, cmd.provider, changes)
+            if changes:
+                group.check_holds(self._providers, now, "provider")
+            return f"the member pays with {resolve(cmd.provider)} instead"
+
+        group = await self._change_closing_checkouts(uow, cmd.group_id, load, change)
+        return await self._complete_intents(cmd.group_id, cmd.caller.label, uow, group, finish)
 
     async def group_history(self, query: c.GetGroupHistory, uow: GroupUnitOfWork) -> list[Any]:
         """Every status change of a group the caller may see, oldest first."""
@@ -541,6 +603,7 @@ class GroupHandlers:
                     f"{format_minor(attempt.amount_minor, group.currency_code)}"
                 ),
                 payer_user_id=member.user_id,
+                provider=member.provider,
             )
         async with uow:
             locked = await uow.groups.get(group_id, lock=True)
@@ -596,8 +659,11 @@ class GroupHandlers:
                 def change(group: Group, outcomes: list[FallbackOutcome] = outcomes) -> str | None:
                     if not group.is_due(now):  # another scheduler was first
                         return None
-                    reason = "grace period passed" if group.fallback_at else "deadline passed"
+                    reason = group.due_reason or (
+                        "grace period passed" if group.fallback_at else "deadline passed"
+                    )
                     outcome = group.apply_fallback(cmd.actor, reason, self._host_grace, now)
+                    group.due_reason = ""
                     outcomes.append(outcome)
                     return _fallback_reason(outcome, reason)
 
@@ -700,6 +766,32 @@ class GroupHandlers:
             if group.mark_pending(now):
                 logger.info("group fully paid; finalized")
             await uow.groups.save(group)
+
+    async def authorization_expiring(
+        self, msg: payment_events_pb2.AuthorizationExpiring, uow: GroupUnitOfWork
+    ) -> None:
+        """A secured share's hold lapses soon (payment.authorization_expiring): the hold policy
+        (`Group.hold_lapsing`): finalize now when everything is secured, otherwise the group
+        becomes due now and the scheduler applies its fallback at once (woken here)."""
+        with bind_ids(group_id=msg.group_id, payment_id=msg.payment_id):
+            group = await uow.groups.get(msg.group_id, lock=True)
+            if group is None:
+                logger.warning("payment.authorization_expiring for an unknown group; ignored")
+                return
+            now = self._clock()
+            lapses_at = (
+                msg.authorization_expire_time.ToDatetime(tzinfo=UTC)
+                if msg.HasField("authorization_expire_time")
+                else now
+            )
+            if not group.hold_lapsing(msg.payment_id, lapses_at, "system:holds", now):
+                logger.info("a hold lapses soon; the group (%s) needs nothing", group.status)
+                return
+            logger.warning("a hold lapses soon: %s", group.due_reason or "finalized early")
+            await uow.groups.save(group)
+            self._invalidate_after_commit(uow, group)
+            if self._on_due is not None:
+                uow.after_commit(self._on_due)
 
     async def payment_failed(
         self, msg: payment_events_pb2.PaymentFailed, uow: GroupUnitOfWork

@@ -44,8 +44,10 @@ class PaymentClient:
         currency_code: str,
         description: str,
         payer_user_id: str,
+        provider: str = "",
     ) -> Payment:
-        """CreatePaymentIntent, idempotent per (group, member, attempt)."""
+        """CreatePaymentIntent, idempotent per (group, member, attempt); `provider` by name
+        ("sandbox", "stripe", "razorpay", "paypal"; "": the payment service's default)."""
         request = payment_service_pb2.CreatePaymentIntentRequest(
             group_id=group_id,
             member_id=member_id,
@@ -53,6 +55,11 @@ class PaymentClient:
             amount=money_pb2.Money(amount_minor=amount_minor, currency_code=currency_code),
             description=description,
             payer_user_id=payer_user_id,
+            provider=(
+                payment_pb2.Provider.Value(f"PROVIDER_{provider.upper()}")
+                if provider
+                else payment_pb2.PROVIDER_UNSPECIFIED
+            ),
         )
         md = self._md(intent_key(group_id, member_id, attempt))
         reply = await self._peer.call(

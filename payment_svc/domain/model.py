@@ -187,8 +187,17 @@ class Payment:
         self.events.append(PaymentEvent("authorization_expiring"))
 
     # provider reports ------------------------------------------------------------------------
-    def observe(self, seen: Observation, *, reason: str, actor: str) -> bool:
-        """Apply a provider report, moving only forward; True when anything changed."""
+    def observe(
+        self,
+        seen: Observation,
+        *,
+        reason: str,
+        actor: str,
+        hold_until: datetime | None = None,
+    ) -> bool:
+        """Apply a provider report, moving only forward; True when anything changed. A hold
+        the provider reports no lapse time for lapses at `hold_until` (the provider's
+        configured hold window from now)."""
         if seen.authorization_expires_at is not None and self.authorization_expires_at is None:
             self.authorization_expires_at = seen.authorization_expires_at
         before = (self.status, self.amount_refunded_minor, self.amount_captured_minor)
@@ -198,6 +207,12 @@ class Payment:
         path = self._path_to(target)
         for step in path:
             self._enter(step, seen, reason, actor)
+        if (
+            self.status is S.AUTHORIZED
+            and self.authorization_expires_at is None
+            and hold_until is not None
+        ):
+            self.authorization_expires_at = hold_until
         return before != (self.status, self.amount_refunded_minor, self.amount_captured_minor)
 
     def _path_to(self, target: PaymentStatus) -> list[PaymentStatus]:

@@ -240,6 +240,21 @@ async def faults(request: web.Request) -> web.Response:
     return web.json_response(deliverer.faults.to_json())
 
 
+async def clock(request: web.Request) -> web.Response:
+    """GET or POST /_sandbox/clock (JSON ``{"offset_seconds": -597600}``): how far the sandbox's
+    clock is from real time. A negative offset makes a hold placed now as old as one placed
+    that long ago, so its ``capture_before`` comes that much sooner (test holds that lapse
+    without waiting days); 0 resets it."""
+    store = request.app[STORE_KEY]
+    if request.method == "POST":
+        body = await request.json()
+        try:
+            store.clock_offset = float(body.get("offset_seconds", 0))
+        except (TypeError, ValueError):
+            return web.json_response({"error": "offset_seconds must be a number"}, status=400)
+    return web.json_response({"offset_seconds": store.clock_offset, "now": int(store.now())})
+
+
 async def release(request: web.Request) -> web.Response:
     """POST /_sandbox/webhooks/release (JSON ``{"order": "reverse"}`` or in order)."""
     body = await request.json() if request.can_read_body else {}
@@ -286,6 +301,7 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_post("/_sandbox/events/{id}/resend", resend_event)
     app.router.add_route("*", "/_sandbox/faults", faults)
     app.router.add_post("/_sandbox/webhooks/release", release)
+    app.router.add_route("*", "/_sandbox/clock", clock)
     app.router.add_get("/healthz", healthz)
     return app
 

@@ -99,6 +99,9 @@ class Store:
         self.idempotency: dict[str, Obj] = {}
         self._public_url = public_url.rstrip("/")
         self._authorization_seconds = authorization_days * 86400
+        #: seconds the sandbox's clock is off real time (POST /_sandbox/clock): what it stamps
+        #: on objects (created, capture_before) moves with it; webhook signatures do not
+        self.clock_offset = 0.0
         self._journal_path = journal
         self._journal: TextIO | None = None
         self.on_event = on_event
@@ -138,6 +141,10 @@ class Store:
             self._journal.write(json.dumps({"t": kind, "d": data}, separators=(",", ":")) + "\n")
             self._journal.flush()
 
+    def now(self) -> float:
+        """The sandbox's clock: real time plus the offset set through /_sandbox/clock."""
+        return time.time() + self.clock_offset
+
     def save(self, kind: str, obj: Obj) -> Obj:
         """Record a new version of an object."""
         self._write(kind, obj)
@@ -167,7 +174,7 @@ class Store:
             "id": new_id("evt"),
             "object": "event",
             "api_version": "2025-01-27.acacia",
-            "created": int(time.time()),
+            "created": int(self.now()),
             "type": event_type,
             "livemode": False,
             "pending_webhooks": 1,
@@ -196,7 +203,7 @@ class Store:
             group_id=str(intent.get("metadata", {}).get("group_id", "")),
             amount=amount,
             currency=str(intent["currency"]),
-            created=time.time(),
+            created=self.now(),
         )
         self.ledger.append(entry)
         self._write("ledger", entry.to_json())
@@ -273,7 +280,7 @@ class Store:
         pi_data = params.get("payment_intent_data") or {}
         capture_method = str(pi_data.get("capture_method", "automatic"))
         metadata = {**(params.get("metadata") or {}), **(pi_data.get("metadata") or {})}
-        now = int(time.time())
+        now = int(self.now())
         session_id = new_id("cs_test")
         intent: Obj = {
             "id": new_id("pi"),
@@ -361,10 +368,10 @@ class Store:
                 "card": {
                     "brand": "visa",
                     "last4": card[-4:],
-                    "capture_before": int(time.time() + self._authorization_seconds),
+                    "capture_before": int(self.now() + self._authorization_seconds),
                 },
             },
-            "created": int(time.time()),
+            "created": int(self.now()),
             "_card": card,
         }
         self.charges[charge["id"]] = self.save("charge", charge)
@@ -432,7 +439,7 @@ class Store:
         intent.update(
             status="canceled",
             amount_capturable=0,
-            canceled_at=int(time.time()),
+            canceled_at=int(self.now()),
             cancellation_reason=reason or "requested_by_customer",
         )
         session = self.sessions.get(str(intent.get("_session")))
@@ -478,7 +485,7 @@ class Store:
             "payment_intent": intent["id"],
             "reason": reason or None,
             "status": "succeeded",
-            "created": int(time.time()),
+            "created": int(self.now()),
             "metadata": {},
         }
         self.refunds[refund["id"]] = self.save("refund", refund)

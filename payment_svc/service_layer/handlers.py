@@ -54,6 +54,7 @@ from mppo.platform.errors import (
 from mppo.platform.event_types import subject_of
 from mppo.platform.identity import Caller
 from mppo.platform.logs import bind_ids
+from mppo.platform.providers import DEFAULT_HOLD_WINDOWS
 from payment_svc.adapters.providers.base import (
     CheckoutRequest,
     PaymentProvider,
@@ -214,6 +215,12 @@ class PaymentHandlers:
         if found is None:
             raise NotFoundError(f"payment provider {name!r} is not configured", "UNKNOWN_PROVIDER")
         return found
+
+    def _hold_until(self, payment: Payment) -> datetime:
+        """When a hold placed now lapses at the payment's provider by its configured window
+        (used when the provider reports no lapse time of its own)."""
+        window = self.settings.hold_windows.get(payment.provider, DEFAULT_HOLD_WINDOWS["stripe"])
+        return self._clock() + window
 
     def _prepare(self, payment: Payment) -> Payment:
         provider = self.providers.get(payment.provider)
@@ -397,7 +404,9 @@ class PaymentHandlers:
         """Apply a provider's state under the row lock; (payment, whether it changed)."""
         async with uow:
             payment = await self._load(uow, payment_id, lock=True)
-            changed = payment.observe(observation(state), reason=reason, actor=actor)
+            changed = payment.observe(
+                observation(state), reason=reason, actor=actor, hold_until=self._hold_until(payment)
+            )
             if (
                 state.provider_payment_id
                 and state.provider_payment_id != payment.provider_payment_id
@@ -821,7 +830,9 @@ class PaymentHandlers:
         else:
             seen = event_observation(event, event.status)
             outcome = "applied"
-        if not payment.observe(seen, reason=reason, actor=f"provider:{name}"):
+        if not payment.observe(
+            seen, reason=reason, actor=f"provider:{name}", hold_until=self._hold_until(payment)
+        ):
             return "unchanged"
         await self._after_change(uow, payment)
         await uow.payments.save(payment)

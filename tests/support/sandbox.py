@@ -80,6 +80,10 @@ class SandboxProcess(ChildProcess):
         """``POST /_sandbox/faults``."""
         return await self._json("POST", "/_sandbox/faults", json=values)
 
+    async def clock(self, offset_seconds: float) -> Any:
+        """``POST /_sandbox/clock``: run the sandbox's clock this far from real time."""
+        return await self._json("POST", "/_sandbox/clock", json={"offset_seconds": offset_seconds})
+
     async def release(self, order: str = "in_order") -> Any:
         """``POST /_sandbox/webhooks/release``."""
         return await self._json("POST", "/_sandbox/webhooks/release", json={"order": order})

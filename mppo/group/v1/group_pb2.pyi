@@ -11,6 +11,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mppo.common.v1 import cart_pb2 as _cart_pb2
 from mppo.common.v1 import money_pb2 as _money_pb2
+from mppo.payment.v1 import payment_pb2 as _payment_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -241,6 +242,7 @@ class MemberInput(_message.Message):
     PHONE_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     SHARE_SPEC_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Display name shown to the other members."""
     email: _builtins.str
@@ -249,6 +251,10 @@ class MemberInput(_message.Message):
     """Phone number in E.164 form (optional); stored encrypted and never logged."""
     user_id: _builtins.str
     """The member's user id when already known to the client app (optional)."""
+    provider: _payment_pb2.Provider.ValueType
+    """The provider the member prefers to pay with (optional): one of those the payment service
+    has configured; unspecified means the payment service's default.
+    """
     @_builtins.property
     def share_spec(self) -> Global___ShareSpec:
         """The member's split parameter."""
@@ -261,10 +267,11 @@ class MemberInput(_message.Message):
         phone: _builtins.str = ...,
         user_id: _builtins.str = ...,
         share_spec: Global___ShareSpec | None = ...,
+        provider: _payment_pb2.Provider.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["share_spec", b"share_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "phone", b"phone", "share_spec", b"share_spec", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "phone", b"phone", "provider", b"provider", "share_spec", b"share_spec", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,6 +299,7 @@ class Member(_message.Message):
     JOINED_AT_FIELD_NUMBER: _builtins.int
     PAID_AT_FIELD_NUMBER: _builtins.int
     INVITE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     """Server-assigned member id."""
     user_id: _builtins.str
@@ -314,6 +322,8 @@ class Member(_message.Message):
     """E-mail address; only shown to the host and to the member themself."""
     invite_token: _builtins.str
     """Token the member presents to join the group; only shown to the host."""
+    provider: _payment_pb2.Provider.ValueType
+    """The provider the member pays with; unspecified means the payment service's default."""
     @_builtins.property
     def share_spec(self) -> Global___ShareSpec:
         """The member's split parameter."""
@@ -353,10 +363,11 @@ class Member(_message.Message):
         joined_at: _timestamp_pb2.Timestamp | None = ...,
         paid_at: _timestamp_pb2.Timestamp | None = ...,
         invite_token: _builtins.str = ...,
+        provider: _payment_pb2.Provider.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount_paid", b"amount_paid", "joined_at", b"joined_at", "paid_at", b"paid_at", "share", b"share", "share_spec", b"share_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_paid", b"amount_paid", "attempt", b"attempt", "display_name", b"display_name", "email", b"email", "invite_token", b"invite_token", "joined_at", b"joined_at", "member_id", b"member_id", "paid_at", b"paid_at", "payment_id", b"payment_id", "payment_link", b"payment_link", "required", b"required", "role", b"role", "share", b"share", "share_spec", b"share_spec", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_paid", b"amount_paid", "attempt", b"attempt", "display_name", b"display_name", "email", b"email", "invite_token", b"invite_token", "joined_at", b"joined_at", "member_id", b"member_id", "paid_at", b"paid_at", "payment_id", b"payment_id", "payment_link", b"payment_link", "provider", b"provider", "required", b"required", "role", b"role", "share", b"share", "share_spec", b"share_spec", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,9 +26,10 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mppo.common.v1 import cart_pb2 as mppo_dot_common_dot_v1_dot_cart__pb2
 from mppo.group.v1 import group_pb2 as mppo_dot_group_dot_v1_dot_group__pb2
+from mppo.payment.v1 import payment_pb2 as mppo_dot_payment_dot_v1_dot_payment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mppo/group/v1/group_service.proto\x12\rmppo.group.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mppo/common/v1/cart.proto\x1a\x19mppo/group/v1/group.proto\"\x8e\x03\n\x12\x43reateGroupRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x15\n\rcurrency_code\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.mppo.common.v1.LineItem\x12\x12\n\nfees_minor\x18\x04 \x01(\x03\x12\x11\n\ttax_minor\x18\x05 \x01(\x03\x12\x11\n\ttip_minor\x18\x06 \x01(\x03\x12,\n\nsplit_mode\x18\x07 \x01(\x0e\x32\x18.mppo.group.v1.SplitMode\x12\x36\n\x0f\x66\x61llback_policy\x18\x08 \x01(\x0e\x32\x1d.mppo.group.v1.FallbackPolicy\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04host\x18\n \x01(\x0b\x32\x1a.mppo.group.v1.MemberInput\x12+\n\x07members\x18\x0b \x03(\x0b\x32\x1a.mppo.group.v1.MemberInput\"?\n\x13\x43reateGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"#\n\x0fGetGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"<\n\x10GetGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"f\n\x11ListGroupsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.mppo.group.v1.GroupStatus\"X\n\x12ListGroupsResponse\x12)\n\x06groups\x18\x01 \x03(\x0b\x32\x19.mppo.group.v1.GroupOrder\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x11\x41\x64\x64MembersRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12+\n\x07members\x18\x02 \x03(\x0b\x32\x1a.mppo.group.v1.MemberInput\">\n\x12\x41\x64\x64MembersResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\":\n\x13RemoveMemberRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"@\n\x14RemoveMemberResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\":\n\x10JoinGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x14\n\x0cinvite_token\x18\x02 \x01(\t\"P\n\x11JoinGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\x12\x11\n\tmember_id\x18\x02 \x01(\t\"N\n\x0bMemberShare\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12,\n\nshare_spec\x18\x02 \x01(\x0b\x32\x18.mppo.group.v1.ShareSpec\"\x9a\x01\n\x12UpdateSplitRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12,\n\nsplit_mode\x18\x02 \x01(\x0e\x32\x18.mppo.group.v1.SplitMode\x12*\n\x06shares\x18\x03 \x03(\x0b\x32\x1a.mppo.group.v1.MemberShare\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x03\"?\n\x13UpdateSplitResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"$\n\x10OpenGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"=\n\x11OpenGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"(\n\x14\x46orceFinalizeRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"A\n\x15\x46orceFinalizeResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"6\n\x12\x43\x61ncelGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x13\x43\x61ncelGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"*\n\x16GetGroupHistoryRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"G\n\x17GetGroupHistoryResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.mppo.group.v1.StatusChange\"+\n\x17GetGroupContactsRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"\x7f\n\rMemberContact\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\r\n\x05phone\x18\x04 \x01(\t\x12\'\n\x04role\x18\x05 \x01(\x0e\x32\x19.mppo.group.v1.MemberRole\"J\n\x18GetGroupContactsResponse\x12.\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x1c.mppo.group.v1.MemberContact\":\n\x13RetryPaymentRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"@\n\x14RetryPaymentResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder2\xae\x0c\n\x0cGroupService\x12g\n\x0b\x43reateGroup\x12!.mppo.group.v1.CreateGroupRequest\x1a\".mppo.group.v1.CreateGroupResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\"\x06/group:\x01*\x12\x66\n\x08GetGroup\x12\x1e.mppo.group.v1.GetGroupRequest\x1a\x1f.mppo.group.v1.GetGroupResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/group/{group_id}\x12\x61\n\nListGroups\x12 .mppo.group.v1.ListGroupsRequest\x1a!.mppo.group.v1.ListGroupsResponse\"\x0e\x82\xd3\xe4\x93\x02\x08\x12\x06/group\x12w\n\nAddMembers\x12 .mppo.group.v1.AddMembersRequest\x1a!.mppo.group.v1.AddMembersResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/group/{group_id}/members:\x01*\x12\x86\x01\n\x0cRemoveMember\x12\".mppo.group.v1.RemoveMemberRequest\x1a#.mppo.group.v1.RemoveMemberResponse\"-\x82\xd3\xe4\x93\x02\'*%/group/{group_id}/members/{member_id}\x12q\n\tJoinGroup\x12\x1f.mppo.group.v1.JoinGroupRequest\x1a .mppo.group.v1.JoinGroupResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/group/{group_id}/join:\x01*\x12x\n\x0bUpdateSplit\x12!.mppo.group.v1.UpdateSplitRequest\x1a\".mppo.group.v1.UpdateSplitResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x1a\x17/group/{group_id}/split:\x01*\x12q\n\tOpenGroup\x12\x1f.mppo.group.v1.OpenGroupRequest\x1a .mppo.group.v1.OpenGroupResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/group/{group_id}/open:\x01*\x12\x87\x01\n\rForceFinalize\x12#.mppo.group.v1.ForceFinalizeRequest\x1a$.mppo.group.v1.ForceFinalizeResponse\"+\x82\xd3\xe4\x93\x02%\" /group/{group_id}/force-finalize:\x01*\x12y\n\x0b\x43\x61ncelGroup\x12!.mppo.group.v1.CancelGroupRequest\x1a\".mppo.group.v1.CancelGroupResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/group/{group_id}/cancel:\x01*\x12\x83\x01\n\x0fGetGroupHistory\x12%.mppo.group.v1.GetGroupHistoryRequest\x1a&.mppo.group.v1.GetGroupHistoryResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/group/{group_id}/history\x12\x97\x01\n\x0cRetryPayment\x12\".mppo.group.v1.RetryPaymentRequest\x1a#.mppo.group.v1.RetryPaymentResponse\">\x82\xd3\xe4\x93\x02\x38\"3/group/{group_id}/members/{member_id}/retry-payment:\x01*\x12\x63\n\x10GetGroupContacts\x12&.mppo.group.v1.GetGroupContactsRequest\x1a\'.mppo.group.v1.GetGroupContactsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mppo/group/v1/group_service.proto\x12\rmppo.group.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mppo/common/v1/cart.proto\x1a\x19mppo/group/v1/group.proto\x1a\x1dmppo/payment/v1/payment.proto\"\x8e\x03\n\x12\x43reateGroupRequest\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x15\n\rcurrency_code\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.mppo.common.v1.LineItem\x12\x12\n\nfees_minor\x18\x04 \x01(\x03\x12\x11\n\ttax_minor\x18\x05 \x01(\x03\x12\x11\n\ttip_minor\x18\x06 \x01(\x03\x12,\n\nsplit_mode\x18\x07 \x01(\x0e\x32\x18.mppo.group.v1.SplitMode\x12\x36\n\x0f\x66\x61llback_policy\x18\x08 \x01(\x0e\x32\x1d.mppo.group.v1.FallbackPolicy\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04host\x18\n \x01(\x0b\x32\x1a.mppo.group.v1.MemberInput\x12+\n\x07members\x18\x0b \x03(\x0b\x32\x1a.mppo.group.v1.MemberInput\"?\n\x13\x43reateGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"#\n\x0fGetGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"<\n\x10GetGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"f\n\x11ListGroupsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.mppo.group.v1.GroupStatus\"X\n\x12ListGroupsResponse\x12)\n\x06groups\x18\x01 \x03(\x0b\x32\x19.mppo.group.v1.GroupOrder\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x11\x41\x64\x64MembersRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12+\n\x07members\x18\x02 \x03(\x0b\x32\x1a.mppo.group.v1.MemberInput\">\n\x12\x41\x64\x64MembersResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\":\n\x13RemoveMemberRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"@\n\x14RemoveMemberResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"g\n\x10JoinGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x14\n\x0cinvite_token\x18\x02 \x01(\t\x12+\n\x08provider\x18\x03 \x01(\x0e\x32\x19.mppo.payment.v1.Provider\"P\n\x11JoinGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\x12\x11\n\tmember_id\x18\x02 \x01(\t\"N\n\x0bMemberShare\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12,\n\nshare_spec\x18\x02 \x01(\x0b\x32\x18.mppo.group.v1.ShareSpec\"\x9a\x01\n\x12UpdateSplitRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12,\n\nsplit_mode\x18\x02 \x01(\x0e\x32\x18.mppo.group.v1.SplitMode\x12*\n\x06shares\x18\x03 \x03(\x0b\x32\x1a.mppo.group.v1.MemberShare\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x03\"?\n\x13UpdateSplitResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"$\n\x10OpenGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"=\n\x11OpenGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"(\n\x14\x46orceFinalizeRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"A\n\x15\x46orceFinalizeResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"6\n\x12\x43\x61ncelGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x13\x43\x61ncelGroupResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder\"Q\n\x16GetGroupHistoryRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x17GetGroupHistoryResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.mppo.group.v1.StatusChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x17GetGroupContactsRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"\x7f\n\rMemberContact\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\r\n\x05phone\x18\x04 \x01(\t\x12\'\n\x04role\x18\x05 \x01(\x0e\x32\x19.mppo.group.v1.MemberRole\"J\n\x18GetGroupContactsResponse\x12.\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x1c.mppo.group.v1.MemberContact\":\n\x13RetryPaymentRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"@\n\x14RetryPaymentResponse\x12(\n\x05group\x18\x01 \x01(\x0b\x32\x19.mppo.group.v1.GroupOrder2\xae\x0c\n\x0cGroupService\x12g\n\x0b\x43reateGroup\x12!.mppo.group.v1.CreateGroupRequest\x1a\".mppo.group.v1.CreateGroupResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\"\x06/group:\x01*\x12\x66\n\x08GetGroup\x12\x1e.mppo.group.v1.GetGroupRequest\x1a\x1f.mppo.group.v1.GetGroupResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/group/{group_id}\x12\x61\n\nListGroups\x12 .mppo.group.v1.ListGroupsRequest\x1a!.mppo.group.v1.ListGroupsResponse\"\x0e\x82\xd3\xe4\x93\x02\x08\x12\x06/group\x12w\n\nAddMembers\x12 .mppo.group.v1.AddMembersRequest\x1a!.mppo.group.v1.AddMembersResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/group/{group_id}/members:\x01*\x12\x86\x01\n\x0cRemoveMember\x12\".mppo.group.v1.RemoveMemberRequest\x1a#.mppo.group.v1.RemoveMemberResponse\"-\x82\xd3\xe4\x93\x02\'*%/group/{group_id}/members/{member_id}\x12q\n\tJoinGroup\x12\x1f.mppo.group.v1.JoinGroupRequest\x1a .mppo.group.v1.JoinGroupResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/group/{group_id}/join:\x01*\x12x\n\x0bUpdateSplit\x12!.mppo.group.v1.UpdateSplitRequest\x1a\".mppo.group.v1.UpdateSplitResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x1a\x17/group/{group_id}/split:\x01*\x12q\n\tOpenGroup\x12\x1f.mppo.group.v1.OpenGroupRequest\x1a .mppo.group.v1.OpenGroupResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/group/{group_id}/open:\x01*\x12\x87\x01\n\rForceFinalize\x12#.mppo.group.v1.ForceFinalizeRequest\x1a$.mppo.group.v1.ForceFinalizeResponse\"+\x82\xd3\xe4\x93\x02%\" /group/{group_id}/force-finalize:\x01*\x12y\n\x0b\x43\x61ncelGroup\x12!.mppo.group.v1.CancelGroupRequest\x1a\".mppo.group.v1.CancelGroupResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/group/{group_id}/cancel:\x01*\x12\x83\x01\n\x0fGetGroupHistory\x12%.mppo.group.v1.GetGroupHistoryRequest\x1a&.mppo.group.v1.GetGroupHistoryResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/group/{group_id}/history\x12\x97\x01\n\x0cRetryPayment\x12\".mppo.group.v1.RetryPaymentRequest\x1a#.mppo.group.v1.RetryPaymentResponse\">\x82\xd3\xe4\x93\x02\x38\"3/group/{group_id}/members/{member_id}/retry-payment:\x01*\x12\x63\n\x10GetGroupContacts\x12&.mppo.group.v1.GetGroupContactsRequest\x1a\'.mppo.group.v1.GetGroupContactsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,62 +60,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GROUPSERVICE'].methods_by_name['GetGroupHistory']._serialized_options = b'\202\323\344\223\002\033\022\031/group/{group_id}/history'
   _globals['_GROUPSERVICE'].methods_by_name['RetryPayment']._loaded_options = None
   _globals['_GROUPSERVICE'].methods_by_name['RetryPayment']._serialized_options = b'\202\323\344\223\0028\"3/group/{group_id}/members/{member_id}/retry-payment:\001*'
-  _globals['_CREATEGROUPREQUEST']._serialized_start=170
-  _globals['_CREATEGROUPREQUEST']._serialized_end=568
-  _globals['_CREATEGROUPRESPONSE']._serialized_start=570
-  _globals['_CREATEGROUPRESPONSE']._serialized_end=633
-  _globals['_GETGROUPREQUEST']._serialized_start=635
-  _globals['_GETGROUPREQUEST']._serialized_end=670
-  _globals['_GETGROUPRESPONSE']._serialized_start=672
-  _globals['_GETGROUPRESPONSE']._serialized_end=732
-  _globals['_LISTGROUPSREQUEST']._serialized_start=734
-  _globals['_LISTGROUPSREQUEST']._serialized_end=836
-  _globals['_LISTGROUPSRESPONSE']._serialized_start=838
-  _globals['_LISTGROUPSRESPONSE']._serialized_end=926
-  _globals['_ADDMEMBERSREQUEST']._serialized_start=928
-  _globals['_ADDMEMBERSREQUEST']._serialized_end=1010
-  _globals['_ADDMEMBERSRESPONSE']._serialized_start=1012
-  _globals['_ADDMEMBERSRESPONSE']._serialized_end=1074
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1076
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1134
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1136
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1200
-  _globals['_JOINGROUPREQUEST']._serialized_start=1202
-  _globals['_JOINGROUPREQUEST']._serialized_end=1260
-  _globals['_JOINGROUPRESPONSE']._serialized_start=1262
-  _globals['_JOINGROUPRESPONSE']._serialized_end=1342
-  _globals['_MEMBERSHARE']._serialized_start=1344
-  _globals['_MEMBERSHARE']._serialized_end=1422
-  _globals['_UPDATESPLITREQUEST']._serialized_start=1425
-  _globals['_UPDATESPLITREQUEST']._serialized_end=1579
-  _globals['_UPDATESPLITRESPONSE']._serialized_start=1581
-  _globals['_UPDATESPLITRESPONSE']._serialized_end=1644
-  _globals['_OPENGROUPREQUEST']._serialized_start=1646
-  _globals['_OPENGROUPREQUEST']._serialized_end=1682
-  _globals['_OPENGROUPRESPONSE']._serialized_start=1684
-  _globals['_OPENGROUPRESPONSE']._serialized_end=1745
-  _globals['_FORCEFINALIZEREQUEST']._serialized_start=1747
-  _globals['_FORCEFINALIZEREQUEST']._serialized_end=1787
-  _globals['_FORCEFINALIZERESPONSE']._serialized_start=1789
-  _globals['_FORCEFINALIZERESPONSE']._serialized_end=1854
-  _globals['_CANCELGROUPREQUEST']._serialized_start=1856
-  _globals['_CANCELGROUPREQUEST']._serialized_end=1910
-  _globals['_CANCELGROUPRESPONSE']._serialized_start=1912
-  _globals['_CANCELGROUPRESPONSE']._serialized_end=1975
-  _globals['_GETGROUPHISTORYREQUEST']._serialized_start=1977
-  _globals['_GETGROUPHISTORYREQUEST']._serialized_end=2019
-  _globals['_GETGROUPHISTORYRESPONSE']._serialized_start=2021
-  _globals['_GETGROUPHISTORYRESPONSE']._serialized_end=2092
-  _globals['_GETGROUPCONTACTSREQUEST']._serialized_start=2094
-  _globals['_GETGROUPCONTACTSREQUEST']._serialized_end=2137
-  _globals['_MEMBERCONTACT']._serialized_start=2139
-  _globals['_MEMBERCONTACT']._serialized_end=2266
-  _globals['_GETGROUPCONTACTSRESPONSE']._serialized_start=2268
-  _globals['_GETGROUPCONTACTSRESPONSE']._serialized_end=2342
-  _globals['_RETRYPAYMENTREQUEST']._serialized_start=2344
-  _globals['_RETRYPAYMENTREQUEST']._serialized_end=2402
-  _globals['_RETRYPAYMENTRESPONSE']._serialized_start=2404
-  _globals['_RETRYPAYMENTRESPONSE']._serialized_end=2468
-  _globals['_GROUPSERVICE']._serialized_start=2471
-  _globals['_GROUPSERVICE']._serialized_end=4053
+  _globals['_CREATEGROUPREQUEST']._serialized_start=201
+  _globals['_CREATEGROUPREQUEST']._serialized_end=599
+  _globals['_CREATEGROUPRESPONSE']._serialized_start=601
+  _globals['_CREATEGROUPRESPONSE']._serialized_end=664
+  _globals['_GETGROUPREQUEST']._serialized_start=666
+  _globals['_GETGROUPREQUEST']._serialized_end=701
+  _globals['_GETGROUPRESPONSE']._serialized_start=703
+  _globals['_GETGROUPRESPONSE']._serialized_end=763
+  _globals['_LISTGROUPSREQUEST']._serialized_start=765
+  _globals['_LISTGROUPSREQUEST']._serialized_end=867
+  _globals['_LISTGROUPSRESPONSE']._serialized_start=869
+  _globals['_LISTGROUPSRESPONSE']._serialized_end=957
+  _globals['_ADDMEMBERSREQUEST']._serialized_start=959
+  _globals['_ADDMEMBERSREQUEST']._serialized_end=1041
+  _globals['_ADDMEMBERSRESPONSE']._serialized_start=1043
+  _globals['_ADDMEMBERSRESPONSE']._serialized_end=1105
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1107
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1165
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1167
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1231
+  _globals['_JOINGROUPREQUEST']._serialized_start=1233
+  _globals['_JOINGROUPREQUEST']._serialized_end=1336
+  _globals['_JOINGROUPRESPONSE']._serialized_start=1338
+  _globals['_JOINGROUPRESPONSE']._serialized_end=1418
+  _globals['_MEMBERSHARE']._serialized_start=1420
+  _globals['_MEMBERSHARE']._serialized_end=1498
+  _globals['_UPDATESPLITREQUEST']._serialized_start=1501
+  _globals['_UPDATESPLITREQUEST']._serialized_end=1655
+  _globals['_UPDATESPLITRESPONSE']._serialized_start=1657
+  _globals['_UPDATESPLITRESPONSE']._serialized_end=1720
+  _globals['_OPENGROUPREQUEST']._serialized_start=1722
+  _globals['_OPENGROUPREQUEST']._serialized_end=1758
+  _globals['_OPENGROUPRESPONSE']._serialized_start=1760
+  _globals['_OPENGROUPRESPONSE']._serialized_end=1821
+  _globals['_FORCEFINALIZEREQUEST']._serialized_start=1823
+  _globals['_FORCEFINALIZEREQUEST']._serialized_end=1863
+  _globals['_FORCEFINALIZERESPONSE']._serialized_start=1865
+  _globals['_FORCEFINALIZERESPONSE']._serialized_end=1930
+  _globals['_CANCELGROUPREQUEST']._serialized_start=1932
+  _globals['_CANCELGROUPREQUEST']._serialized_end=1986
+  _globals['_CANCELGROUPRESPONSE']._serialized_start=1988
+  _globals['_CANCELGROUPRESPONSE']._serialized_end=2051
+  _globals['_GETGROUPHISTORYREQUEST']._serialized_start=2053
+  _globals['_GETGROUPHISTORYREQUEST']._serialized_end=2134
+  _globals['_GETGROUPHISTORYRESPONSE']._serialized_start=2136
+  _globals['_GETGROUPHISTORYRESPONSE']._serialized_end=2232
+  _globals['_GETGROUPCONTACTSREQUEST']._serialized_start=2234
+  _globals['_GETGROUPCONTACTSREQUEST']._serialized_end=2277
+  _globals['_MEMBERCONTACT']._serialized_start=2279
+  _globals['_MEMBERCONTACT']._serialized_end=2406
+  _globals['_GETGROUPCONTACTSRESPONSE']._serialized_start=2408
+  _globals['_GETGROUPCONTACTSRESPONSE']._serialized_end=2482
+  _globals['_RETRYPAYMENTREQUEST']._serialized_start=2484
+  _globals['_RETRYPAYMENTREQUEST']._serialized_end=2542
+  _globals['_RETRYPAYMENTRESPONSE']._serialized_start=2544
+  _globals['_RETRYPAYMENTRESPONSE']._serialized_end=2608
+  _globals['_GROUPSERVICE']._serialized_start=2611
+  _globals['_GROUPSERVICE']._serialized_end=4193
 # @@protoc_insertion_point(module_scope)

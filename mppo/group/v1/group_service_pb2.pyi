@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from mppo.common.v1 import cart_pb2 as _cart_pb2
 from mppo.group.v1 import group_pb2 as _group_pb2
+from mppo.payment.v1 import payment_pb2 as _payment_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -171,7 +172,7 @@ class ListGroupsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number of groups to return (default 20, at most 100)."""
+    """Maximum number of groups to return (default 20, maximum 100; more is read as 100)."""
     page_token: _builtins.str
     """Token from a previous response to continue from."""
     status: _group_pb2.GroupStatus.ValueType
@@ -329,19 +330,25 @@ class JoinGroupRequest(_message.Message):
 
     GROUP_ID_FIELD_NUMBER: _builtins.int
     INVITE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     group_id: _builtins.str
     """The group id."""
     invite_token: _builtins.str
     """The invite token from the invitation."""
+    provider: _payment_pb2.Provider.ValueType
+    """The provider the member will pay with (optional; one of those configured). Named after
+    the group opened, it replaces the member's unpaid payment link with one at this provider.
+    """
     def __init__(
         self,
         *,
         group_id: _builtins.str = ...,
         invite_token: _builtins.str = ...,
+        provider: _payment_pb2.Provider.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "invite_token", b"invite_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "invite_token", b"invite_token", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -612,16 +619,24 @@ class GetGroupHistoryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GROUP_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     group_id: _builtins.str
     """The group id."""
+    page_size: _builtins.int
+    """Maximum number of transitions to return (default and maximum 100; more is read as 100)."""
+    page_token: _builtins.str
+    """Token from a previous response to continue from."""
     def __init__(
         self,
         *,
         group_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,18 +649,22 @@ class GetGroupHistoryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[_group_pb2.StatusChange]:
-        """Every transition, oldest first."""
+        """The transitions, oldest first."""
 
     def __init__(
         self,
         *,
         changes: _abc.Iterable[_group_pb2.StatusChange] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

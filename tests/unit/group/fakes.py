@@ -324,6 +324,8 @@ class FakePayments:
     close_calls: list[str] = field(default_factory=list)
     close_errors: dict[str, DomainError] = field(default_factory=dict)
     paid_first: set[str] = field(default_factory=set)
+    #: the provider each intent was asked for ("": the default), by (group, member, attempt)
+    providers: dict[tuple[str, str, int], str] = field(default_factory=dict)
     #: called with each payment id before its page is closed (to look at the group then)
     on_close: Callable[[str], None] | None = None
 
@@ -337,8 +339,10 @@ class FakePayments:
         currency_code: str,
         description: str,
         payer_user_id: str,
+        provider: str = "",
     ) -> payment_pb2.Payment:
         self.create_calls += 1
+        self.providers[(group_id, member_id, attempt)] = provider
         if self.fail_next > 0:
             self.fail_next -= 1
             raise UnavailableError("provider down (test)")
