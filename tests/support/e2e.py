@@ -101,6 +101,20 @@ class Stack:
     def smtp_sink(self) -> str:
         return self.url("smtp-sink")
 
+    def addrs(self, name: str) -> list[str]:
+        """Every replica's address of service ``name`` (one unless started with replicas)."""
+        return [str(a) for a in self.state["services"][name].get("addrs", [self.addr(name)])]
+
+    def current(self) -> Json:
+        """``devstack.json`` as it is now (pids change when the supervisor restarts one)."""
+        state: Json = json.loads((self.state_dir / "devstack.json").read_text())
+        return state
+
+    def process(self, name: str) -> Json:
+        """The current record of process ``name`` (``group-1``, ``nats-2``, ...)."""
+        found: Json = next(p for p in self.current()["processes"] if p["name"] == name)
+        return found
+
     def database_url(self, name: str) -> str:
         return str(self.state["services"][name]["database_url"])
 
@@ -133,13 +147,32 @@ class Stack:
         return [pid for pid in self.pids if pid_alive(pid)]
 
 
-def start_stack(root: Path, env: Mapping[str, Mapping[str, str]] | None = None) -> Stack:
-    """``mppo dev up --detach`` of every default service on free ports under ``root``."""
+def start_stack(
+    root: Path,
+    env: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    services: Sequence[ServiceDef] = DEFAULT_SERVICES,
+    replicas: int = 1,
+    nats_cluster: int = 1,
+    observability: bool = False,
+) -> Stack:
+    """``mppo dev up --detach`` of ``services`` (every default one) on free ports under
+    ``root``, each scalable one ``replicas`` times, on ``nats_cluster`` nats-servers; with
+    ``observability``, Prometheus scrapes every process (``endpoints.prometheus``)."""
     root.mkdir(parents=True, exist_ok=True)
     services_file = root / "services.json"
-    services_file.write_text(json.dumps(services_json(DEFAULT_SERVICES, env), indent=2))
+    services_file.write_text(json.dumps(services_json(services, env), indent=2))
     state_dir = root / "state"
-    up = mppo(*isolated_up_args(state_dir, services_file))
+    up = mppo(
+        *isolated_up_args(
+            state_dir,
+            services_file,
+            replicas=replicas,
+            nats_cluster=nats_cluster,
+            observability=observability,
+        ),
+        timeout=420,
+    )
     if up.returncode != 0:
         mppo("dev", "down", "--state-dir", str(state_dir), timeout=120)
         raise RuntimeError(f"mppo dev up failed:\n{up.stdout}\n{up.stderr}")
