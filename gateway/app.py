@@ -37,6 +37,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway import group_page
 from gateway.auth import AuthError, JwksSource, JwtVerifier
 from gateway.config import GatewayConfig
 from gateway.descriptors import Catalog
@@ -453,6 +454,7 @@ def build_app(config: GatewayConfig, catalog: Catalog | None = None) -> web.Appl
     app = web.Application(middlewares=[gateway.middleware], client_max_size=config.max_body)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/openapi.json", gateway.openapi_json)
+    group_page.add_routes(app, gateway)  # the members' group page, /g/... (no JWT)
     # Every path, control characters included (`.` would stop at a newline), reaches `handle`.
     app.router.add_route("*", r"/{tail:[\s\S]*}", gateway.handle)
 
