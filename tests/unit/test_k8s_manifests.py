@@ -68,6 +68,9 @@ DEFAULTED: dict[str, str] = {
     "MPPO_PAYMENT_RETURN_URL": "optional: where the provider page sends the payer back",
     "MPPO_PAYMENT_DEFAULT_PROVIDER": "stripe in prod",
     "MPPO_STRIPE_API_BASE": "the real Stripe API unless overridden",
+    "MPPO_STRIPE_API_KEY": "only payment pods hold it (checked below); the others read the "
+    "providers from MPPO_PAYMENT_PROVIDERS",
+    "MPPO_GATEWAY_ADDR": "the local Python gateway of mppo dev up; pods set MPPO_GROUP_PAGE_URL",
 }
 #: prefixes of optional tuning and optional providers
 DEFAULTED_PREFIXES = {
@@ -84,6 +87,7 @@ DEFAULTED_PREFIXES = {
     "MPPO_MERCHANT_TIMEOUT": "tuning",
     "MPPO_MERCHANT_ATTEMPTS": "tuning",
     "MPPO_NOTIFY_": "delivery tuning",
+    "MPPO_HOLD_WINDOW_": "how long each provider holds an authorization, provider defaults",
 }
 #: not variables: stream names
 STREAM_NAMES = {"MPPO_GROUP", "MPPO_PAYMENT", "MPPO_ORDER", "MPPO_DLQ"}
