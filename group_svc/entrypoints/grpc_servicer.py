@@ -45,7 +45,7 @@ from group_svc.service_layer.handlers import Finish, GroupHandlers, is_service, 
 from group_svc.service_layer.unit_of_work import GroupUnitOfWork
 from mppo.group.v1 import group_pb2, group_service_pb2_grpc
 from mppo.group.v1 import group_service_pb2 as pb
-from mppo.platform import idempotency
+from mppo.platform import idempotency, paging
 from mppo.platform.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from mppo.platform.identity import Caller, caller_from
 from mppo.platform.logs import bind_ids
@@ -210,11 +210,7 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
     ) -> pb.ListGroupsResponse:
         caller = caller_from(_metadata(context))
         require_user(caller)
-        size = request.page_size or 20
-        if not 1 <= size <= MAX_PAGE:
-            raise InvalidArgumentError(
-                "bad page size", [FieldViolation("page_size", f"1 to {MAX_PAGE}")]
-            )
+        size = paging.page_size(request.page_size, default=20, maximum=MAX_PAGE)
         status: GroupStatus | None = None
         if request.status:
             status = STATUS_FROM_PROTO.get(request.status)
@@ -390,9 +386,20 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         self, request: pb.GetGroupHistoryRequest, context: Ctx
     ) -> pb.GetGroupHistoryResponse:
         caller = caller_from(_metadata(context))
+        size = paging.page_size(request.page_size)
+        after = 0
+        if request.page_token:
+            key = paging.decode_token(request.page_token, 1)[0]
+            if not key.isdigit():
+                raise InvalidArgumentError(
+                    "bad page token", [FieldViolation("page_token", "use a token from a response")]
+                )
+            after = int(key)
+        query = c.GetGroupHistory(caller, request.group_id, size, after)
         async with self._uow() as uow:
-            rows = await self._h.group_history(c.GetGroupHistory(caller, request.group_id), uow)
+            rows, more = await self._h.group_history(query, uow)
         return pb.GetGroupHistoryResponse(
+            next_page_token=paging.encode_token(str(more)) if more else "",
             changes=[
                 group_pb2.StatusChange(
                     from_status=(
@@ -406,7 +413,7 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
                     change_time=timestamp(r["changed_at"]),
                 )
                 for r in rows
-            ]
+            ],
         )
 
     async def GetGroupContacts(

@@ -159,10 +159,13 @@ class CancelGroup:
 
 @dataclass(frozen=True)
 class GetGroupHistory:
-    """Every status change of a group the caller may see."""
+    """One page of the status changes of a group the caller may see: at most `page_size`
+    after the change numbered `after` (a page token's position; 0 from the start)."""
 
     caller: Caller
     group_id: str
+    page_size: int = 100
+    after: int = 0
 
 
 @dataclass(frozen=True)

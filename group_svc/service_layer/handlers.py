@@ -464,10 +464,17 @@ class GroupHandlers:
         group = await self._change_closing_checkouts(uow, cmd.group_id, load, change)
         return await self._complete_intents(cmd.group_id, cmd.caller.label, uow, group, finish)
 
-    async def group_history(self, query: c.GetGroupHistory, uow: GroupUnitOfWork) -> list[Any]:
-        """Every status change of a group the caller may see, oldest first."""
+    async def group_history(
+        self, query: c.GetGroupHistory, uow: GroupUnitOfWork
+    ) -> tuple[list[Any], int]:
+        """One page of the status changes of a group the caller may see, oldest first, and
+        the number of the page's last change when more follow (0 on the last page)."""
         await self.get_group(c.GetGroup(query.caller, query.group_id), uow)
-        return await uow.groups.history(query.group_id)
+        rows = await uow.groups.history(
+            query.group_id, after=query.after, limit=query.page_size + 1
+        )
+        more = int(rows[query.page_size - 1]["id"]) if len(rows) > query.page_size else 0
+        return rows[: query.page_size], more
 
     async def group_contacts(self, query: c.GetGroupContacts, uow: GroupUnitOfWork) -> list[Member]:
         """The members, contact details included (our services only)."""

@@ -17,7 +17,19 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Float, Integer, Interval, Text, bindparam, func, or_, select, text, update
+from sqlalchemy import (
+    Float,
+    Integer,
+    Interval,
+    Text,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -240,19 +252,24 @@ class NotificationRepository:
         member_id: str = "",
         kind: Kind | None = None,
         channel: Channel | None = None,
+        after: str = "",
+        limit: int | None = None,
     ) -> list[Notification]:
-        """A group's notifications, oldest first, optionally filtered."""
+        """A group's notifications, oldest first, optionally filtered: the `limit` first after
+        the notification `after` (keyset on its sort key, read in the same statement)."""
         t = notifications
+        order = (t.c.created_at, t.c.kind, t.c.member_id, t.c.channel, t.c.notification_id)
         query = select(t).where(t.c.group_id == group_id)
+        if after:
+            mark = select(*order).where(t.c.notification_id == after).subquery()
+            query = query.where(tuple_(*order) > tuple_(*mark.c))
         if member_id:
             query = query.where(t.c.member_id == member_id)
         if kind is not None:
             query = query.where(t.c.kind == kind.value)
         if channel is not None:
             query = query.where(t.c.channel == channel.value)
-        rows = await self._session.execute(
-            query.order_by(t.c.created_at, t.c.kind, t.c.member_id, t.c.channel)
-        )
+        rows = await self._session.execute(query.order_by(*order).limit(limit))
         return [_notification(r) for r in rows.mappings()]
 
 

@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mppo.notification.v1 import notification_service_pb2 as pb
 from mppo.notification.v1 import notification_service_pb2_grpc
+from mppo.platform import paging
 from mppo.platform.identity import caller_from
 from notification_svc.adapters.mailer import message_id
 from notification_svc.domain.model import Channel, Kind, Notification, Status
@@ -63,7 +64,9 @@ def to_proto(row: Notification) -> pb.Notification:
     )
 
 
-ListHandler = Callable[[ListNotifications, NotificationUnitOfWork], Awaitable[list[Notification]]]
+ListHandler = Callable[
+    [ListNotifications, NotificationUnitOfWork], Awaitable[tuple[list[Notification], str]]
+]
 
 
 class NotificationServiceServicer(notification_service_pb2_grpc.NotificationServiceServicer):
@@ -85,6 +88,11 @@ class NotificationServiceServicer(notification_service_pb2_grpc.NotificationServ
             member_id=request.member_id,
             kind=next((k for k, v in _KINDS.items() if v == request.kind), None),
             channel=next((c for c, v in _CHANNELS.items() if v == request.channel), None),
+            page_size=paging.page_size(request.page_size),
+            after=paging.decode_token(request.page_token, 1)[0] if request.page_token else "",
         )
-        found = await self._list(command, self._uow())
-        return pb.ListNotificationsResponse(notifications=[to_proto(n) for n in found])
+        found, more = await self._list(command, self._uow())
+        return pb.ListNotificationsResponse(
+            notifications=[to_proto(n) for n in found],
+            next_page_token=paging.encode_token(more) if more else "",
+        )

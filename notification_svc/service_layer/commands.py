@@ -17,3 +17,6 @@ class ListNotifications:
     member_id: str = ""
     kind: Kind | None = None
     channel: Channel | None = None
+    #: one page: at most this many, after the notification `after` ("" from the start)
+    page_size: int = 100
+    after: str = ""

@@ -161,13 +161,21 @@ PAYMENT_HANDLERS: Mapping[type[Message], EventHandler] = {
 
 async def list_notifications(
     cmd: ListNotifications, uow: NotificationUnitOfWork, *, groups: GroupViews
-) -> list[Notification]:
-    """A group's notifications, oldest first: the host sees all, a member their own."""
+) -> tuple[list[Notification], str]:
+    """One page of a group's notifications, oldest first: the host sees all, a member their
+    own; and the id of the last notification the page covered when more follow ("" on the
+    last page). Rows the caller may not see are skipped after the read (a page may be short)."""
     if not cmd.group_id:
         raise InvalidArgumentError("group_id is required", [FieldViolation("group_id", "required")])
     view = await groups.view(cmd.caller, cmd.group_id)
     async with uow:
         found = await uow.notifications.for_group(
-            group_id=cmd.group_id, member_id=cmd.member_id, kind=cmd.kind, channel=cmd.channel
+            group_id=cmd.group_id,
+            member_id=cmd.member_id,
+            kind=cmd.kind,
+            channel=cmd.channel,
+            after=cmd.after,
+            limit=cmd.page_size + 1,
         )
-    return [n for n in found if view.may_see_member(n.member_id)]
+    more = found[cmd.page_size - 1].notification_id if len(found) > cmd.page_size else ""
+    return [n for n in found[: cmd.page_size] if view.may_see_member(n.member_id)], more

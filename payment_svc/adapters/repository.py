@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Text, any_, bindparam, func, select, text, update
+from sqlalchemy import Text, any_, bindparam, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -338,8 +338,10 @@ class PaymentRepository(Protocol):
     async def get_attempt(self, group_id: str, member_id: str, attempt: int) -> Payment | None:
         """The payment for one member attempt."""
 
-    async def list_group(self, group_id: str) -> list[Payment]:
-        """A group's payments, oldest first."""
+    async def list_group(
+        self, group_id: str, *, after: str = "", limit: int | None = None
+    ) -> list[Payment]:
+        """A group's payments, oldest first: the `limit` first after the payment `after`."""
 
     async def add(
         self, payment: Payment, *, return_url: str, payer_user_id: str, check_at: datetime
@@ -551,9 +553,21 @@ class SqlPaymentRepository:
         row = result.first()
         return self._loaded(row) if row is not None else None
 
-    async def list_group(self, group_id: str) -> list[Payment]:
-        """A group's payments, oldest first."""
-        rows = await self._run(_LIST_GROUP, {"group_id": group_id})
+    async def list_group(
+        self, group_id: str, *, after: str = "", limit: int | None = None
+    ) -> list[Payment]:
+        """A group's payments, oldest first: the `limit` first after the payment `after`
+        (keyset: its (created_at, payment_id), read in the same statement)."""
+        statement = _LIST_GROUP
+        if after:
+            key = select(payments.c.created_at).where(payments.c.payment_id == bindparam("after"))
+            statement = statement.where(
+                tuple_(payments.c.created_at, payments.c.payment_id)
+                > tuple_(key.scalar_subquery(), bindparam("after"))
+            )
+        if limit is not None:
+            statement = statement.limit(bindparam("limit"))
+        rows = await self._run(statement, {"group_id": group_id, "after": after, "limit": limit})
         return [self._loaded(r) for r in rows]
 
     async def add(

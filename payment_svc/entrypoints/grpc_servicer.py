@@ -13,7 +13,7 @@ import grpc
 
 from mppo.payment.v1 import payment_service_pb2 as pb
 from mppo.payment.v1 import payment_service_pb2_grpc
-from mppo.platform import money
+from mppo.platform import money, paging
 from mppo.platform.errors import DomainError, FieldViolation, InvalidArgumentError
 from mppo.platform.idempotency import METADATA_KEY
 from mppo.platform.identity import Caller, caller_from
@@ -135,9 +135,14 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
             raise InvalidArgumentError(
                 "group_id is required", [FieldViolation("group_id", "required")]
             )
-        cmd = commands.ListPayments(_caller(context), request.group_id)
-        found = await self._handlers.list_payments(cmd, self._uow())
-        return pb.ListPaymentsResponse(payments=[to_proto(p) for p in found])
+        after = paging.decode_token(request.page_token, 1)[0] if request.page_token else ""
+        size = paging.page_size(request.page_size)
+        cmd = commands.ListPayments(_caller(context), request.group_id, size, after)
+        found, more = await self._handlers.list_payments(cmd, self._uow())
+        return pb.ListPaymentsResponse(
+            payments=[to_proto(p) for p in found],
+            next_page_token=paging.encode_token(more) if more else "",
+        )
 
     async def HandleWebhook(  # noqa: N802
         self, request: pb.HandleWebhookRequest, context: Context

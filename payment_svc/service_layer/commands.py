@@ -39,10 +39,13 @@ class GetPayment:
 
 @dataclass(frozen=True)
 class ListPayments:
-    """A group's payments the caller may see, oldest first."""
+    """One page of a group's payments the caller may see, oldest first: at most `page_size`
+    payments after the payment `after` (a page token's position; "" from the start)."""
 
     caller: Caller
     group_id: str
+    page_size: int = 100
+    after: str = ""
 
 
 @dataclass(frozen=True)

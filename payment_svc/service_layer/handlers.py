@@ -384,12 +384,18 @@ class PaymentHandlers:
 
     async def list_payments(
         self, cmd: commands.ListPayments, uow: PaymentUnitOfWork
-    ) -> list[Payment]:
-        """A group's payments the caller may see, oldest first."""
+    ) -> tuple[list[Payment], str]:
+        """One page of a group's payments the caller may see, oldest first, and the id of the
+        last payment the page covered when more follow ("" on the last page). Payments the
+        caller may not see are skipped after the read, so a page may hold fewer."""
         view = await self._groups.view(cmd.caller, cmd.group_id)
         async with uow:
-            found = [self._prepare(p) for p in await uow.payments.list_group(cmd.group_id)]
-        return [p for p in found if view.may_see_member(p.member_id)]
+            rows = await uow.payments.list_group(
+                cmd.group_id, after=cmd.after, limit=cmd.page_size + 1
+            )
+        found = [self._prepare(p) for p in rows[: cmd.page_size]]
+        more = rows[cmd.page_size - 1].payment_id if len(rows) > cmd.page_size else ""
+        return [p for p in found if view.may_see_member(p.member_id)], more
 
     # money movements ---------------------------------------------------------------------------
     async def _apply_state(

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/mppo/notification/v1/notification_service.proto\x12\x14mppo.notification.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x03\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x34\n\x04kind\x18\x04 \x01(\x0e\x32&.mppo.notification.v1.NotificationKind\x12:\n\x07\x63hannel\x18\x05 \x01(\x0e\x32).mppo.notification.v1.NotificationChannel\x12\x38\n\x06status\x18\x06 \x01(\x0e\x32(.mppo.notification.v1.NotificationStatus\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsent_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nevent_type\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\r \x01(\t\"\xb1\x01\n\x18ListNotificationsRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.mppo.notification.v1.NotificationKind\x12:\n\x07\x63hannel\x18\x04 \x01(\x0e\x32).mppo.notification.v1.NotificationChannel\"V\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".mppo.notification.v1.Notification*}\n\x13NotificationChannel\x12$\n NOTIFICATION_CHANNEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1aNOTIFICATION_CHANNEL_EMAIL\x10\x01\x12 \n\x1cNOTIFICATION_CHANNEL_WEBHOOK\x10\x02*\xb7\x02\n\x10NotificationKind\x12!\n\x1dNOTIFICATION_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cNOTIFICATION_KIND_INVITATION\x10\x01\x12\x1e\n\x1aNOTIFICATION_KIND_REMINDER\x10\x02\x12&\n\"NOTIFICATION_KIND_PAYMENT_RECEIVED\x10\x03\x12%\n!NOTIFICATION_KIND_GROUP_CONFIRMED\x10\x04\x12#\n\x1fNOTIFICATION_KIND_GROUP_EXPIRED\x10\x05\x12%\n!NOTIFICATION_KIND_GROUP_CANCELLED\x10\x06\x12#\n\x1fNOTIFICATION_KIND_HOST_FALLBACK\x10\x07*\x98\x01\n\x12NotificationStatus\x12#\n\x1fNOTIFICATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bNOTIFICATION_STATUS_PENDING\x10\x01\x12\x1c\n\x18NOTIFICATION_STATUS_SENT\x10\x02\x12\x1e\n\x1aNOTIFICATION_STATUS_FAILED\x10\x03\x32\xa4\x01\n\x13NotificationService\x12\x8c\x01\n\x11ListNotifications\x12..mppo.notification.v1.ListNotificationsRequest\x1a/.mppo.notification.v1.ListNotificationsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/notificationsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/mppo/notification/v1/notification_service.proto\x12\x14mppo.notification.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x03\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x34\n\x04kind\x18\x04 \x01(\x0e\x32&.mppo.notification.v1.NotificationKind\x12:\n\x07\x63hannel\x18\x05 \x01(\x0e\x32).mppo.notification.v1.NotificationChannel\x12\x38\n\x06status\x18\x06 \x01(\x0e\x32(.mppo.notification.v1.NotificationStatus\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsent_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nevent_type\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\r \x01(\t\"\xd8\x01\n\x18ListNotificationsRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.mppo.notification.v1.NotificationKind\x12:\n\x07\x63hannel\x18\x04 \x01(\x0e\x32).mppo.notification.v1.NotificationChannel\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"o\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".mppo.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*}\n\x13NotificationChannel\x12$\n NOTIFICATION_CHANNEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1aNOTIFICATION_CHANNEL_EMAIL\x10\x01\x12 \n\x1cNOTIFICATION_CHANNEL_WEBHOOK\x10\x02*\xb7\x02\n\x10NotificationKind\x12!\n\x1dNOTIFICATION_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cNOTIFICATION_KIND_INVITATION\x10\x01\x12\x1e\n\x1aNOTIFICATION_KIND_REMINDER\x10\x02\x12&\n\"NOTIFICATION_KIND_PAYMENT_RECEIVED\x10\x03\x12%\n!NOTIFICATION_KIND_GROUP_CONFIRMED\x10\x04\x12#\n\x1fNOTIFICATION_KIND_GROUP_EXPIRED\x10\x05\x12%\n!NOTIFICATION_KIND_GROUP_CANCELLED\x10\x06\x12#\n\x1fNOTIFICATION_KIND_HOST_FALLBACK\x10\x07*\x98\x01\n\x12NotificationStatus\x12#\n\x1fNOTIFICATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bNOTIFICATION_STATUS_PENDING\x10\x01\x12\x1c\n\x18NOTIFICATION_STATUS_SENT\x10\x02\x12\x1e\n\x1aNOTIFICATION_STATUS_FAILED\x10\x03\x32\xa4\x01\n\x13NotificationService\x12\x8c\x01\n\x11ListNotifications\x12..mppo.notification.v1.ListNotificationsRequest\x1a/.mppo.notification.v1.ListNotificationsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/notificationsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._serialized_options = b'\202\323\344\223\002\020\022\016/notifications'
-  _globals['_NOTIFICATIONCHANNEL']._serialized_start=848
-  _globals['_NOTIFICATIONCHANNEL']._serialized_end=973
-  _globals['_NOTIFICATIONKIND']._serialized_start=976
-  _globals['_NOTIFICATIONKIND']._serialized_end=1287
-  _globals['_NOTIFICATIONSTATUS']._serialized_start=1290
-  _globals['_NOTIFICATIONSTATUS']._serialized_end=1442
+  _globals['_NOTIFICATIONCHANNEL']._serialized_start=912
+  _globals['_NOTIFICATIONCHANNEL']._serialized_end=1037
+  _globals['_NOTIFICATIONKIND']._serialized_start=1040
+  _globals['_NOTIFICATIONKIND']._serialized_end=1351
+  _globals['_NOTIFICATIONSTATUS']._serialized_start=1354
+  _globals['_NOTIFICATIONSTATUS']._serialized_end=1506
   _globals['_NOTIFICATION']._serialized_start=137
   _globals['_NOTIFICATION']._serialized_end=578
   _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=581
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=758
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=760
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=846
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=1445
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=1609
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=797
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=799
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=910
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=1509
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=1673
 # @@protoc_insertion_point(module_scope)

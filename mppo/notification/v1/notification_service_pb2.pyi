@@ -202,6 +202,8 @@ class ListNotificationsRequest(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     group_id: _builtins.str
     """The group whose notifications to list."""
     member_id: _builtins.str
@@ -210,6 +212,10 @@ class ListNotificationsRequest(_message.Message):
     """Only notifications of this kind (optional)."""
     channel: Global___NotificationChannel.ValueType
     """Only notifications on this channel (optional)."""
+    page_size: _builtins.int
+    """Maximum number of notifications to return (default and maximum 100; more is read as 100)."""
+    page_token: _builtins.str
+    """Token from a previous response to continue from."""
     def __init__(
         self,
         *,
@@ -217,10 +223,12 @@ class ListNotificationsRequest(_message.Message):
         member_id: _builtins.str = ...,
         kind: Global___NotificationKind.ValueType = ...,
         channel: Global___NotificationChannel.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "group_id", b"group_id", "kind", b"kind", "member_id", b"member_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "group_id", b"group_id", "kind", b"kind", "member_id", b"member_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,6 +241,9 @@ class ListNotificationsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NOTIFICATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
     def notifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notification]:
         """The notifications, oldest first."""
@@ -241,10 +252,11 @@ class ListNotificationsResponse(_message.Message):
         self,
         *,
         notifications: _abc.Iterable[Global___Notification] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["notifications", b"notifications"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "notifications", b"notifications"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

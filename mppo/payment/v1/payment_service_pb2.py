@@ -28,7 +28,7 @@ from mppo.common.v1 import money_pb2 as mppo_dot_common_dot_v1_dot_money__pb2
 from mppo.payment.v1 import payment_pb2 as mppo_dot_payment_dot_v1_dot_payment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mppo/payment/v1/payment_service.proto\x12\x0fmppo.payment.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1amppo/common/v1/money.proto\x1a\x1dmppo/payment/v1/payment.proto\"\xe6\x01\n\x1a\x43reatePaymentIntentRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12%\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x15.mppo.common.v1.Money\x12+\n\x08provider\x18\x05 \x01(\x0e\x32\x19.mppo.payment.v1.Provider\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x12\n\nreturn_url\x18\x07 \x01(\t\x12\x15\n\rpayer_user_id\x18\x08 \x01(\t\"H\n\x1b\x43reatePaymentIntentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"?\n\x12GetPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"\'\n\x13ListPaymentsRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"B\n\x14ListPaymentsResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.mppo.payment.v1.Payment\"L\n\x14HandleWebhookRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBody\"<\n\x15HandleWebhookResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"R\n\x15\x43\x61pturePaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12%\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x15.mppo.common.v1.Money\"C\n\x16\x43\x61pturePaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"8\n\x12VoidPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x13VoidPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"a\n\x14RefundPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12%\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x15.mppo.common.v1.Money\x12\x0e\n\x06reason\x18\x03 \x01(\t\"B\n\x15RefundPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"(\n\x12SyncPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"Q\n\x13SyncPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\":\n\x14\x43loseCheckoutRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"B\n\x15\x43loseCheckoutResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment2\x87\x08\n\x0ePaymentService\x12\x8e\x01\n\x13\x43reatePaymentIntent\x12+.mppo.payment.v1.CreatePaymentIntentRequest\x1a,.mppo.payment.v1.CreatePaymentIntentResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/payments/intents:\x01*\x12u\n\nGetPayment\x12\".mppo.payment.v1.GetPaymentRequest\x1a#.mppo.payment.v1.GetPaymentResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/payments/{payment_id}\x12n\n\x0cListPayments\x12$.mppo.payment.v1.ListPaymentsRequest\x1a%.mppo.payment.v1.ListPaymentsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/payments\x12\xa5\x01\n\rHandleWebhook\x12%.mppo.payment.v1.HandleWebhookRequest\x1a&.mppo.payment.v1.HandleWebhookResponse\"E\x82\xd3\xe4\x93\x02?\"\x1c/payments/webhook/{provider}:\x04\x62odyZ\x19\"\x11/payments/webhook:\x04\x62ody\x12\x61\n\x0e\x43\x61pturePayment\x12&.mppo.payment.v1.CapturePaymentRequest\x1a\'.mppo.payment.v1.CapturePaymentResponse\x12X\n\x0bVoidPayment\x12#.mppo.payment.v1.VoidPaymentRequest\x1a$.mppo.payment.v1.VoidPaymentResponse\x12^\n\rRefundPayment\x12%.mppo.payment.v1.RefundPaymentRequest\x1a&.mppo.payment.v1.RefundPaymentResponse\x12X\n\x0bSyncPayment\x12#.mppo.payment.v1.SyncPaymentRequest\x1a$.mppo.payment.v1.SyncPaymentResponse\x12^\n\rCloseCheckout\x12%.mppo.payment.v1.CloseCheckoutRequest\x1a&.mppo.payment.v1.CloseCheckoutResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mppo/payment/v1/payment_service.proto\x12\x0fmppo.payment.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1amppo/common/v1/money.proto\x1a\x1dmppo/payment/v1/payment.proto\"\xe6\x01\n\x1a\x43reatePaymentIntentRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12%\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x15.mppo.common.v1.Money\x12+\n\x08provider\x18\x05 \x01(\x0e\x32\x19.mppo.payment.v1.Provider\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x12\n\nreturn_url\x18\x07 \x01(\t\x12\x15\n\rpayer_user_id\x18\x08 \x01(\t\"H\n\x1b\x43reatePaymentIntentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"?\n\x12GetPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"N\n\x13ListPaymentsRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x14ListPaymentsResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.mppo.payment.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x14HandleWebhookRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBody\"<\n\x15HandleWebhookResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"R\n\x15\x43\x61pturePaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12%\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x15.mppo.common.v1.Money\"C\n\x16\x43\x61pturePaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"8\n\x12VoidPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x13VoidPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"a\n\x14RefundPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12%\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x15.mppo.common.v1.Money\x12\x0e\n\x06reason\x18\x03 \x01(\t\"B\n\x15RefundPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\"(\n\x12SyncPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"Q\n\x13SyncPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\":\n\x14\x43loseCheckoutRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"B\n\x15\x43loseCheckoutResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.mppo.payment.v1.Payment2\x87\x08\n\x0ePaymentService\x12\x8e\x01\n\x13\x43reatePaymentIntent\x12+.mppo.payment.v1.CreatePaymentIntentRequest\x1a,.mppo.payment.v1.CreatePaymentIntentResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/payments/intents:\x01*\x12u\n\nGetPayment\x12\".mppo.payment.v1.GetPaymentRequest\x1a#.mppo.payment.v1.GetPaymentResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/payments/{payment_id}\x12n\n\x0cListPayments\x12$.mppo.payment.v1.ListPaymentsRequest\x1a%.mppo.payment.v1.ListPaymentsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/payments\x12\xa5\x01\n\rHandleWebhook\x12%.mppo.payment.v1.HandleWebhookRequest\x1a&.mppo.payment.v1.HandleWebhookResponse\"E\x82\xd3\xe4\x93\x02?\"\x1c/payments/webhook/{provider}:\x04\x62odyZ\x19\"\x11/payments/webhook:\x04\x62ody\x12\x61\n\x0e\x43\x61pturePayment\x12&.mppo.payment.v1.CapturePaymentRequest\x1a\'.mppo.payment.v1.CapturePaymentResponse\x12X\n\x0bVoidPayment\x12#.mppo.payment.v1.VoidPaymentRequest\x1a$.mppo.payment.v1.VoidPaymentResponse\x12^\n\rRefundPayment\x12%.mppo.payment.v1.RefundPaymentRequest\x1a&.mppo.payment.v1.RefundPaymentResponse\x12X\n\x0bSyncPayment\x12#.mppo.payment.v1.SyncPaymentRequest\x1a$.mppo.payment.v1.SyncPaymentResponse\x12^\n\rCloseCheckout\x12%.mppo.payment.v1.CloseCheckoutRequest\x1a&.mppo.payment.v1.CloseCheckoutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,33 +52,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPAYMENTRESPONSE']._serialized_start=522
   _globals['_GETPAYMENTRESPONSE']._serialized_end=585
   _globals['_LISTPAYMENTSREQUEST']._serialized_start=587
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=626
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=628
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=694
-  _globals['_HANDLEWEBHOOKREQUEST']._serialized_start=696
-  _globals['_HANDLEWEBHOOKREQUEST']._serialized_end=772
-  _globals['_HANDLEWEBHOOKRESPONSE']._serialized_start=774
-  _globals['_HANDLEWEBHOOKRESPONSE']._serialized_end=834
-  _globals['_CAPTUREPAYMENTREQUEST']._serialized_start=836
-  _globals['_CAPTUREPAYMENTREQUEST']._serialized_end=918
-  _globals['_CAPTUREPAYMENTRESPONSE']._serialized_start=920
-  _globals['_CAPTUREPAYMENTRESPONSE']._serialized_end=987
-  _globals['_VOIDPAYMENTREQUEST']._serialized_start=989
-  _globals['_VOIDPAYMENTREQUEST']._serialized_end=1045
-  _globals['_VOIDPAYMENTRESPONSE']._serialized_start=1047
-  _globals['_VOIDPAYMENTRESPONSE']._serialized_end=1111
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1113
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1210
-  _globals['_REFUNDPAYMENTRESPONSE']._serialized_start=1212
-  _globals['_REFUNDPAYMENTRESPONSE']._serialized_end=1278
-  _globals['_SYNCPAYMENTREQUEST']._serialized_start=1280
-  _globals['_SYNCPAYMENTREQUEST']._serialized_end=1320
-  _globals['_SYNCPAYMENTRESPONSE']._serialized_start=1322
-  _globals['_SYNCPAYMENTRESPONSE']._serialized_end=1403
-  _globals['_CLOSECHECKOUTREQUEST']._serialized_start=1405
-  _globals['_CLOSECHECKOUTREQUEST']._serialized_end=1463
-  _globals['_CLOSECHECKOUTRESPONSE']._serialized_start=1465
-  _globals['_CLOSECHECKOUTRESPONSE']._serialized_end=1531
-  _globals['_PAYMENTSERVICE']._serialized_start=1534
-  _globals['_PAYMENTSERVICE']._serialized_end=2565
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=665
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=667
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=758
+  _globals['_HANDLEWEBHOOKREQUEST']._serialized_start=760
+  _globals['_HANDLEWEBHOOKREQUEST']._serialized_end=836
+  _globals['_HANDLEWEBHOOKRESPONSE']._serialized_start=838
+  _globals['_HANDLEWEBHOOKRESPONSE']._serialized_end=898
+  _globals['_CAPTUREPAYMENTREQUEST']._serialized_start=900
+  _globals['_CAPTUREPAYMENTREQUEST']._serialized_end=982
+  _globals['_CAPTUREPAYMENTRESPONSE']._serialized_start=984
+  _globals['_CAPTUREPAYMENTRESPONSE']._serialized_end=1051
+  _globals['_VOIDPAYMENTREQUEST']._serialized_start=1053
+  _globals['_VOIDPAYMENTREQUEST']._serialized_end=1109
+  _globals['_VOIDPAYMENTRESPONSE']._serialized_start=1111
+  _globals['_VOIDPAYMENTRESPONSE']._serialized_end=1175
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1177
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1274
+  _globals['_REFUNDPAYMENTRESPONSE']._serialized_start=1276
+  _globals['_REFUNDPAYMENTRESPONSE']._serialized_end=1342
+  _globals['_SYNCPAYMENTREQUEST']._serialized_start=1344
+  _globals['_SYNCPAYMENTREQUEST']._serialized_end=1384
+  _globals['_SYNCPAYMENTRESPONSE']._serialized_start=1386
+  _globals['_SYNCPAYMENTRESPONSE']._serialized_end=1467
+  _globals['_CLOSECHECKOUTREQUEST']._serialized_start=1469
+  _globals['_CLOSECHECKOUTREQUEST']._serialized_end=1527
+  _globals['_CLOSECHECKOUTRESPONSE']._serialized_start=1529
+  _globals['_CLOSECHECKOUTRESPONSE']._serialized_end=1595
+  _globals['_PAYMENTSERVICE']._serialized_start=1598
+  _globals['_PAYMENTSERVICE']._serialized_end=2629
 # @@protoc_insertion_point(module_scope)

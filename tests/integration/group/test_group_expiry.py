@@ -31,10 +31,26 @@ HOST_PAYS = group_pb2.FALLBACK_POLICY_HOST_PAYS_REMAINING
 
 
 async def history(stack: Stack, group: group_pb2.GroupOrder) -> list[tuple[int, int]]:
+    """The group's transitions, read whole and page by page (the same, or the test fails)."""
+    md = user_md(group.host_user_id)
     reply = await stack.stub().GetGroupHistory(
-        gs.GetGroupHistoryRequest(group_id=group.group_id), metadata=user_md(group.host_user_id)
+        gs.GetGroupHistoryRequest(group_id=group.group_id), metadata=md
     )
-    return [(c.from_status, c.to_status) for c in reply.changes]
+    whole: list[tuple[int, int]] = [(c.from_status, c.to_status) for c in reply.changes]
+    paged: list[tuple[int, int]] = []
+    token = ""
+    for _ in range(len(whole) + 1):
+        page = await stack.stub().GetGroupHistory(
+            gs.GetGroupHistoryRequest(group_id=group.group_id, page_size=1, page_token=token),
+            metadata=md,
+        )
+        assert len(page.changes) <= 1
+        paged += [(c.from_status, c.to_status) for c in page.changes]
+        token = page.next_page_token
+        if not token:
+            break
+    assert paged == whole
+    return whole
 
 
 async def test_cancel_policy_expires_once_and_lists_every_hold(

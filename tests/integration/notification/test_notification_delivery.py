@@ -130,12 +130,30 @@ class Stack:
         return event.event_id
 
     async def listed(self, group_id: str, **filters: Any) -> list[npb.Notification]:
+        """The notifications, read whole and also in pages of 2 (each once, none missing)."""
+        md = (("x-mppo-service", "test"),)
         reply = await self.notifications.ListNotifications(
-            npb.ListNotificationsRequest(group_id=group_id, **filters),
-            metadata=(("x-mppo-service", "test"),),
-            timeout=5,
+            npb.ListNotificationsRequest(group_id=group_id, **filters), metadata=md, timeout=5
         )
-        return list(reply.notifications)
+        whole = list(reply.notifications)
+        paged: list[npb.Notification] = []
+        token = ""
+        for _ in range(len(whole) + 1):
+            page = await self.notifications.ListNotifications(
+                npb.ListNotificationsRequest(
+                    group_id=group_id, page_size=2, page_token=token, **filters
+                ),
+                metadata=md,
+                timeout=5,
+            )
+            paged += page.notifications
+            token = page.next_page_token
+            if not token:
+                break
+        ids = [n.notification_id for n in paged]  # rows may arrive between the two reads
+        assert len(ids) == len(set(ids))
+        assert {n.notification_id for n in whole} <= set(ids)
+        return whole
 
     async def settled(self, group_id: str, count: int) -> list[npb.Notification]:
         """Wait until the group has ``count`` notifications and none is PENDING."""

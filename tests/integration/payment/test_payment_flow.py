@@ -64,6 +64,44 @@ async def test_intent_is_idempotent_and_links_to_the_hosted_page(stack: PaymentS
     assert await stack.events_of(first.payment_id) == ["payment.requested"]
 
 
+async def test_payments_list_in_pages_of_page_size(stack: PaymentStack) -> None:
+    made = [
+        (await stack.create(100 + i, group_id="g-pages", member=f"m{i}")).payment_id
+        for i in range(5)
+    ]
+    seen: list[str] = []
+    token = ""
+    for _ in range(5):
+        page = await stack.stub.ListPayments(
+            payment_service_pb2.ListPaymentsRequest(
+                group_id=label_id("g-pages"), page_size=2, page_token=token
+            ),
+            metadata=METADATA,
+            timeout=10,
+        )
+        assert len(page.payments) <= 2
+        seen += [p.payment_id for p in page.payments]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == made
+    whole = await stack.stub.ListPayments(
+        payment_service_pb2.ListPaymentsRequest(group_id=label_id("g-pages"), page_size=10_000),
+        metadata=METADATA,
+        timeout=10,
+    )
+    assert [p.payment_id for p in whole.payments] == made
+    assert whole.next_page_token == ""
+    for bad in ({"page_size": -1}, {"page_token": "not-a-token"}):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stack.stub.ListPayments(
+                payment_service_pb2.ListPaymentsRequest(group_id=label_id("g-pages"), **bad),
+                metadata=METADATA,
+                timeout=10,
+            )
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_concurrent_creates_make_one_payment(stack: PaymentStack) -> None:
     results = await asyncio.gather(*(stack.create(500, group_id="g-race-1") for _ in range(8)))
     assert len({p.payment_id for p in results}) == 1

@@ -367,7 +367,7 @@ async def test_the_other_paths_over_postgres(rig: Rig) -> None:
         reconciler.run_once
     )
     assert looked == 2
-    listed, costs["list"] = await rig.meter.measure(
+    (listed, _), costs["list"] = await rig.meter.measure(
         lambda: rig.handlers.list_payments(commands.ListPayments(ORDER_SVC, group), rig.uow())
     )
     assert [(p.payment_id, p.status) for p in listed] == [

@@ -108,17 +108,22 @@ class FakeGroups:
         found = self._data.groups.get(group_id)
         return copy.deepcopy(found.members) if found else []
 
-    async def history(self, group_id: str) -> list[Any]:
-        return [
+    async def history(
+        self, group_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[Any]:
+        rows = [
             {
+                "id": number,
                 "from_status": h.from_status.value if h.from_status else None,
                 "to_status": h.to_status.value,
                 "reason": h.reason,
                 "actor": h.actor,
                 "changed_at": h.at,
             }
-            for h in self._data.history.get(group_id, [])
+            for number, h in enumerate(self._data.history.get(group_id, []), start=1)
+            if number > after
         ]
+        return rows if limit is None else rows[:limit]
 
     async def ids_for_user(
         self,

@@ -177,8 +177,10 @@ class FakeNotifications(NotificationRepository):
         member_id: str = "",
         kind: Kind | None = None,
         channel: Channel | None = None,
+        after: str = "",
+        limit: int | None = None,
     ) -> list[Notification]:
-        return [
+        found = [
             n
             for n in self.all()
             if n.group_id == group_id
@@ -186,6 +188,10 @@ class FakeNotifications(NotificationRepository):
             and (kind is None or n.kind is kind)
             and (channel is None or n.channel is channel)
         ]
+        if after:
+            ids = [n.notification_id for n in found]
+            found = found[ids.index(after) + 1 :] if after in ids else []
+        return found if limit is None else found[:limit]
 
 
 class FakePaymentFacts(PaymentFactRepository):

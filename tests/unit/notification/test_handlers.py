@@ -190,7 +190,7 @@ async def _listing(h: Harness, caller: Caller, **filters: object) -> list[tuple[
         }
     )
     handler = partial(list_notifications, groups=views)
-    found = await handler(
+    found, _ = await handler(
         ListNotifications(caller=caller, group_id=str(filters.pop("group_id", GROUP)), **filters),  # type: ignore[arg-type]
         h.uow.sibling(),
     )

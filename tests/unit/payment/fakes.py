@@ -84,12 +84,18 @@ class FakePaymentRepository:
                 return self._out(row)
         return None
 
-    async def list_group(self, group_id: str) -> list[Payment]:
-        return [
+    async def list_group(
+        self, group_id: str, *, after: str = "", limit: int | None = None
+    ) -> list[Payment]:
+        found = [
             p
             for row in self.db.rows.values()
             if row.payment.group_id == group_id and (p := self._out(row)) is not None
         ]
+        if after:
+            ids = [p.payment_id for p in found]
+            found = found[ids.index(after) + 1 :] if after in ids else []
+        return found if limit is None else found[:limit]
 
     async def add(
         self, payment: Payment, *, return_url: str, payer_user_id: str, check_at: datetime
