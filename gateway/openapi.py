@@ -1,7 +1,11 @@
 """`/openapi.json`: an OpenAPI 3.1 document generated from the same bindings the router serves.
 
-Schemas follow the proto3 JSON mapping (camelCase names, int64 as string or integer, enums by
-name, well-known types in their JSON form); descriptions are the proto comments.
+Schemas follow the proto3 JSON mapping (camelCase names, 64-bit integers as `type: string`
+with `format: int64`, enums by name, well-known types in their JSON form); descriptions are the
+proto comments. Typed-SDK friendly: each proto enum is one shared component whose description
+lists every value's comment; a message that only ever appears in responses lists as `required`
+the fields the gateway always prints (those without presence); every operation declares its
+error statuses (400, 401, 403, 404, 409, 429, 503) as google.rpc.Status.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ Json = dict[str, Any]
 _SCALARS: dict[int, Json] = {
     FieldDescriptor.TYPE_DOUBLE: {"type": "number", "format": "double"},
     FieldDescriptor.TYPE_FLOAT: {"type": "number", "format": "float"},
-    FieldDescriptor.TYPE_INT64: {"type": ["string", "integer"], "format": "int64"},
-    FieldDescriptor.TYPE_UINT64: {"type": ["string", "integer"], "format": "uint64"},
-    FieldDescriptor.TYPE_SINT64: {"type": ["string", "integer"], "format": "int64"},
-    FieldDescriptor.TYPE_FIXED64: {"type": ["string", "integer"], "format": "uint64"},
-    FieldDescriptor.TYPE_SFIXED64: {"type": ["string", "integer"], "format": "int64"},
+    FieldDescriptor.TYPE_INT64: {"type": "string", "format": "int64"},
+    FieldDescriptor.TYPE_UINT64: {"type": "string", "format": "uint64"},
+    FieldDescriptor.TYPE_SINT64: {"type": "string", "format": "int64"},
+    FieldDescriptor.TYPE_FIXED64: {"type": "string", "format": "uint64"},
+    FieldDescriptor.TYPE_SFIXED64: {"type": "string", "format": "int64"},
     FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
     FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
     FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
@@ -63,9 +67,32 @@ STATUS_SCHEMA: Json = {
 }
 
 
+#: the error statuses every operation declares (the gRPC codes the gateway maps to them)
+ERROR_STATUSES: dict[str, str] = {
+    "400": "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE (details: BadRequest)",
+    "401": "UNAUTHENTICATED: no valid token",
+    "403": "PERMISSION_DENIED",
+    "404": "NOT_FOUND",
+    "409": "ABORTED or ALREADY_EXISTS (details: ErrorInfo with the reason)",
+    "429": "RESOURCE_EXHAUSTED: rate limited (Retry-After)",
+    "503": "UNAVAILABLE: retry with the same Idempotency-Key",
+}
+
+
+def _reachable(descriptor: Descriptor, seen: set[str]) -> None:
+    if descriptor.full_name in seen:
+        return
+    seen.add(descriptor.full_name)
+    for fld in descriptor.fields:
+        if fld.message_type is not None:
+            _reachable(fld.message_type, seen)
+
+
 class _Builder:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, request_types: set[str] | None = None) -> None:
         self.catalog = catalog
+        #: messages a client sends: no `required` from the response rule on them
+        self.request_types = request_types or set()
         self.schemas: Json = {
             "google.rpc.Status": STATUS_SCHEMA,
             "google.protobuf.Any": _WKT["google.protobuf.Any"],
@@ -87,6 +114,10 @@ class _Builder:
             prop = self.field(fld)
             self._describe(prop, f"{descriptor.full_name}.{fld.name}")
             schema["properties"][fld.json_name] = prop
+        if descriptor.full_name not in self.request_types:
+            always = [f.json_name for f in descriptor.fields if not f.has_presence]
+            if always:
+                schema["required"] = always
         return schema
 
     def field(self, fld: FieldDescriptor) -> Json:
@@ -105,9 +136,21 @@ class _Builder:
         return dict(_SCALARS[fld.type])
 
     def enum(self, enum: EnumDescriptor) -> Json:
-        schema: Json = {"type": "string", "enum": [v.name for v in enum.values]}
-        self._describe(schema, enum.full_name)
-        return schema
+        """A shared component per proto enum; each value's comment in its description."""
+        name = enum.full_name
+        if name not in self.schemas:
+            schema: Json = {"type": "string", "enum": [v.name for v in enum.values]}
+            notes = {
+                v.name: self.catalog.comments.get(f"{enum.full_name}.{v.name}", "")
+                for v in enum.values
+            }
+            parts = [self.catalog.comments.get(name, "")]
+            parts += [f"- `{value}`: {note}" for value, note in notes.items() if note]
+            if any(parts):
+                schema["description"] = "\n".join(p for p in parts if p)
+            schema["x-enum-descriptions"] = list(notes.values())
+            self.schemas[name] = schema
+        return {"$ref": f"#/components/schemas/{name}"}
 
     def _describe(self, schema: Json, full_name: str) -> None:
         comment = self.catalog.comments.get(full_name)
@@ -157,7 +200,10 @@ def _query_parameters(builder: _Builder, binding: HttpBinding, bound: set[str]) 
 
 def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
     """The OpenAPI 3.1 document for `bindings` (the public ones the router serves)."""
-    builder = _Builder(catalog)
+    request_types: set[str] = set()
+    for binding in bindings:
+        _reachable(binding.method.input_type, request_types)
+    builder = _Builder(catalog, request_types)
     paths: Json = {}
     seen: dict[str, int] = {}
     for binding in bindings:
@@ -179,6 +225,17 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
                 "200": {
                     "description": "OK",
                     "content": {"application/json": {"schema": builder.ref(method.output_type)}},
+                },
+                **{
+                    status: {
+                        "description": description,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/google.rpc.Status"}
+                            }
+                        },
+                    }
+                    for status, description in ERROR_STATUSES.items()
                 },
                 "default": {
                     "description": "Error (google.rpc.Status)",

@@ -95,13 +95,35 @@ def test_openapi_covers_public_bindings_and_resolves(
         assert "*/*" in webhook["requestBody"]["content"]
         create = ops[("POST", "/group")]
         assert create["summary"].startswith("Creates a group order")
+        schemas = doc["components"]["schemas"]
+        for op in ops.values():
+            for status in ("400", "401", "403", "404", "409", "429", "503"):
+                body = op["responses"][status]["content"]["application/json"]["schema"]
+                assert body == {"$ref": "#/components/schemas/google.rpc.Status"}
+        # int64 is a string in proto3 JSON; enums are shared, their values described
+        amount = schemas["mppo.common.v1.Money"]["properties"]["amountMinor"]
+        assert (amount["type"], amount["format"]) == ("string", "int64")
+        status = schemas["mppo.group.v1.GroupStatus"]
+        assert "GROUP_STATUS_OPEN" in status["enum"]
+        assert "- `GROUP_STATUS_OPEN`: " in status["description"]
+        group = schemas["mppo.group.v1.GroupOrder"]
+        assert (
+            group["properties"]["status"]["$ref"]
+            == "#/components/schemas/mppo.group.v1.GroupStatus"
+        )
+        # response-only messages list what the gateway always prints
+        assert {"groupId", "status", "members", "version"} <= set(group["required"])
+        listed = schemas["mppo.payment.v1.ListPaymentsResponse"]
+        assert set(listed["required"]) == {"payments", "nextPageToken"}
+        assert "required" not in schemas["mppo.group.v1.CreateGroupRequest"]
     else:
         search = ops[("GET", "/v1/shelves/{shelf}/books:search")]
         names = {p["name"] for p in search["parameters"]}
         assert {"shelf", "words", "filter.genres", "filter.max_price_minor", "after"} <= names
         book = doc["components"]["schemas"]["test.library.v1.Book"]
         assert book["description"] == "A book."
-        assert book["properties"]["priceMinor"]["type"] == ["string", "integer"]
+        assert book["properties"]["priceMinor"]["type"] == "string"
+        assert book["properties"]["priceMinor"]["format"] == "int64"
         assert book["properties"]["published"]["format"] == "date-time"
         update = ops[("PATCH", "/v1/{book.name}")]
         assert update["requestBody"]["content"]["application/json"]["schema"] == {
