@@ -331,6 +331,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--attach", metavar="STATE_DIR", help="use the stack running from there")
     parser.add_argument("--no-fsync", action="store_true", help="own stack: Postgres w/o fsync")
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="own stack: copies of every service and of the gateway (mppo dev up --replicas)",
+    )
+    parser.add_argument(
         "--profile", default="", help="own stack: comma-separated services to run under cProfile"
     )
     parser.add_argument(
@@ -360,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         args.out.mkdir(parents=True, exist_ok=True)
         sys.stderr.write(f"starting a stack under {state}\n")
-        stack = start_stack(state, fsync=not args.no_fsync, profile=profile)
+        stack = start_stack(state, fsync=not args.no_fsync, profile=profile, replicas=args.replicas)
     recorded = json.loads((stack.state_dir / "devstack.json").read_text())
     stack.extra["postgres"] = recorded["endpoints"]["postgres"]
     try:
@@ -378,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup": args.warmup,
         "half_rate_groups": args.half_rate_groups,
         "own_stack": not args.attach,
+        "replicas": args.replicas if not args.attach else "as running",
         "postgres_fsync": (not args.no_fsync) if not args.attach else "as running",
     }
     report["command"] = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -39,7 +39,10 @@ class RunningStack:
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{self.addrs['gateway']}"
+        """The gateway, or every gateway replica's URL comma-separated (the load client takes
+        turns over them)."""
+        addrs = self.extra.get("gateway_addrs") or [self.addrs["gateway"]]
+        return ",".join(f"http://{addr}" for addr in addrs)
 
     @property
     def sandbox_url(self) -> str:
@@ -72,6 +75,7 @@ def _from_state(state_dir: Path, state: dict[str, Any], *, owned: bool) -> Runni
         pids={p["name"]: int(p["pid"]) for p in state["processes"]},
         nats_url=str(state["endpoints"].get("nats", "")),
         owned=owned,
+        extra={"gateway_addrs": list(state["services"]["gateway"].get("addrs", []))},
     )
 
 
@@ -82,6 +86,7 @@ def start_stack(
     extra_env: Mapping[str, Mapping[str, str]] | None = None,
     fsync: bool = True,
     profile: Mapping[str, Path] | None = None,
+    replicas: int = 1,
 ) -> RunningStack:
     """Start infrastructure and every service on free ports under ``state_dir``.
 
@@ -132,7 +137,7 @@ def start_stack(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPPO_")}
     env["MPPO_LOG_LEVEL"] = "WARNING"
     up = _mppo(
-        *isolated_up_args(state_dir, services_file, fsync=fsync),
+        *isolated_up_args(state_dir, services_file, fsync=fsync, replicas=replicas),
         env=env,
     )
     state_path = state_dir / "devstack.json"

@@ -103,7 +103,10 @@ class GatewayClient:
         timer: StepTimer | None = None,
     ) -> None:
         self._http = http
-        self._base = gateway_url.rstrip("/")
+        # several gateway replicas (comma-separated URLs): calls take turns over them
+        self._bases = [url.strip().rstrip("/") for url in gateway_url.split(",") if url.strip()]
+        self._base = self._bases[0]
+        self._turn = 0
         self._state_dir = state_dir
         self._timer = timer
         self._tokens: dict[str, str] = {}
@@ -125,9 +128,9 @@ class GatewayClient:
         if method != "GET":
             headers["Idempotency-Key"] = str(uuid.uuid4())
         started = time.perf_counter()
-        async with self._http.request(
-            method, self._base + path, json=body, headers=headers
-        ) as resp:
+        self._turn += 1
+        base = self._bases[self._turn % len(self._bases)]
+        async with self._http.request(method, base + path, json=body, headers=headers) as resp:
             text = await resp.text()
         if self._timer is not None:
             self._timer(step, time.perf_counter() - started)
