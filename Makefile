@@ -9,7 +9,7 @@ BUF := node_modules/.bin/buf
 CODE := mppo group_svc payment_svc order_svc notification_svc gateway scripts tests bench
 PYTEST_ARGS ?=
 
-.PHONY: help install run gen check-gen contracts-baseline fmt lint proto-lint typecheck test test-unit test-integration test-e2e clean
+.PHONY: help install run gen check-gen contracts-baseline check-observability dashboard fmt lint proto-lint typecheck test test-unit test-integration test-e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,7 +32,14 @@ $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "need Debian's chromium at $(CHROMIUM) for browser tests"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-install: $(VENV)/.installed $(BUF) $(CHROMIUM) ## create .venv, install Python and Node tooling and chromium
+# Prometheus and promtool (alert rules, `mppo dev up --observability`): Debian's package
+PROMETHEUS := /usr/bin/prometheus
+
+$(PROMETHEUS):
+	@command -v apt-get >/dev/null || { echo "need Debian's prometheus (and promtool) at $(PROMETHEUS)"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
+install: $(VENV)/.installed $(BUF) $(CHROMIUM) $(PROMETHEUS) ## create .venv, install Python and Node tooling, chromium and prometheus
 
 run: $(VENV)/.installed ## run the whole system in the foreground (Ctrl-C stops it)
 	$(VENV)/bin/mppo dev up
@@ -42,6 +49,14 @@ gen: install ## regenerate Python stubs and the descriptor set from proto/
 
 check-gen: install ## fail if committed generated files differ from a fresh build
 	$(PY) scripts/gen_protos.py --check
+
+dashboard: install ## regenerate the Grafana dashboard (deploy/grafana/) from its code
+	$(PY) scripts/gen_dashboard.py
+
+check-observability: install ## alert rules valid and unit-tested (promtool), dashboard JSON current
+	promtool check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml
+	$(PY) scripts/gen_dashboard.py --check
 
 fmt: install ## format Python and proto files
 	$(VENV)/bin/ruff format $(CODE)
@@ -72,7 +87,7 @@ contracts-baseline: install ## renew proto/baseline.binpb from the committed con
 	(cd "$$src" && $(CURDIR)/$(BUF) build proto --exclude-source-info -o $(CURDIR)/$(CONTRACTS_BASELINE)) && \
 	echo "$(CONTRACTS_BASELINE) now holds the contracts of $$(git rev-parse --short $(REF))"
 
-test: lint check-gen ## every check and every test tier
+test: lint check-gen check-observability ## every check and every test tier
 	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
 
 test-unit: install ## fast tests with no servers

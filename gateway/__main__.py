@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from gateway.app import build_app, describe
 from gateway.config import GatewayConfig
 from mppo.platform.config import ConfigError
 from mppo.platform.logs import configure_logging
+from mppo.platform.metrics import metrics_addr, serve_metrics
+from mppo.platform.telemetry import configure_tracing, instrument_libraries
 
 logger = logging.getLogger("gateway")
 
@@ -41,19 +44,27 @@ def main() -> int:
     """Entry point."""
     try:
         config = GatewayConfig.from_env()
+        addr = metrics_addr(os.environ, "gateway")
     except ConfigError as exc:
         configure_logging("gateway")
         logger.error("gateway cannot start: %s", exc)
         return 2
     configure_logging("gateway", config.log_level)
+    configure_tracing("gateway")
+    instrument_libraries()
+    served = serve_metrics(addr, "gateway")
     try:
         import uvloop
 
         runner: Callable[..., None] = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(config))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            runner(serve(config))
+    finally:
+        if served is not None:
+            served.close()
     return 0
 
 

@@ -34,6 +34,7 @@ import grpc
 import redis.asyncio as aioredis
 from aiohttp import web
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry import trace
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -47,8 +48,10 @@ from gateway.ratelimit import Decision, Limit, RateLimiter
 from gateway.routing import Match, MethodNotAllowedError, RouteNotFoundError, Router
 from gateway.transcode import BadRequestError, Transcoder
 from gateway.upstream import Upstreams
+from mppo.platform import telemetry
 from mppo.platform.errors import InvalidArgumentError
 from mppo.platform.identity import USER_JWT_KEY
+from mppo.platform.metrics import HttpMeter
 from mppo.platform.user_token import USER_TOKEN_KEY, UserTokenSigner
 from mppo.platform.validation import check_message, rule_for, string_problem
 
@@ -95,6 +98,9 @@ _CODE_OF_HTTP = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: the gateway's own endpoints, as route labels (everything else is a binding's template or
+#: "unmatched", never a raw path: ids must not become label values)
+_OWN_ROUTES = {"/healthz": "/healthz", "/openapi.json": "/openapi.json"}
 
 
 class UserTokens:
@@ -144,6 +150,7 @@ class Gateway:
         self.redis = redis
         self.upstreams = Upstreams(catalog, config.upstreams, config.upstream_timeout, config.trust)
         self.user_tokens = UserTokens(config.signer)
+        self.http_meter = HttpMeter()
         public = [r.binding for r in self.router.routes]
         order = {id(b): i for i, b in enumerate(catalog.bindings)}
         public.sort(key=lambda b: order[id(b)])
@@ -200,6 +207,11 @@ class Gateway:
         except RouteNotFoundError:
             return self.error(code_pb2.NOT_FOUND, f"no route for {request.path}")
         binding = match.route.binding
+        request["route"] = binding.template
+        span = trace.get_current_span()
+        if span.is_recording():  # the root span (exporting): named after the route, not the path
+            span.update_name(f"{request.method} {binding.template}")
+            span.set_attribute("http.route", binding.template)
         user_id = ""
         if not binding.webhook:
             try:
@@ -287,13 +299,12 @@ class Gateway:
     def _metadata(
         self, request: web.Request, user_id: str, *, webhook: bool
     ) -> list[tuple[str, str]] | web.Response:
-        metadata: list[tuple[str, str]] = [
-            ("x-request-id", request["request_id"]),
-            ("traceparent", request["traceparent"]),
-        ]
-        tracestate = request.headers.get("tracestate", "")
-        if tracestate and _PRINTABLE.match(tracestate):
-            metadata.append(("tracestate", tracestate))
+        metadata: list[tuple[str, str]] = [("x-request-id", request["request_id"])]
+        if not telemetry.exporting():  # exporting, the client interceptor sends its own span
+            metadata.append(("traceparent", request["traceparent"]))
+            tracestate = request.headers.get("tracestate", "")
+            if tracestate and _PRINTABLE.match(tracestate):
+                metadata.append(("tracestate", tracestate))
         key = request.headers.get("Idempotency-Key")
         if key is not None:
             if not key.strip() or len(key) > 255 or not _PRINTABLE.match(key):
@@ -359,39 +370,63 @@ class Gateway:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Request id, trace context, CORS headers and one access-log line per request."""
+        """Request id, the request's trace (the root span: the instrumentation's when traces
+        are exported, else the caller's traceparent or a new one, current for the request so
+        every line logged carries its id), CORS headers, RED metrics per route and one
+        access-log line per request."""
         started = time.monotonic()
         request_id = request.headers.get("X-Request-Id", "")
         if not request_id or len(request_id) > 128 or not _PRINTABLE.match(request_id):
             request_id = uuid.uuid4().hex
         request["request_id"] = request_id
-        traceparent = request.headers.get("traceparent", "").strip().lower()
-        if not _TRACEPARENT.match(traceparent):
-            traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        root = trace.get_current_span().get_span_context()
+        token = None
+        if root.is_valid:  # the aiohttp instrumentation's server span
+            traceparent = telemetry.traceparent(root)
+        else:
+            traceparent = request.headers.get("traceparent", "").strip().lower()
+            if not _TRACEPARENT.match(traceparent):
+                traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+            remote = telemetry.parse_traceparent(traceparent)
+            token = telemetry.use_remote(remote) if remote is not None else None
         request["traceparent"] = traceparent
         try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            code = _CODE_OF_HTTP.get(exc.status, code_pb2.UNKNOWN)
-            response = self.error(code, exc.reason, http=exc.status)
-        except Exception:
-            logger.exception("request %s failed", request_id)
-            response = self.error(code_pb2.INTERNAL, "internal gateway error")
-        response.headers["X-Request-Id"] = request_id
-        origin = request.headers.get("Origin", "")
-        if self._origin_allowed(origin):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
-            response.headers["Vary"] = "Origin"
-        logger.info(
-            "%s %s -> %s in %.1f ms",
-            request.method,
-            request.path,
-            response.status,
-            (time.monotonic() - started) * 1000,
-            extra={"request_id": request_id, "user_id": request.get("user_id", "")},
-        )
-        return response
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                code = _CODE_OF_HTTP.get(exc.status, code_pb2.UNKNOWN)
+                response = self.error(code, exc.reason, http=exc.status)
+            except Exception:
+                logger.exception("request %s failed", request_id)
+                response = self.error(code_pb2.INTERNAL, "internal gateway error")
+            response.headers["X-Request-Id"] = request_id
+            origin = request.headers.get("Origin", "")
+            if self._origin_allowed(origin):
+                response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+                response.headers["Vary"] = "Origin"
+            elapsed = time.monotonic() - started
+            route = request.get("route") or _OWN_ROUTES.get(request.path, "unmatched")
+            self.http_meter.observe(route, request.method, response.status, elapsed)
+            logger.info(
+                "%s %s -> %s in %.1f ms",
+                request.method,
+                request.path,
+                response.status,
+                elapsed * 1000,
+                extra={
+                    "request_id": request_id,
+                    "user_id": request.get("user_id", ""),
+                    "http.request.method": request.method,
+                    "http.route": route,
+                    "http.response.status_code": response.status,
+                    "url.path": request.path,
+                    "event.duration": int(elapsed * 1e9),
+                },
+            )
+            return response
+        finally:
+            telemetry.end_trace(token)
 
     async def healthz(self, request: web.Request) -> web.Response:
         """Liveness: the process serves HTTP and has its routes loaded."""
@@ -451,7 +486,10 @@ def build_app(config: GatewayConfig, catalog: Catalog | None = None) -> web.Appl
         max_connections=config.redis_pool_size,
     )
     gateway = Gateway(config, catalog, redis)
-    app = web.Application(middlewares=[gateway.middleware], client_max_size=config.max_body)
+    # exporting traces, the maintained aiohttp middleware goes first: it opens the root span
+    traced = telemetry.http_middleware()
+    middlewares = [traced, gateway.middleware] if traced is not None else [gateway.middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/openapi.json", gateway.openapi_json)
     group_page.add_routes(app, gateway)  # the members' group page, /g/... (no JWT)

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from gateway.descriptors import Catalog, HttpBinding
 from mppo.platform.targets import channel_options, grpc_target
+from mppo.platform.telemetry import client_interceptors
 from mppo.platform.tls import channel_credentials
 from mppo.platform.trust import Trust
 
@@ -46,11 +47,17 @@ class Upstreams:
             material = self._trust.material if self._trust is not None else None
             # round robin over every replica the address names (mppo.platform.targets)
             target, options = grpc_target(addr), channel_options(addr)
+            interceptors = client_interceptors()  # exporting traces only
             if material is None:
-                channel = grpc.aio.insecure_channel(target, options=options)
+                channel = grpc.aio.insecure_channel(
+                    target, options=options, interceptors=interceptors
+                )
             else:
                 channel = grpc.aio.secure_channel(
-                    target, channel_credentials(material), options=options
+                    target,
+                    channel_credentials(material),
+                    options=options,
+                    interceptors=interceptors,
                 )
             self._channels[area] = channel
         return channel

@@ -52,6 +52,7 @@ def _dev_up(args: argparse.Namespace, out: TextIO) -> int:
         replicas=args.replicas,
         nats_cluster=args.nats_cluster,
         restart=None if args.no_restart else RestartPolicy(max_restarts=args.max_restarts),
+        observability=args.observability,
     )
     try:
         import uvloop
@@ -157,6 +158,12 @@ def register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=int,
         default=5,
         help="restarts of one process within 2 minutes before it is left down (default 5)",
+    )
+    up.add_argument(
+        "--observability",
+        action="store_true",
+        help="also run Prometheus (Debian's) scraping every process's /metrics, with the "
+        "alert rules of deploy/prometheus loaded",
     )
     up.set_defaults(handler=_dev_up)
 

@@ -15,6 +15,7 @@ from payment_svc.adapters.providers.registry import build_providers, close_provi
 from payment_svc.entrypoints.consumers import build_consumers
 from payment_svc.entrypoints.grpc_servicer import PaymentServiceServicer
 from payment_svc.entrypoints.reconciler import Reconciler
+from payment_svc.observability import holds_sample
 from payment_svc.service_layer.handlers import PaymentHandlers
 from payment_svc.service_layer.unit_of_work import PaymentUnitOfWork
 from payment_svc.settings import PaymentSettings
@@ -79,6 +80,8 @@ def build(infra: Infra) -> Parts:
         close=close,
         # provider webhook records: kept as long as reconciliation and disputes need them
         prune=[PruneTarget("webhook_events", "received_at", retention.webhooks)],
+        # money held on payers' cards, read with the platform's gauges (MppoHoldNearExpiry)
+        samples={"payment holds": holds_sample(infra.engine)},
     )
 
 

@@ -54,6 +54,7 @@ from typing import Any, Protocol
 from group_svc.adapters.repository import Duties
 from group_svc.domain.lifecycle import GroupStatus
 from group_svc.domain.model import FallbackOutcome, Group, Member, NewMember, PaymentOutcome
+from group_svc.observability import checkout_finished
 from group_svc.service_layer import commands as c
 from group_svc.service_layer.unit_of_work import GroupUnitOfWork
 from mppo.common.v1 import cart_pb2
@@ -823,8 +824,10 @@ class GroupHandlers:
                 state = group.status.value if group else "unknown"
                 logger.error("order.confirmed for a group in %s; nothing changed", state)
                 return
-            group.confirm(msg.order_id, self._clock())
+            now = self._clock()
+            group.confirm(msg.order_id, now)
             await uow.groups.save(group)
+            _observe_checkout(uow, "confirmed", group.created_at, now)
 
     async def order_failed(self, msg: order_events_pb2.OrderFailed, uow: GroupUnitOfWork) -> None:
         """PENDING → CANCELLED; the payment service releases the holds of a cancelled group."""
@@ -835,7 +838,18 @@ class GroupHandlers:
                 logger.error("order.failed for a group in %s; nothing changed", state)
                 return
             group.order_id = msg.order_id
-            group.cancel(
-                f"order failed: {msg.detail or 'not placed'}", "system:orders", self._clock()
-            )
+            now = self._clock()
+            group.cancel(f"order failed: {msg.detail or 'not placed'}", "system:orders", now)
             await uow.groups.save(group)
+            _observe_checkout(uow, "failed", group.created_at, now)
+
+
+def _observe_checkout(
+    uow: GroupUnitOfWork, outcome: str, created_at: datetime, now: datetime
+) -> None:
+    """Once the outcome is committed (once per group, whatever the redeliveries): the checkout's
+    end-to-end time, up to the order service's record of the outcome (the event's
+    occurred_at) when the event is at hand."""
+    event = getattr(uow, "event", None)
+    finished = event.occurred_at if event is not None else now
+    uow.after_commit(lambda: checkout_finished(outcome, created_at, finished))

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import grpc
 
-from mppo.platform import trust
+from mppo.platform import telemetry, trust
 from mppo.platform.errors import DomainError
 from mppo.platform.identity import Caller
 from mppo.platform.rpc_status import from_rpc_error
@@ -46,8 +46,9 @@ class ServiceChannel:
     def metadata(
         self, *extra: tuple[str, str], on_behalf_of: Caller | None = None
     ) -> tuple[tuple[str, str], ...]:
-        """Our identity (and the user's token when acting for `on_behalf_of`) plus `extra`."""
-        return (*trust.outbound_metadata(on_behalf_of), *extra)
+        """Our identity (and the user's token when acting for `on_behalf_of`), the current
+        trace, plus `extra`."""
+        return (*trust.outbound_metadata(on_behalf_of), *telemetry.trace_metadata(), *extra)
 
     async def call(self, what: str, rpc: Callable[[], Awaitable[T]]) -> T:
         """Run one RPC; a failure becomes the domain error the peer described."""

@@ -43,6 +43,13 @@ from mppo.devstack.process import (
     pid_alive,
     process_start_time,
 )
+from mppo.devstack.prometheus import (
+    MetricsTarget,
+    find_prometheus,
+    prometheus_spec,
+    write_config,
+    write_targets,
+)
 from mppo.devstack.services import ServiceDef, check_services, load_services
 
 __all__ = [
@@ -69,10 +76,13 @@ ENV_STATE_DIR = "MPPO_STATE_DIR"
 STATE_FILE = "devstack.json"
 CONTROL_DIR = "control"
 
-#: where a process serves /metrics (mppo.platform.metrics); the services below have a default
-#: port each, which only their first replica may take
+#: where a process serves /metrics (mppo.platform.metrics): every process of the services
+#: below gets a free port of its own (a service's env may name one), recorded in devstack.json
+#: (`services.<name>.metrics` and `.metrics_addrs`, one per replica)
 METRICS_ADDR_VAR = "MPPO_METRICS_ADDR"
-METRICS_DEFAULTS = frozenset({"group", "payment", "order", "notification", "gateway"})
+SERVES_METRICS = frozenset(
+    {"group", "payment", "order", "notification", "gateway", "group-scheduler"}
+)
 
 #: services our code dials over gRPC: their callers get every replica's address (round robin,
 #: mppo.platform.targets); any other process is announced by its first replica's address
@@ -103,6 +113,8 @@ class StackConfig:
     nats_cluster: int = 1
     #: how dead processes come back; None: the first one that dies stops the stack
     restart: RestartPolicy | None = field(default_factory=RestartPolicy)
+    #: also run Prometheus scraping every process (mppo.devstack.prometheus)
+    observability: bool = False
 
 
 # ---------------------------------------------------------------- state file
@@ -115,6 +127,7 @@ def isolated_up_args(
     fsync: bool = False,
     replicas: int = 1,
     nats_cluster: int = 1,
+    observability: bool = False,
 ) -> list[str]:
     """`mppo` arguments for a detached, throw-away stack on free ports (tests, benchmarks):
     the services listed in `services_file` (JSON), every infrastructure port picked free."""
@@ -136,6 +149,7 @@ def isolated_up_args(
         str(services_file),
         *(("--replicas", str(replicas)) if replicas != 1 else ()),
         *(("--nats-cluster", str(nats_cluster)) if nats_cluster != 1 else ()),
+        *(("--observability",) if observability else ()),
     ]
 
 
@@ -187,6 +201,8 @@ def _write_endpoints(out: TextIO, state: dict[str, Any]) -> None:
         out.write(f"  {name:<14} {url}\n")
     for name, svc in state["services"].items():
         extra = f"  db {svc['database_url']}" if svc.get("database_url") else ""
+        if svc.get("metrics_addrs"):
+            extra += f"  metrics {','.join(svc['metrics_addrs'])}"
         addrs = svc.get("addrs") or [svc["addr"]]
         copies = f"  ({len(addrs)} replicas)" if len(addrs) > 1 else ""
         out.write(f"  {name:<14} {','.join(addrs)}{copies}{extra}\n")
@@ -305,6 +321,8 @@ class _Stack:
 
     async def start_everything(self) -> None:
         config = self.config
+        if config.observability:
+            find_prometheus()  # before anything starts: say how to install it
         infra = await start_infra(
             config.state_dir,
             ports=config.ports,
@@ -360,6 +378,29 @@ class _Stack:
             # the first alone (it migrates the database), then the others together
             await self._start_replica(replicas[0], env, pki, first=True)
             await asyncio.gather(*(self._start_replica(r, env, pki) for r in replicas[1:]))
+        if config.observability:
+            await self._start_prometheus()
+
+    async def _start_prometheus(self) -> None:
+        """Prometheus on a free port, scraping every metrics endpoint (one per replica)."""
+        directory = self.state_dir / "prometheus"
+        targets = [
+            MetricsTarget(service, addr)
+            for service, entry in self.state["services"].items()
+            for addr in entry.get("metrics_addrs", [])
+        ]
+        write_targets(directory, targets)
+        write_config(directory)
+        port = free_port()
+        self.out.write(f"starting prometheus on 127.0.0.1:{port} ({len(targets)} targets)\n")
+        self.out.flush()
+        self.meta["prometheus"] = {
+            "service": "prometheus",
+            "readiness": {"kind": "http", "addr": f"127.0.0.1:{port}", "path": "/-/ready"},
+        }
+        await self.sup.start(prometheus_spec(directory, port))
+        self.state["endpoints"]["prometheus"] = f"http://127.0.0.1:{port}"
+        self.save()
 
     async def _start_replica(
         self, replica: Replica, env: dict[str, str], pki: Path, *, first: bool = False
@@ -370,10 +411,12 @@ class _Stack:
             "readiness": _readiness(svc, replica.addr),
         }
         own = {svc.addr_env: replica.addr}
-        if METRICS_ADDR_VAR not in svc.env and not (first and svc.name in METRICS_DEFAULTS):
-            # a copy beside the first (or a role sharing a service's code) must not take the
-            # service's default metrics port
-            own[METRICS_ADDR_VAR] = f"127.0.0.1:{free_port()}"
+        if svc.name in SERVES_METRICS or METRICS_ADDR_VAR in svc.env:
+            metrics = svc.env.get(METRICS_ADDR_VAR) or f"127.0.0.1:{free_port()}"
+            own[METRICS_ADDR_VAR] = metrics
+            entry = self.state["services"].setdefault(svc.name, {})
+            entry.setdefault("metrics", metrics)
+            entry.setdefault("metrics_addrs", []).append(metrics)
         await self.sup.start(
             ProcessSpec(
                 name=replica.name,

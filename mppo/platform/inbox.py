@@ -34,6 +34,7 @@ from mppo.platform.event_types import subject_of
 from mppo.platform.events import HEADER_EVENT_ID, HEADER_MSG_ID, Event, MalformedEventError
 from mppo.platform.logs import bind_ids
 from mppo.platform.messaging import dlq_subject, publish, stream_name, subject_for
+from mppo.platform.metrics import ConsumerMeter
 from mppo.platform.outbox import fault_point
 from mppo.platform.telemetry import tracer
 from mppo.platform.unit_of_work import UnitOfWork
@@ -92,6 +93,17 @@ class EventConsumer:
         self._stale_check_after = stale_check_after
         self._stopping = asyncio.Event()
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._meter = ConsumerMeter(durable)
+
+    @property
+    def durable(self) -> str:
+        """The durable consumer's name (shared by the replicas)."""
+        return self._durable
+
+    @property
+    def stream(self) -> str:
+        """The stream it consumes (prefixed)."""
+        return self._stream
         self._fetching: asyncio.Future[list[Msg]] | None = None
 
     def stop(self) -> None:
@@ -147,10 +159,18 @@ class EventConsumer:
         except MalformedEventError as exc:
             await self._dead_letter(msg, "unknown", f"malformed event: {exc}")
             return
+        meter = self._meter
+        try:
+            redelivered = msg.metadata.num_delivered > 1
+        except Exception:  # not a JetStream delivery (tests feeding messages by hand)
+            redelivered = False
+        if redelivered:
+            meter.redelivered.inc()
         route = self._handlers.get(event.event_type)
         if route is None:
             logger.info("consumer %s: no handler for %s; acked", self._durable, event.event_type)
             await msg.ack()
+            meter.ignored.inc()
             return
         cls, handler = route
         try:
@@ -173,9 +193,11 @@ class EventConsumer:
                 delay,
             )
             await msg.nak(delay=delay)
+            meter.retried.inc()
             return
         fault_point("consumer_after_commit")
         await msg.ack()
+        (meter.applied if applied else meter.duplicate).inc()
         if not applied:
             logger.info("consumer %s: duplicate event %s acked", self._durable, event.event_id)
 
@@ -215,6 +237,7 @@ class EventConsumer:
             delay,
         )
         await msg.nak(delay=delay)
+        self._meter.retried.inc()
 
     async def _dead_letter(self, msg: Msg, event_type: str, reason: str) -> None:
         headers = dict(msg.headers or {})
@@ -231,6 +254,7 @@ class EventConsumer:
             await msg.nak(delay=self._backoff(msg))
             return
         await msg.term()
+        self._meter.dead_lettered.inc()
         logger.error(
             "consumer %s: event %s dead-lettered to %s: %s",
             self._durable,

@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Any, cast
 
 import grpc
@@ -31,18 +33,19 @@ from nats.js import JetStreamContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mppo.platform import messaging
+from mppo.platform import messaging, metrics, telemetry
 from mppo.platform import trust as trust_mod
 from mppo.platform.config import ConfigError, ServiceConfig
 from mppo.platform.db import create_engine
 from mppo.platform.errors import DomainError
 from mppo.platform.identity import Caller, reset_verified, set_verified
+from mppo.platform.inbox import EventConsumer
 from mppo.platform.logs import configure_logging
 from mppo.platform.migrations import upgrade_head
 from mppo.platform.outbox import OutboxRelay
 from mppo.platform.retention import Pruner, PruneTarget
 from mppo.platform.rpc_status import abort, guard
-from mppo.platform.telemetry import TracingServerInterceptor, configure_tracing
+from mppo.platform.telemetry import configure_tracing
 from mppo.platform.trust import Trust
 from mppo.platform.validation import check_message
 from mppo.platform.worker import Worker
@@ -123,6 +126,9 @@ class Parts:
     close: Callable[[], Awaitable[None]] = _nothing_to_close
     #: the service's own tables to prune, besides outbox, inbox and idempotency keys
     prune: Sequence[PruneTarget] = ()
+    #: the service's own sampled gauges (name → coroutine reading them), read with the
+    #: platform's (outbox, consumers) every MPPO_METRICS_SAMPLE_SECONDS
+    samples: Mapping[str, metrics.Sample] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -294,23 +300,37 @@ def _guarded(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """`handler` behind the service boundary: the caller authenticated (`admit`), the request
     checked for hostile input (`check_message`), then the one error mapping (DomainError →
-    status, outages → UNAVAILABLE)."""
+    status, outages → UNAVAILABLE). Every call is counted and timed by status code
+    (metrics.RpcMeter) and, when no trace exporter runs a server interceptor, continues the
+    caller's trace so that its log lines carry the trace id (telemetry.continue_trace)."""
     behavior = getattr(handler, "unary_unary", None)
     if behavior is None or not hasattr(handler, "_replace"):
         return handler
     inner = guard(behavior, name)
+    meter = metrics.RpcMeter(name)
+    continue_trace = not telemetry.exporting()
 
     async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = perf_counter()
+        traced = telemetry.continue_trace(context.invocation_metadata()) if continue_trace else None
         try:
-            caller = await admit(context, name) if admit is not None else None
-            check_message(request)
-        except DomainError as error:
-            await abort(context, error)
-        token = set_verified(caller)
-        try:
-            return await inner(request, context)
+            try:
+                caller = await admit(context, name) if admit is not None else None
+                check_message(request)
+            except DomainError as error:
+                await abort(context, error)
+            token = set_verified(caller)
+            try:
+                reply = await inner(request, context)
+            finally:
+                reset_verified(token)
+        except BaseException as exc:
+            meter.failed(metrics.status_of(exc, context), perf_counter() - started)
+            raise
         finally:
-            reset_verified(token)
+            telemetry.end_trace(traced)
+        meter.ok(perf_counter() - started)
+        return reply
 
     replaced: grpc.RpcMethodHandler[Any, Any] = handler._replace(unary_unary=admitted)
     return replaced
@@ -334,7 +354,7 @@ def build_server(
     spec: ServiceSpec, trust: Trust | None = None
 ) -> tuple[grpc.aio.Server, HealthServicer, LateBoundHandlers]:
     """A server with tracing, health, reflection and a slot for the service's own handlers."""
-    server = grpc.aio.server(interceptors=[TracingServerInterceptor()], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=telemetry.server_interceptors(), options=SERVER_OPTIONS)
     late = LateBoundHandlers(
         spec.grpc_services, admission(spec, trust) if trust is not None else None
     )
@@ -385,10 +405,34 @@ async def serve(spec: ServiceSpec, config: ServiceConfig, stopping: asyncio.Even
                 js=infra.js,
                 prefix=config.infra.nats_prefix,
             )
-            workers = [relay, pruner, *parts.workers]
-            tasks = [asyncio.create_task(w.run(), name=type(w).__name__) for w in workers]
+            metrics.watch_pruner(pruner)
+            consumers = [w for w in parts.workers if isinstance(w, EventConsumer)]
+            sampler = metrics.Sampler(
+                {
+                    "outbox": metrics.outbox_sample(infra.engine),
+                    "consumers": metrics.consumer_sample(
+                        infra.js, consumers, config.infra.nats_prefix
+                    ),
+                    **parts.samples,
+                },
+                interval=metrics.sample_interval(os.environ),
+            )
+            # the platform's own loops record no traces (a poll is not a request)
+            platform: list[Worker] = [relay, pruner, sampler]
+            workers = [*platform, *parts.workers]
+            tasks = [
+                asyncio.create_task(
+                    w.run(),
+                    name=type(w).__name__,
+                    context=telemetry.untraced() if w in platform else None,
+                )
+                for w in workers
+            ]
             tasks.append(
-                asyncio.create_task(_watchdog(infra, health, spec.grpc_services, stopping))
+                asyncio.create_task(
+                    _watchdog(infra, health, spec.grpc_services, stopping),
+                    context=telemetry.untraced(),
+                )
             )
             await _set_all(health, spec.grpc_services, serving=True)
             logger.info("%s SERVING on %s", spec.name, config.addr)
@@ -436,7 +480,6 @@ def run_service(spec: ServiceSpec, make_config: Callable[[], ServiceConfig]) -> 
     """Process entry point: read and check every setting, configure logging and tracing, then
     serve on uvloop. A setting that is missing, malformed or a development default outside
     dev/test stops the process with exit code 2 and one line naming the variable."""
-    import os
     import sys
 
     import uvloop
@@ -446,7 +489,13 @@ def run_service(spec: ServiceSpec, make_config: Callable[[], ServiceConfig]) -> 
         configure_logging(spec.name, config.log_level)
         trust_mod.configure(Trust.from_env(os.environ, spec.name))
         configure_tracing(spec.name)
-        uvloop.run(_main(spec, config))
+        telemetry.instrument_libraries()
+        served = metrics.serve_metrics(metrics.metrics_addr(os.environ, spec.name), spec.name)
+        try:
+            uvloop.run(_main(spec, config))
+        finally:
+            if served is not None:
+                served.close()
     except ConfigError as exc:
         logger.critical("%s refuses to start: %s", spec.name, exc)
         sys.stderr.write(f"{spec.name}: configuration error: {exc}\n")

@@ -46,7 +46,7 @@ from mppo.platform.errors import PermissionDeniedError, UnauthenticatedError
 from mppo.platform.identity import SERVICE_KEY, USER_ID_KEY, USER_JWT_KEY, Caller
 from mppo.platform.idp_jwt import AuthError, JwtVerifier, bearer_token, load_jwt_verifier
 from mppo.platform.targets import channel_options, grpc_target
-from mppo.platform.telemetry import TracingClientInterceptor
+from mppo.platform.telemetry import client_interceptors
 from mppo.platform.tls import (
     TlsConfigError,
     TlsMaterial,
@@ -264,7 +264,7 @@ def channel(target: str, options: list[tuple[str, Any]] | None = None) -> grpc.a
     name, mppo.platform.targets), balanced round robin over its addresses: mutual TLS with
     our certificate (plaintext only in explicit dev mode), carrying the trace context."""
     trust = current()
-    interceptors: Any = [TracingClientInterceptor()]
+    interceptors: Any = client_interceptors() or None  # exporting traces only
     address, options = grpc_target(target), channel_options(target, options)
     if trust.material is None:
         return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)

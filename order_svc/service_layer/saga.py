@@ -28,11 +28,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 
 from mppo.platform.logs import bind_ids
 from mppo.platform.outbox import fault_point
 from order_svc.domain.model import FailureReason, Order, OrderStatus, Share, ShareStatus
 from order_svc.domain.validator import check_against_catalogue, check_consistency
+from order_svc.observability import SAGA_FINISHED, observe_step
 from order_svc.service_layer.messages import to_proto
 from order_svc.service_layer.ports import (
     MerchantClient,
@@ -126,14 +128,24 @@ class OrderSaga:
             return
         with bind_ids(group_id=order.group_id):
             while True:
+                started, recorded = perf_counter(), len(order.steps)
                 try:
                     await self._step(order)
                 except _TransientError as exc:
                     if not await self._retry_later(order, exc):
+                        observe_step(exc.step, "retry", perf_counter() - started)
                         return
                     # gave up on a forward step: commit the failure
                 await self._commit(order)
+                # the step is named by the first record it made (a capture step records
+                # each share and the confirmation); it failed if any of them did
+                made = order.steps[recorded:]
+                if made:
+                    failed = any(s.outcome == "failed" for s in made)
+                    outcome = "failed" if failed else made[-1].outcome
+                    observe_step(made[0].step, outcome, perf_counter() - started)
                 if order.status.terminal:
+                    SAGA_FINISHED.labels(order.status.value).inc()
                     await self._finished(order)
                     return
 

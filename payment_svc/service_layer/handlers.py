@@ -74,6 +74,7 @@ from payment_svc.domain.model import (
     PaymentStatus,
     ordering,
 )
+from payment_svc.observability import WEBHOOK_VERIFICATION_FAILURES, WEBHOOKS_RECEIVED
 from payment_svc.service_layer import commands
 from payment_svc.service_layer.unit_of_work import PaymentUnitOfWork
 from payment_svc.settings import PaymentSettings
@@ -644,9 +645,11 @@ class PaymentHandlers:
             headers={k.lower(): v for k, v in cmd.headers.items()},
             body=cmd.body,
         )
+        WEBHOOKS_RECEIVED.labels(name).inc()
         try:
             await provider.verify_webhook(request)
         except WebhookVerificationError as exc:
+            WEBHOOK_VERIFICATION_FAILURES.labels(name).inc()
             logger.warning("%s webhook rejected: %s", name, exc)
             raise UnauthenticatedError(f"webhook verification failed: {exc}") from exc
         try:

@@ -1,7 +1,8 @@
 """One whole system for the end-to-end tests: ``mppo dev up`` of every default service on
 free ports in a temporary state directory, shared by every test of this package, and
 ``mppo dev down`` once the package's last test is done (so it does not idle under the other
-test tiers of the same session)."""
+test tiers of the same session). It runs with ``--observability``: a real Prometheus scrapes
+every process (tests/e2e/test_observability_e2e.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.support.e2e import Api, Stack, start_stack
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The running stack; after the session, dev down must leave no process behind."""
-    running = start_stack(tmp_path_factory.mktemp("e2e-stack"))
+    running = start_stack(tmp_path_factory.mktemp("e2e-stack"), observability=True)
     try:
         yield running
         # the supervisor restarts a process that dies: none may have died here unnoticed

@@ -154,15 +154,23 @@ def start_stack(
     services: Sequence[ServiceDef] = DEFAULT_SERVICES,
     replicas: int = 1,
     nats_cluster: int = 1,
+    observability: bool = False,
 ) -> Stack:
     """``mppo dev up --detach`` of ``services`` (every default one) on free ports under
-    ``root``, each scalable one ``replicas`` times, on ``nats_cluster`` nats-servers."""
+    ``root``, each scalable one ``replicas`` times, on ``nats_cluster`` nats-servers; with
+    ``observability``, Prometheus scrapes every process (``endpoints.prometheus``)."""
     root.mkdir(parents=True, exist_ok=True)
     services_file = root / "services.json"
     services_file.write_text(json.dumps(services_json(services, env), indent=2))
     state_dir = root / "state"
     up = mppo(
-        *isolated_up_args(state_dir, services_file, replicas=replicas, nats_cluster=nats_cluster),
+        *isolated_up_args(
+            state_dir,
+            services_file,
+            replicas=replicas,
+            nats_cluster=nats_cluster,
+            observability=observability,
+        ),
         timeout=420,
     )
     if up.returncode != 0:

@@ -98,6 +98,8 @@ def start_service(
         "MPPO_REDIS_URL": redis_url,
         "MPPO_NATS_URL": nats_url,
         "MPPO_NATS_PREFIX": nats_prefix,
+        # its own free metrics port: a test may run several copies of a service
+        "MPPO_METRICS_ADDR": "127.0.0.1:0",
         **(env or {}),
     }
     log_dir.mkdir(parents=True, exist_ok=True)

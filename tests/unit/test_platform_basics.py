@@ -8,15 +8,15 @@ import logging
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from google.protobuf import wrappers_pb2
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mppo.platform.config import ConfigError, InfraConfig, ServiceConfig
 from mppo.platform.logs import JsonFormatter, bind_ids
 from mppo.platform.telemetry import (
-    TracingServerInterceptor,
+    exporting,
+    server_interceptors,
     traced_channel,
     tracer,
 )
@@ -83,25 +83,48 @@ def test_json_log_line_carries_bound_ids_and_extras() -> None:
     assert "group_id" not in second
 
 
+async def _echo(request: wrappers_pb2.StringValue, context: object) -> wrappers_pb2.StringValue:
+    return wrappers_pb2.StringValue(value=request.value)
+
+
+class _Echo(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[object, object] | None:
+        if handler_call_details.method != "/mppo.test.Echo/Echo":
+            return None
+        return grpc.unary_unary_rpc_method_handler(
+            _echo,
+            request_deserializer=wrappers_pb2.StringValue.FromString,
+            response_serializer=wrappers_pb2.StringValue.SerializeToString,
+        )
+
+
 async def test_trace_context_crosses_a_real_grpc_call(span_exporter: InMemorySpanExporter) -> None:
+    """Exporting, the maintained grpc.aio interceptors make a client and a server span of one
+    trace."""
     exporter = span_exporter
-    server = grpc.aio.server(interceptors=[TracingServerInterceptor()])
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    assert exporting()
+    server = grpc.aio.server(interceptors=server_interceptors())
+    server.add_generic_rpc_handlers((_Echo(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         async with traced_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+            echo = channel.unary_unary(
+                "/mppo.test.Echo/Echo",
+                request_serializer=wrappers_pb2.StringValue.SerializeToString,
+                response_deserializer=wrappers_pb2.StringValue.FromString,
+            )
             with tracer().start_as_current_span("caller") as caller:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+                reply = await echo(wrappers_pb2.StringValue(value="hi"), timeout=5)
             caller_trace = caller.get_span_context().trace_id
     finally:
         await server.stop(None)
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert reply.value == "hi"
     spans = exporter.get_finished_spans()
     (server_span,) = [s for s in spans if s.kind is trace.SpanKind.SERVER]
-    assert server_span.name == "/grpc.health.v1.Health/Check"
+    assert server_span.name == "/mppo.test.Echo/Echo"
     assert server_span.context is not None
     assert server_span.context.trace_id == caller_trace
     client_spans = [s for s in spans if s.kind is trace.SpanKind.CLIENT]

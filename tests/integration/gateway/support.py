@@ -104,6 +104,8 @@ def gateway_env(
         "MPPO_GATEWAY_RATE_PREFIX": f"gwtest:{uuid.uuid4().hex[:8]}:",
         "MPPO_GATEWAY_CORS_ORIGINS": "https://app.example",
         "MPPO_LOG_LEVEL": "INFO",
+        # its own free metrics port: several gateways may run at once
+        "MPPO_METRICS_ADDR": "127.0.0.1:0",
     }
     env.update({f"MPPO_{area.upper()}_ADDR": addr for area, addr in upstreams.items()})
     env.update(extra)

@@ -8,6 +8,7 @@ import asyncio
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 
 from mppo.order.v1 import order_pb2
 from order_svc.domain.model import FailureReason, Line, Order, OrderStatus, Share, ShareStatus
@@ -86,14 +87,31 @@ def stack() -> Stack:
     return Stack()
 
 
+def step_count(step: str, outcome: str) -> float:
+    """How many saga steps `step` ended with `outcome` so far (this process)."""
+    labels = {"step": step, "outcome": outcome}
+    return REGISTRY.get_sample_value("mppo_order_saga_step_duration_seconds_count", labels) or 0.0
+
+
 async def test_an_order_is_placed_once_and_every_share_captured_for_exactly_its_amount(
     stack: Stack,
 ) -> None:
     order = await stack.order("PIZZA", 3, members=3)
+    captures = step_count("capture", "ok")
+    confirmed_orders = REGISTRY.get_sample_value(
+        "mppo_order_saga_finished_total", {"status": "CONFIRMED"}
+    )
     await stack.saga.advance(order.order_id)
 
     final = stack.stored(order)
     assert final.status is OrderStatus.CONFIRMED
+    # each step is timed (the three captures are one step), the finished order counted
+    assert step_count("capture", "ok") == captures + 1
+    assert step_count("validate", "ok") >= 1
+    assert (
+        REGISTRY.get_sample_value("mppo_order_saga_finished_total", {"status": "CONFIRMED"})
+        == (confirmed_orders or 0) + 1
+    )
     assert stack.merchant.keys("place") == [f"{order.order_id}:place"]
     assert stack.merchant.keys("reserve") == [f"{order.order_id}:reserve"]
     assert sorted(stack.payments.done("capture")) == ["p0", "p1", "p2"]
