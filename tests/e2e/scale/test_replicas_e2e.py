@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 
@@ -35,11 +36,12 @@ from tests.e2e.scale.conftest import SCALED
 from tests.e2e.test_checkout_e2e import (
     test_group_of_four_pays_and_the_order_is_confirmed as group_of_four_checks_out,
 )
-from tests.support.e2e import Api, Stack
+from tests.support.e2e import Api, Stack, eventually
 
 pytestmark = pytest.mark.slow
 
-#: stream -> (service database, the event types its outbox publishes there)
+UNPUBLISHED = "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL"
+#: stream -> the service whose outbox publishes there
 STREAMS = {"MPPO_GROUP": "group", "MPPO_PAYMENT": "payment", "MPPO_ORDER": "order"}
 
 
@@ -158,14 +160,18 @@ async def test_killing_the_payment_stream_leader_loses_no_acknowledged_event(
 
     for stream, service in STREAMS.items():
         await _caught_up(js, stream)
-        stored = await _stream_ids(js, stream)
-        assert len(stored) == len(set(stored)), f"{stream} holds an event twice"
+        # the outbox drains (relays are woken by every commit; the poll is the safety net)
+        await eventually(
+            functools.partial(scaled.query, service, UNPUBLISHED),
+            lambda rows: rows[0]["n"] == 0,
+            within=30,
+            what=f"{service}'s outbox drained",
+        )
+        # published rows first: whatever a relay publishes meanwhile is in the stream too
         published = await scaled.query(
             service, "SELECT event_id::text AS id FROM outbox WHERE published_at IS NOT NULL"
         )
+        stored = await _stream_ids(js, stream)
+        assert len(stored) == len(set(stored)), f"{stream} holds an event twice"
         missing = {row["id"] for row in published} - set(stored)
         assert not missing, f"{stream}: acknowledged but not stored: {sorted(missing)[:5]}"
-        unpublished = await scaled.query(
-            service, "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL"
-        )
-        assert unpublished[0]["n"] == 0, f"{service}'s outbox did not drain"
