@@ -4,6 +4,7 @@ Prometheus accepts (promtool), every metrics endpoint is a target labelled with 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mppo.devstack.process import StartupError
+from mppo.devstack.process import ProcessSpec, StartupError
 from mppo.devstack.prometheus import (
     ALERT_RULES,
     JOB,
@@ -22,6 +23,7 @@ from mppo.devstack.prometheus import (
     write_config,
     write_targets,
 )
+from mppo.devstack.stack import StackConfig
 
 TARGETS = [
     MetricsTarget("group", "127.0.0.1:40001"),
@@ -74,3 +76,40 @@ def test_the_process_listens_on_loopback_with_its_data_in_the_state_dir(tmp_path
     assert f"--storage.tsdb.path={tmp_path / 'data'}" in spec.argv
     assert f"--config.file={tmp_path / 'prometheus.yml'}" in spec.argv
     assert spec.readiness is not None
+
+
+class _RecordingSupervisor:
+    """Takes the specs `mppo dev up` would start."""
+
+    def __init__(self) -> None:
+        self.specs: list[ProcessSpec] = []
+        self.processes: list[object] = []
+
+    async def start(self, spec: ProcessSpec) -> None:
+        self.specs.append(spec)
+
+
+async def test_every_replica_serves_metrics_on_its_own_port(tmp_path: Path) -> None:
+    """Each process of a metrics-serving service (every replica) gets a free port of its
+    own, recorded in devstack.json; a stand-in (the sandbox) gets none."""
+    from mppo.devstack.services import DEFAULT_SERVICES
+    from mppo.devstack.stack import _Stack, plan_replicas
+
+    services = tuple(s for s in DEFAULT_SERVICES if s.name in ("group", "sandbox"))
+    stack = _Stack(StackConfig(state_dir=tmp_path, services=services), io.StringIO(), tmp_path)
+    recording = _RecordingSupervisor()
+    stack.sup = recording  # type: ignore[assignment]
+    plan = plan_replicas(services, replicas=2)
+    for svc in services:
+        stack.state["services"][svc.name] = {}
+        for replica in plan[svc.name]:
+            await stack._start_replica(replica, {}, tmp_path)
+    by_name = {spec.name: dict(spec.env) for spec in recording.specs}
+    assert set(by_name) == {"group-1", "group-2", "sandbox"}
+    ports = [by_name[name]["MPPO_METRICS_ADDR"] for name in ("group-1", "group-2")]
+    assert len(set(ports)) == 2
+    assert "MPPO_METRICS_ADDR" not in by_name["sandbox"]
+    recorded = stack.state["services"]["group"]
+    assert recorded["metrics_addrs"] == ports
+    assert recorded["metrics"] == ports[0]
+    assert "metrics" not in stack.state["services"]["sandbox"]
