@@ -61,6 +61,15 @@ def status_json(status: status_pb2.Status) -> bytes:
     return json.dumps(body).encode()
 
 
+_MAX_ERROR_TEXT = 500
+
+
+def _printable(text: str) -> str:
+    """`text` as valid UTF-8, at most _MAX_ERROR_TEXT characters."""
+    clean = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return clean if len(clean) <= _MAX_ERROR_TEXT else clean[: _MAX_ERROR_TEXT - 1] + "…"
+
+
 def make_status(
     code: int,
     message: str,
@@ -69,7 +78,14 @@ def make_status(
     reason: str = "",
     metadata: dict[str, str] | None = None,
 ) -> status_pb2.Status:
-    """A google.rpc.Status with optional BadRequest and ErrorInfo details."""
+    """A google.rpc.Status with optional BadRequest and ErrorInfo details.
+
+    Texts may echo what a client sent (a parser naming the value it refused): they are made
+    valid UTF-8 (lone surrogates escaped) and bounded, so an error about hostile input can
+    always be written.
+    """
+    message = _printable(message)
+    field_violations = [(_printable(f), _printable(d)) for f, d in field_violations]
     status = status_pb2.Status(code=code, message=message)
     if reason:
         info = error_details_pb2.ErrorInfo(reason=reason, domain="mppo.dev")

@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -46,6 +47,8 @@ ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _valid_group() -> dict[str, Any]:
+    # within every provider's hold window (a deadline beyond it is refused, issue 14)
+    deadline = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "merchantId": "m-1",
         "currencyCode": "EUR",
@@ -54,7 +57,7 @@ def _valid_group() -> dict[str, Any]:
         ],
         "splitMode": "SPLIT_MODE_EQUAL",
         "fallbackPolicy": "FALLBACK_POLICY_CANCEL",
-        "deadline": "2099-01-01T00:00:00Z",
+        "deadline": deadline,
         "host": {"displayName": "Ann", "email": "ann@example.com"},
         "members": [{"displayName": "Bo", "email": "bo@example.com"}],
     }
@@ -184,20 +187,24 @@ def _field_paths(
 
 
 def _put(body: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
+    """Set `value` at `path`, creating what is missing; a path that crosses a value of the
+    other kind (an index into an object, a name into a list) puts nothing."""
     node: Any = body
     for step, following in itertools.pairwise(path):
+        if isinstance(step, int) != isinstance(node, list):
+            return
         empty: Any = [] if isinstance(following, int) else {}
         if isinstance(step, int):
             while len(node) <= step:
                 node.append(empty)
             if not isinstance(node[step], (dict, list)):
                 node[step] = empty
-            node = node[step]
-        else:
-            if not isinstance(node.get(step), (dict, list)):
-                node[step] = empty
-            node = node[step]
+        elif not isinstance(node.get(step), (dict, list)):
+            node[step] = empty
+        node = node[step]
     last = path[-1]
+    if isinstance(last, int) != isinstance(node, list):
+        return
     if isinstance(last, int):
         while len(node) <= last:
             node.append(None)

@@ -129,3 +129,16 @@ def test_openapi_covers_public_bindings_and_resolves(
         assert update["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/test.library.v1.Book"
         }
+
+
+def test_an_error_echoing_hostile_text_can_always_be_written() -> None:
+    # a JSON parser naming the value it refused: a lone surrogate, and a lot of it
+    status = make_status(
+        code_pb2.INVALID_ARGUMENT,
+        "bad value \ud800" + "x" * 5000,
+        field_violations=(("items[0].sku\ud800", "refused \udfff"),),
+    )
+    body = json.loads(status_json(status))
+    assert body["message"].startswith("bad value \\ud800")
+    assert len(body["message"]) <= 500
+    assert "\\udfff" in json.dumps(body["details"])
