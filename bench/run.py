@@ -58,6 +58,13 @@ PYTHON_SERVICES = ("group", "payment", "order", "notification", "gateway")
 TARGET_P99_MS = 100.0
 
 
+def _service_of(process: str) -> str:
+    """The Python service a process is (``payment-2`` is a replica of payment), or ""."""
+    base, _, suffix = process.rpartition("-")
+    name = base if suffix.isdigit() else process
+    return name if name in PYTHON_SERVICES else ""
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of ``values``; 0 for none."""
     if not values:
@@ -196,7 +203,7 @@ async def benchmark(args: argparse.Namespace, stack: RunningStack) -> dict[str, 
         ratio = peak.groups_per_second / ceiling.groups_per_second
         ratio_reference = peak.groups_per_second / reference.groups_per_second
         python_cpu_ms = round(
-            sum(cpu[name]["cpu_ms_per_checkout"] for name in PYTHON_SERVICES if name in cpu), 2
+            sum(v["cpu_ms_per_checkout"] for name, v in cpu.items() if _service_of(name)), 2
         )
         report: dict[str, Any] = {
             "max": {

@@ -97,3 +97,14 @@ def test_charts_are_drawn_with_matplotlib(tmp_path: Path) -> None:
 def _write(path: Path, report: dict[str, Any]) -> Path:
     path.write_text(json.dumps(report))
     return path
+
+
+def test_python_cpu_counts_every_replica_of_a_service() -> None:
+    from bench.run import _service_of
+
+    assert [_service_of(n) for n in ("payment", "payment-2", "gateway-1", "smtp-sink")] == [
+        "payment",
+        "payment",
+        "gateway",
+        "",
+    ]
