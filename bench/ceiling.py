@@ -23,7 +23,7 @@ import asyncpg
 import nats
 from nats.js.api import StorageType, StreamConfig
 
-__all__ = ["CeilingResult", "measure_ceiling"]
+__all__ = ["CeilingResult", "measure_ceiling", "scratch_database"]
 
 CEILING_DB = "bench_ceiling"
 CEILING_STREAM = "BENCH_CEILING"
@@ -43,15 +43,15 @@ class CeilingResult:
         return self.groups / self.seconds if self.seconds > 0 else 0.0
 
 
-async def _ensure_database(server_url: str) -> str:
+async def scratch_database(server_url: str, name: str) -> str:
+    """The URL of database `name` on the server, created if missing (a bench's scratch)."""
     conn = await asyncpg.connect(server_url)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", CEILING_DB)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{CEILING_DB}"')
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return server_url.rsplit("/", 1)[0] + f"/{CEILING_DB}"
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 async def measure_ceiling(
@@ -68,7 +68,7 @@ async def measure_ceiling(
     """Replay ``groups`` checkouts' worth of bare transactions and publishes."""
     txns = max(1, math.ceil(transactions_per_group))
     pubs = max(1, math.ceil(publishes_per_group))
-    db_url = await _ensure_database(postgres_server_url)
+    db_url = await scratch_database(postgres_server_url, CEILING_DB)
     pool = await asyncpg.create_pool(db_url, min_size=2, max_size=pool_size)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()

@@ -22,11 +22,12 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import asyncpg
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+
+from bench.ceiling import CeilingResult, scratch_database
 
 __all__ = ["REFERENCE_PUBLISHES", "REFERENCE_TRANSACTIONS", "ReferenceResult", "measure_reference"]
 
@@ -52,27 +53,8 @@ TRUNCATE ref_aggregate, ref_history, ref_outbox;
 """
 
 
-@dataclass(frozen=True)
-class ReferenceResult:
-    groups: int
-    transactions_per_group: int
-    publishes_per_group: int
-    concurrency: int
-    seconds: float
-
-    @property
-    def groups_per_second(self) -> float:
-        return self.groups / self.seconds if self.seconds > 0 else 0.0
-
-
-async def _database(server_url: str) -> str:
-    conn = await asyncpg.connect(server_url)
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", REFERENCE_DB):
-            await conn.execute(f'CREATE DATABASE "{REFERENCE_DB}"')
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + f"/{REFERENCE_DB}"
+#: the same figures as the replay ceiling's: groups, work per group, concurrency, seconds
+ReferenceResult = CeilingResult
 
 
 async def _business_transaction(pool: asyncpg.Pool, aggregate: uuid.UUID, step: int) -> None:
@@ -109,9 +91,8 @@ async def measure_reference(
     progress: Callable[[int], None] | None = None,
 ) -> ReferenceResult:
     """Run ``groups`` reference checkouts, ``concurrency`` at a time."""
-    pool = await asyncpg.create_pool(
-        await _database(postgres_server_url), min_size=2, max_size=pool_size
-    )
+    url = await scratch_database(postgres_server_url, REFERENCE_DB)
+    pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     with contextlib.suppress(Exception):
