@@ -71,11 +71,21 @@ async def _leader(js: JetStreamContext, stream: str) -> str:
 
 async def _stored_ids(js: JetStreamContext, stream: str, subject: str) -> list[str]:
     """Every message's Nats-Msg-Id, in stream order (an ephemeral pull consumer)."""
-    sub = await js.pull_subscribe(
-        subject,
-        stream=stream,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0),
-    )
+    # right after a node came back the cluster may still be settling who leads the consumer
+    # API: creating the consumer is retried for a while (reading what is stored is the test)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sub = await js.pull_subscribe(
+                subject,
+                stream=stream,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0),
+            )
+            break
+        except (nats.errors.TimeoutError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     ids: list[str] = []
     try:
         while True:
