@@ -16,14 +16,14 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 import nats
 from nats.js.api import StorageType, StreamConfig
 
-__all__ = ["CeilingResult", "measure_ceiling", "scratch_database"]
+__all__ = ["CeilingResult", "measure_ceiling", "run_concurrently", "scratch_database"]
 
 CEILING_DB = "bench_ceiling"
 CEILING_STREAM = "BENCH_CEILING"
@@ -41,6 +41,35 @@ class CeilingResult:
     @property
     def groups_per_second(self) -> float:
         return self.groups / self.seconds if self.seconds > 0 else 0.0
+
+
+async def run_concurrently(
+    count: int,
+    concurrency: int,
+    job: Callable[[int], Awaitable[None]],
+    progress: Callable[[int], None] | None = None,
+) -> float:
+    """Run ``job(0) … job(count - 1)``, ``concurrency`` at a time; the seconds it took."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while True:
+            try:
+                index = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await job(index)
+            done += 1
+            if progress is not None:
+                progress(done)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
 
 
 async def scratch_database(server_url: str, name: str) -> str:
@@ -99,26 +128,10 @@ async def measure_ceiling(
                     "benchceil.event", PAYLOAD, headers={"Nats-Msg-Id": event_id}, timeout=10
                 )
 
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(groups):
-            queue.put_nowait(i)
-        done = 0
+        async def checkout(_index: int) -> None:
+            await asyncio.gather(transactions(), publishes())
 
-        async def worker() -> None:
-            nonlocal done
-            while True:
-                try:
-                    queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await asyncio.gather(transactions(), publishes())
-                done += 1
-                if progress is not None:
-                    progress(done)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
+        seconds = await run_concurrently(groups, concurrency, checkout, progress)
     finally:
         with contextlib.suppress(Exception):
             await js.delete_stream(CEILING_STREAM)

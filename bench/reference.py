@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 
@@ -27,7 +26,7 @@ import asyncpg
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
-from bench.ceiling import CeilingResult, scratch_database
+from bench.ceiling import CeilingResult, run_concurrently, scratch_database
 
 __all__ = ["REFERENCE_PUBLISHES", "REFERENCE_TRANSACTIONS", "ReferenceResult", "measure_reference"]
 
@@ -140,26 +139,7 @@ async def measure_reference(
                 with contextlib.suppress(Exception):
                     await js.delete_consumer(REFERENCE_STREAM, f"ref{index}")
 
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(groups):
-            queue.put_nowait(i)
-        done = 0
-
-        async def worker() -> None:
-            nonlocal done
-            while True:
-                try:
-                    index = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await checkout(index)
-                done += 1
-                if progress is not None:
-                    progress(done)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
+        seconds = await run_concurrently(groups, concurrency, checkout, progress)
     finally:
         with contextlib.suppress(Exception):
             await js.delete_stream(REFERENCE_STREAM)
