@@ -1,4 +1,4 @@
-"""The group state machine (ARCHITECTURE.md §3): which status may follow which.
+"""The group state machine: which status may follow which (docs/lifecycle.md is drawn from it).
 
     DRAFT ──► OPEN ──► PENDING ──► CONFIRMED
       │        │          │
