@@ -20,7 +20,6 @@ service can verify the provider's signature over the untouched body.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -42,14 +41,22 @@ from gateway import group_page
 from gateway.auth import AuthError, JwksSource, JwtVerifier
 from gateway.config import GatewayConfig
 from gateway.descriptors import Catalog
-from gateway.errors import http_status, make_status, status_from_rpc_error, status_json
-from gateway.openapi import build_openapi
-from gateway.ratelimit import Decision, Limit, RateLimiter
+from gateway.errors import (
+    http_status,
+    make_status,
+    rename_fields,
+    status_from_rpc_error,
+    status_json,
+)
+from gateway.field_names import RestFieldNames
+from gateway.openapi import IDEMPOTENT_REPLAYED, public_document, serialize
+from gateway.ratelimit import RATELIMIT_HEADERS, Decision, Limit, RateLimiter, tightest
 from gateway.routing import Match, MethodNotAllowedError, RouteNotFoundError, Router
 from gateway.transcode import BadRequestError, Transcoder
 from gateway.upstream import Upstreams
 from mppo.platform import telemetry
 from mppo.platform.errors import InvalidArgumentError
+from mppo.platform.idempotency import REPLAYED_KEY
 from mppo.platform.identity import USER_JWT_KEY
 from mppo.platform.metrics import HttpMeter
 from mppo.platform.user_token import USER_TOKEN_KEY, UserTokenSigner
@@ -79,6 +86,9 @@ TRANSPORT_HEADERS = frozenset({"host", "content-length", "content-type", "user-a
 # A client never sets who is calling: dropped from the headers webhooks forward.
 IDENTITY_HEADERS = frozenset({USER_ID_KEY, SERVICE_KEY, USER_TOKEN_KEY, USER_JWT_KEY})
 CORS_ALLOWED_HEADERS = "authorization, content-type, idempotency-key, x-request-id, traceparent"
+CORS_EXPOSED_HEADERS = ", ".join(
+    ("X-Request-Id", "Retry-After", IDEMPOTENT_REPLAYED, *RATELIMIT_HEADERS)
+)
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+\Z")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
@@ -151,10 +161,7 @@ class Gateway:
         self.upstreams = Upstreams(catalog, config.upstreams, config.upstream_timeout, config.trust)
         self.user_tokens = UserTokens(config.signer)
         self.http_meter = HttpMeter()
-        public = [r.binding for r in self.router.routes]
-        order = {id(b): i for i, b in enumerate(catalog.bindings)}
-        public.sort(key=lambda b: order[id(b)])
-        self.openapi = json.dumps(build_openapi(catalog, public)).encode()
+        self.openapi = serialize(public_document(catalog)).encode()
 
     # ------------------------------------------------------------------ responses
 
@@ -167,9 +174,10 @@ class Gateway:
         reason: str = "",
         headers: dict[str, str] | None = None,
         http: int | None = None,
+        fields: RestFieldNames | None = None,
     ) -> web.Response:
         status = make_status(code, message, field_violations=violations, reason=reason)
-        return self._status_response(status, headers=headers, http=http)
+        return self._status_response(status, headers=headers, http=http, fields=fields)
 
     def _status_response(
         self,
@@ -177,7 +185,10 @@ class Gateway:
         *,
         headers: dict[str, str] | None = None,
         http: int | None = None,
+        fields: RestFieldNames | None = None,
     ) -> web.Response:
+        if fields is not None:  # a REST request: its fields as the client named them
+            status = rename_fields(status, fields)
         return web.Response(
             status=http or http_status(status.code),
             body=status_json(status),
@@ -191,8 +202,7 @@ class Gateway:
         """Every request that is not /healthz or /openapi.json."""
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return self._preflight(request)
-        ip = request.remote or "unknown"
-        decision = await self.limiter.take(f"ip:{ip}", self.config.ip_limit)
+        decision = await self.take(request, "ip", self.config.ip_limit)
         if not decision.allowed:
             return self._refused(decision)
         try:
@@ -231,13 +241,14 @@ class Gateway:
                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
                 )
             request["user_id"] = user_id
-            decision = await self.limiter.take(f"user:{user_id}", self.config.caller_limit)
+            decision = await self.take(request, f"user:{user_id}", self.config.caller_limit)
             if not decision.allowed:
                 return self._refused(decision)
         return await self._forward(request, match, user_id)
 
     async def _forward(self, request: web.Request, match: Match, user_id: str) -> web.Response:
         binding = match.route.binding
+        fields = RestFieldNames(binding, match.variables, request.query.keys())
         body = b""
         if binding.body:
             length = request.content_length
@@ -261,6 +272,7 @@ class Gateway:
                 str(exc),
                 violations=((exc.field, exc.description),),
                 reason="BAD_REQUEST_BODY",
+                fields=fields,
             )
         try:
             check_message(message)
@@ -270,16 +282,17 @@ class Gateway:
                 exc.message,
                 violations=tuple((v.field, v.description) for v in exc.violations),
                 reason=exc.reason,
+                fields=fields,
             )
         metadata = self._metadata(request, user_id, webhook=binding.webhook)
         if isinstance(metadata, web.Response):
             return metadata
         try:
-            reply = await self.upstreams.call(binding, message, metadata)
+            reply, replied = await self.upstreams.call_with_headers(binding, message, metadata)
         except grpc.aio.AioRpcError as exc:
             status = status_from_rpc_error(exc)
             if status.code not in UNAVAILABLE_CODES:
-                return self._status_response(status)
+                return self._status_response(status, fields=fields)
             if not status.details:
                 # Usually the channel, not the service: keep addresses out of the reply.
                 logger.warning("upstream %s: %s", binding.area, status.message)
@@ -294,7 +307,28 @@ class Gateway:
         payload, content_type = self.transcoder.response(binding, reply)
         response = web.Response(status=200, body=payload)
         response.headers["Content-Type"] = content_type
+        if replied.get(REPLAYED_KEY) == "true":  # the service answered with a stored response
+            response.headers[IDEMPOTENT_REPLAYED] = "true"
         return response
+
+    async def take(self, request: web.Request, bucket: str, limit: Limit) -> Decision:
+        """A token from `bucket` (`ip`: the client's address) for this request; the decision is
+        kept for the response's RateLimit headers."""
+        if bucket == "ip":
+            bucket = f"ip:{request.remote or 'unknown'}"
+        decision = await self.limiter.take(bucket, limit)
+        request.setdefault("ratelimit", []).append(decision)
+        return decision
+
+    async def _ratelimit_headers(self, request: web.Request) -> dict[str, str]:
+        """The RateLimit headers for the response: the tightest bucket this request took from,
+        else (unmetered endpoints: /healthz, /openapi.json, the group page's files) what the
+        client's address has left, read without taking."""
+        decision = tightest(request.get("ratelimit", []))
+        if decision is None:
+            ip = f"ip:{request.remote or 'unknown'}"
+            decision = await self.limiter.peek(ip, self.config.ip_limit)
+        return decision.headers()
 
     def _metadata(
         self, request: web.Request, user_id: str, *, webhook: bool
@@ -400,10 +434,14 @@ class Gateway:
                 logger.exception("request %s failed", request_id)
                 response = self.error(code_pb2.INTERNAL, "internal gateway error")
             response.headers["X-Request-Id"] = request_id
+            try:
+                response.headers.update(await self._ratelimit_headers(request))
+            except Exception:  # headers are advice: never fail a response over them
+                logger.exception("request %s: no RateLimit headers", request_id)
             origin = request.headers.get("Origin", "")
             if self._origin_allowed(origin):
                 response.headers["Access-Control-Allow-Origin"] = origin
-                response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+                response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
                 response.headers["Vary"] = "Origin"
             elapsed = time.monotonic() - started
             route = request.get("route") or _OWN_ROUTES.get(request.path, "unmatched")

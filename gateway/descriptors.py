@@ -26,6 +26,24 @@ WEBHOOK_METHODS = frozenset({"mppo.payment.v1.PaymentService.HandleWebhook"})
 # the group service when a group is fully paid; an end user must never place an order for a
 # group directly.
 INTERNAL_METHODS = frozenset({"mppo.order.v1.OrderService.CreateOrder"})
+# The public RPCs whose service honours an `idempotency-key` (group_svc's servicer claims it
+# in the call's unit of work): OpenAPI declares the `Idempotency-Key` header on their REST
+# bindings, and a replay is answered with `Idempotent-Replayed: true`. Checked against the
+# real services by tests/integration/gateway/test_idempotent_replay.py.
+IDEMPOTENT_METHODS = frozenset(
+    f"mppo.group.v1.GroupService.{name}"
+    for name in (
+        "CreateGroup",
+        "AddMembers",
+        "RemoveMember",
+        "JoinGroup",
+        "UpdateSplit",
+        "OpenGroup",
+        "ForceFinalize",
+        "CancelGroup",
+        "RetryPayment",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,11 @@ class HttpBinding:
     def webhook(self) -> bool:
         """Authenticated by provider signature (no JWT)."""
         return self.full_method in WEBHOOK_METHODS
+
+    @property
+    def idempotent(self) -> bool:
+        """The service honours an Idempotency-Key on this RPC."""
+        return self.full_method in IDEMPOTENT_METHODS
 
     @property
     def internal(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -124,3 +124,44 @@ def _details(metadata: Iterable[Any]) -> status_pb2.Status | None:
             except Exception:
                 logger.warning("undecodable %s trailer ignored", STATUS_DETAILS_KEY)
     return None
+
+
+def rename_fields(status: status_pb2.Status, rename: Callable[[str], str]) -> status_pb2.Status:
+    """`status` with the field of every BadRequest violation renamed (for a REST client: the
+    JSON form it sent, gateway.field_names); the message too where it quotes such a field."""
+    renamed = status_pb2.Status()
+    renamed.CopyFrom(status)
+    message = renamed.message
+    for detail in renamed.details:
+        if not detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            continue
+        bad = error_details_pb2.BadRequest()
+        if not detail.Unpack(bad):
+            continue
+        for violation in bad.field_violations:
+            new = rename(violation.field)
+            if new != violation.field:
+                message = _replace_field(message, violation.field, new)
+                violation.field = new
+        detail.Pack(bad)
+    renamed.message = message
+    return renamed
+
+
+def _replace_field(text: str, old: str, new: str) -> str:
+    """`text` with `old` replaced where it stands as a whole field path (not inside a longer
+    name)."""
+    out: list[str] = []
+    start = 0
+    while True:
+        found = text.find(old, start)
+        if found < 0:
+            out.append(text[start:])
+            return "".join(out)
+        end = found + len(old)
+        before = text[found - 1] if found else " "
+        after = text[end] if end < len(text) else " "
+        whole = not (before.isalnum() or before in "_.") and not (after.isalnum() or after in "_")
+        out.append(text[start:found])
+        out.append(new if whole else old)
+        start = end

@@ -215,9 +215,7 @@ class GroupPage:
     async def state(self, request: web.Request) -> web.StreamResponse:
         """What the member holding the invite token may see, as JSON."""
         gateway = self._gateway
-        decision = await gateway.limiter.take(
-            f"ip:{request.remote or 'unknown'}", gateway.config.ip_limit
-        )
+        decision = await gateway.take(request, "ip", gateway.config.ip_limit)
         if not decision.allowed:
             return self._secure(gateway._refused(decision))
         group_id = request.match_info["group_id"]

@@ -5,17 +5,32 @@ with `format: int64`, enums by name, well-known types in their JSON form); descr
 proto comments. Typed-SDK friendly: each proto enum is one shared component whose description
 lists every value's comment; a message that only ever appears in responses lists as `required`
 the fields the gateway always prints (those without presence); every operation declares its
-error statuses (400, 401, 403, 404, 409, 429, 503) as google.rpc.Status.
+error statuses (400, 401, 403, 404, 409, 429, 503) as google.rpc.Status. Operations have short
+camelCase ids (`createGroup`, `getPayment`) and one tag per service (`groups`, `payments`,
+...); every request body has an example (gateway/openapi_examples.py). Operations whose
+service honours an idempotency key (descriptors.IDEMPOTENT_METHODS) declare the
+`Idempotency-Key` header, and their 200 the `Idempotent-Replayed` header; every response
+declares the RateLimit headers (X-RateLimit-Limit/-Remaining/-Reset) and X-Request-Id.
+
+Envoy serves the same bytes from a direct response in gateway/envoy.yaml: `python -m
+gateway.openapi` writes the document there, `--check` fails when it is stale (a unit test
+compares it with what the gateway generates).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from gateway.descriptors import Catalog, HttpBinding
+from gateway.openapi_examples import EXAMPLES, WEBHOOK_EXAMPLE
+from gateway.routing import Router
 from gateway.transcode import HTTP_BODY
 
 Json = dict[str, Any]
@@ -77,6 +92,70 @@ ERROR_STATUSES: dict[str, str] = {
     "429": "RESOURCE_EXHAUSTED: rate limited (Retry-After)",
     "503": "UNAVAILABLE: retry with the same Idempotency-Key",
 }
+
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
+ENVOY_YAML = Path(__file__).resolve().parent / "envoy.yaml"
+
+_HEADERS: Json = {
+    "X-RateLimit-Limit": {
+        "description": "Requests a client may send in a burst (the token bucket's size).",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "Requests left in the bucket now (absent when the limiter could not"
+        " be asked and let the request through).",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Reset": {
+        "description": "Seconds until the bucket is full again.",
+        "schema": {"type": "integer"},
+    },
+    "X-Request-Id": {
+        "description": "The request's id (the client's X-Request-Id, or one made up).",
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before sending the request again.",
+        "schema": {"type": "integer"},
+    },
+    IDEMPOTENT_REPLAYED: {
+        "description": "`true` when this is the stored answer of an earlier request with the"
+        " same Idempotency-Key and body (nothing was done again).",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+_PARAMETERS: Json = {
+    IDEMPOTENCY_KEY: {
+        "name": IDEMPOTENCY_KEY,
+        "in": "header",
+        "required": False,
+        "description": "Makes the request safe to send again: a retry with the same key and"
+        " body gets the first answer (with `Idempotent-Replayed: true`) and changes nothing;"
+        " the same key with another body is refused. Keys are per caller and operation and"
+        " kept at least 24 hours.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+    }
+}
+_ALWAYS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-Request-Id")
+
+
+def _headers(*names: str) -> Json:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in (*_ALWAYS, *names)}
+
+
+def operation_id(method_name: str) -> str:
+    """`CreateGroup` -> `createGroup`."""
+    return method_name[:1].lower() + method_name[1:]
+
+
+def tag(service: str) -> str:
+    """`mppo.group.v1.GroupService` -> `groups`."""
+    noun = service.rsplit(".", 1)[-1].removesuffix("Service").lower() or "default"
+    if noun.endswith("s"):
+        return noun
+    return noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
 
 
 def _reachable(descriptor: Descriptor, seen: set[str]) -> None:
@@ -198,6 +277,16 @@ def _query_parameters(builder: _Builder, binding: HttpBinding, bound: set[str]) 
     return params
 
 
+def _error_response(description: str, *headers: str) -> Json:
+    return {
+        "description": description,
+        "headers": _headers(*headers),
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/google.rpc.Status"}}
+        },
+    }
+
+
 def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
     """The OpenAPI 3.1 document for `bindings` (the public ones the router serves)."""
     request_types: set[str] = set()
@@ -206,45 +295,40 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
     builder = _Builder(catalog, request_types)
     paths: Json = {}
     seen: dict[str, int] = {}
+    tags: dict[str, str] = {}
     for binding in bindings:
         path, variables = _openapi_path(binding.template)
         method = binding.method
         count = seen.get(binding.full_method, 0)
         seen[binding.full_method] = count + 1
+        tags.setdefault(tag(binding.service), catalog.comments.get(binding.service, ""))
+        parameters: list[Json] = [
+            {"name": v, "in": "path", "required": True, "schema": {"type": "string"}}
+            for v in variables
+        ]
+        parameters += _query_parameters(builder, binding, set(variables))
+        if binding.idempotent:
+            parameters.append({"$ref": f"#/components/parameters/{IDEMPOTENCY_KEY}"})
+        ok_headers = (IDEMPOTENT_REPLAYED,) if binding.idempotent else ()
         op: Json = {
-            "operationId": method.name + (f"{seen[binding.full_method]}" if count else ""),
-            "tags": [binding.service],
+            "operationId": operation_id(method.name) + (f"{count + 1}" if count else ""),
+            "tags": [tag(binding.service)],
             "summary": catalog.comments.get(binding.full_method, method.name),
             "x-grpc-method": binding.grpc_path,
-            "parameters": [
-                {"name": v, "in": "path", "required": True, "schema": {"type": "string"}}
-                for v in variables
-            ]
-            + _query_parameters(builder, binding, set(variables)),
+            "parameters": parameters,
             "responses": {
                 "200": {
                     "description": "OK",
+                    "headers": _headers(*ok_headers),
                     "content": {"application/json": {"schema": builder.ref(method.output_type)}},
                 },
                 **{
-                    status: {
-                        "description": description,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/google.rpc.Status"}
-                            }
-                        },
-                    }
+                    status: _error_response(
+                        description, *(("Retry-After",) if status in ("429", "503") else ())
+                    )
                     for status, description in ERROR_STATUSES.items()
                 },
-                "default": {
-                    "description": "Error (google.rpc.Status)",
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/google.rpc.Status"}
-                        }
-                    },
-                },
+                "default": _error_response("Error (google.rpc.Status)"),
             },
         }
         if binding.webhook:
@@ -255,9 +339,15 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
             if binding.body != "*":
                 body_type = method.input_type.fields_by_name[binding.body].message_type
             if body_type is not None and body_type.full_name == HTTP_BODY:
-                content: Json = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+                media: Json = {"schema": {"type": "string", "format": "binary"}}
+                if binding.webhook:
+                    media["example"] = WEBHOOK_EXAMPLE
+                content: Json = {"*/*": media}
             elif body_type is not None:
-                content = {"application/json": {"schema": builder.ref(body_type)}}
+                media = {"schema": builder.ref(body_type)}
+                if body_type.full_name in EXAMPLES:
+                    media["example"] = EXAMPLES[body_type.full_name]
+                content = {"application/json": media}
             else:
                 fld = method.input_type.fields_by_name[binding.body]
                 content = {"application/json": {"schema": builder.field(fld)}}
@@ -270,12 +360,73 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
             "version": "v1",
             "description": "Generated from the google.api.http annotations in proto/.",
         },
+        "tags": [
+            {"name": name, **({"description": text} if text else {})} for name, text in tags.items()
+        ],
         "paths": paths,
         "components": {
             "schemas": builder.schemas,
+            "parameters": _PARAMETERS,
+            "headers": _HEADERS,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (ES256)"}
             },
         },
         "security": [{"bearer": []}],
     }
+
+
+def public_document(catalog: Catalog | None = None) -> Json:
+    """The document the gateway serves for `catalog` (default: gateway/descriptors.binpb)."""
+    catalog = catalog or Catalog.load()
+    public = [r.binding for r in Router(catalog.bindings).routes]
+    order = {id(b): i for i, b in enumerate(catalog.bindings)}
+    public.sort(key=lambda b: order[id(b)])
+    return build_openapi(catalog, public)
+
+
+def serialize(document: Json) -> str:
+    """The bytes both edges serve (the Python gateway, and Envoy from envoy.yaml)."""
+    return json.dumps(document)
+
+
+_ENVOY_MARK = "# generated: python -m gateway.openapi"
+
+
+def envoy_with_document(envoy_yaml: str, document: Json) -> str:
+    """`envoy_yaml` with the `/openapi.json` direct response's `inline_string` (the line after
+    the `# generated: python -m gateway.openapi` comment) set to `document`."""
+    lines = envoy_yaml.split("\n")
+    marks = [i for i, line in enumerate(lines) if line.strip().startswith(_ENVOY_MARK)]
+    if len(marks) != 1 or marks[0] + 1 >= len(lines):
+        raise ValueError(f"envoy.yaml needs exactly one {_ENVOY_MARK!r} line")
+    target = lines[marks[0] + 1]
+    indent = target[: len(target) - len(target.lstrip())]
+    if not target.strip().startswith("inline_string:"):
+        raise ValueError(f"the line after {_ENVOY_MARK!r} must be `inline_string: ...`")
+    quoted = "'" + serialize(document).replace("'", "''") + "'"  # a YAML single-quoted scalar
+    lines[marks[0] + 1] = f"{indent}inline_string: {quoted}"
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the document into gateway/envoy.yaml's /openapi.json route (or ENVOY_YAML), or
+    with --check fail when it is not what the gateway generates."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.openapi", description=main.__doc__)
+    parser.add_argument("envoy_yaml", nargs="?", type=Path, default=ENVOY_YAML)
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    target: Path = args.envoy_yaml
+    current = target.read_text(encoding="utf-8")
+    wanted = envoy_with_document(current, public_document())
+    if args.check:
+        if current != wanted:
+            sys.stderr.write(f"{target}: /openapi.json is stale; run python -m gateway.openapi\n")
+            return 1
+        return 0
+    target.write_text(wanted, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

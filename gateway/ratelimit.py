@@ -2,7 +2,10 @@
 
 One Lua script refills and takes a token atomically (Redis runs a script alone), using the
 Redis server's clock so every gateway replica shares one bucket. A bucket is a hash
-`{tokens, ts}` expiring once it would be full again.
+`{tokens, ts}` expiring once it would be full again. The same script with a cost of 0 reads
+a bucket without taking (`peek`). Every decision carries what the draft-03 RateLimit headers
+say (`Decision.headers`: X-RateLimit-Limit = the burst, -Remaining = whole tokens left,
+-Reset = seconds until the bucket is full again), the headers Envoy's local rate limit sends.
 
 When the limiter cannot ask Redis it cannot decide, and says so (`Decision.undecided`; the
 gateway answers 503 with `Retry-After`, never a silent pass). Two different reasons:
@@ -37,6 +40,7 @@ logger = logging.getLogger(__name__)
 _SCRIPT = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -47,6 +51,9 @@ if tokens == nil or ts == nil then
   ts = now
 end
 tokens = math.min(burst, tokens + (math.max(0, now - ts) * rate / 1000))
+if cost == 0 then
+  return {1, 0, tostring(tokens)}
+end
 local allowed = 0
 local wait_ms = 0
 if tokens >= 1 then
@@ -57,7 +64,7 @@ else
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return {allowed, wait_ms}
+return {allowed, wait_ms, tostring(tokens)}
 """
 
 
@@ -98,12 +105,43 @@ class Decision:
     """Whether a request may pass; if not, after how many seconds to retry.
 
     `undecided` means Redis could not be asked (saturated or down): a 503, not a 429.
+    `limit` (the burst), `remaining` (whole tokens left) and `reset` (seconds until the bucket
+    is full again) are what the RateLimit headers say; `remaining`/`reset` are None when Redis
+    could not be asked and the request was let through.
     """
 
     allowed: bool
     retry_after: int = 0
     undecided: bool = False
     reason: str = ""
+    limit: int = 0
+    remaining: int | None = None
+    reset: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The draft-03 RateLimit headers Envoy's local_ratelimit sends
+        (`enable_x_ratelimit_headers: DRAFT_VERSION_03`): X-RateLimit-Limit, -Remaining,
+        -Reset."""
+        found = {LIMIT_HEADER: str(self.limit)}
+        if self.remaining is not None:
+            found[REMAINING_HEADER] = str(self.remaining)
+        if self.reset is not None:
+            found[RESET_HEADER] = str(self.reset)
+        return found
+
+
+LIMIT_HEADER = "X-RateLimit-Limit"
+REMAINING_HEADER = "X-RateLimit-Remaining"
+RESET_HEADER = "X-RateLimit-Reset"
+RATELIMIT_HEADERS = (LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER)
+
+
+def tightest(decisions: list[Decision]) -> Decision | None:
+    """The decision closest to refusal (fewest tokens left; an unknown count counts as
+    plenty), whose headers a response carries when several buckets were asked."""
+    if not decisions:
+        return None
+    return min(decisions, key=lambda d: (d.remaining is None, d.remaining or 0))
 
 
 class _Slots:
@@ -179,16 +217,25 @@ class RateLimiter:
 
     async def take(self, bucket: str, limit: Limit) -> Decision:
         """Take one token from `bucket`; see the module docstring for when Redis cannot say."""
+        return await self._ask(bucket, limit, 1)
+
+    async def peek(self, bucket: str, limit: Limit) -> Decision:
+        """What `bucket` holds, taking nothing (for the RateLimit headers of requests that are
+        not metered, such as /healthz)."""
+        return await self._ask(bucket, limit, 0)
+
+    async def _ask(self, bucket: str, limit: Limit, cost: int) -> Decision:
         if time.monotonic() < self._paused_until:
-            return self._outage()
+            return self._outage(limit)
         if not await self._slots.acquire():
-            return self._saturated(f"no Redis connection free within {self._slots.wait} s")
+            why = f"no Redis connection free within {self._slots.wait} s"
+            return self._saturated(why, limit)
         try:
-            allowed, wait_ms = await self._script(
-                keys=[f"{self.prefix}{bucket}"], args=[limit.rate, limit.burst]
+            allowed, wait_ms, left = await self._script(
+                keys=[f"{self.prefix}{bucket}"], args=[limit.rate, limit.burst, cost]
             )
         except MaxConnectionsError as exc:
-            return self._saturated(str(exc))
+            return self._saturated(str(exc), limit)
         except (RedisError, OSError, TimeoutError) as exc:
             self._paused_until = time.monotonic() + self.pause_seconds
             self._warn(
@@ -197,26 +244,42 @@ class RateLimiter:
                 self.failure_mode.value,
                 exc,
             )
-            return self._outage()
+            return self._outage(limit)
         finally:
             self._slots.release()
+        tokens = max(0.0, float(left))
+        remaining = math.floor(tokens)
+        reset = max(0, math.ceil((limit.burst - tokens) / limit.rate - 1e-9))
         if int(allowed) == 1:
-            return Decision(True)
-        return Decision(False, max(1, math.ceil(int(wait_ms) / 1000)))
+            return Decision(True, limit=limit.burst, remaining=remaining, reset=reset)
+        retry = max(1, math.ceil(int(wait_ms) / 1000))
+        return Decision(False, retry, limit=limit.burst, remaining=remaining, reset=reset)
 
-    def _outage(self) -> Decision:
+    def _outage(self, limit: Limit) -> Decision:
         if self.failure_mode is FailureMode.OPEN:
-            return Decision(True)
+            return Decision(True, limit=limit.burst)
+        retry = max(1, math.ceil(self.pause_seconds))
         return Decision(
             False,
-            max(1, math.ceil(self.pause_seconds)),
+            retry,
             undecided=True,
             reason="RATE_LIMITER_UNAVAILABLE",
+            limit=limit.burst,
+            remaining=0,
+            reset=retry,
         )
 
-    def _saturated(self, why: str) -> Decision:
+    def _saturated(self, why: str, limit: Limit) -> Decision:
         self._warn("saturated", "rate limiter saturated, refusing requests: %s", why)
-        return Decision(False, 1, undecided=True, reason="RATE_LIMITER_SATURATED")
+        return Decision(
+            False,
+            1,
+            undecided=True,
+            reason="RATE_LIMITER_SATURATED",
+            limit=limit.burst,
+            remaining=0,
+            reset=1,
+        )
 
     def _warn(self, kind: str, message: str, *args: object) -> None:
         now = time.monotonic()

@@ -75,6 +75,26 @@ class Upstreams:
         response: Message = await rpc(request, metadata=tuple(metadata), timeout=self.timeout)
         return response
 
+    async def call_with_headers(
+        self, binding: HttpBinding, request: Message, metadata: Sequence[tuple[str, str]]
+    ) -> tuple[Message, dict[str, str]]:
+        """`call`, also returning the service's response headers (initial metadata, keys
+        lower-case; e.g. `idempotent-replayed`)."""
+        response_class = self.catalog.message_class(binding.method.output_type)
+        rpc = self._channel(binding.area).unary_unary(
+            binding.grpc_path,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_class.FromString,
+        )
+        call = rpc(request, metadata=tuple(metadata), timeout=self.timeout)
+        response: Message = await call
+        headers = {
+            str(key).lower(): value
+            for key, value in (await call.initial_metadata() or ())
+            if isinstance(value, str)
+        }
+        return response, headers
+
     async def close(self) -> None:
         """Close every channel."""
         for channel in self._channels.values():

@@ -5,13 +5,21 @@ the row and later stores its response with `complete()`; a concurrent duplicate 
 primary key until the first commits, then gets the stored response; had the first rolled
 back, the duplicate becomes the first. Reusing a key with different parameters is refused.
 Redis may front the table (`IdempotencyCache`), never replace it.
+
+A call answered with a stored response is a replay, and says so: `claim` (and a cache hit)
+mark the call's `ReplayWatch`, which the service runtime opens around every RPC and turns into
+the response header `idempotent-replayed: true` (gRPC initial metadata; the REST gateways pass
+it on as the HTTP header `Idempotent-Replayed`). The watch is a mutable holder in a context
+variable, so a replay found in a task the handler started still reaches it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +48,38 @@ _COMPLETE = text(
     " WHERE scope = :scope AND key = :key"
 )
 MAX_KEY_LENGTH = 255
+#: response metadata (and HTTP header, as `Idempotent-Replayed`) of an answer that was stored
+REPLAYED_KEY = "idempotent-replayed"
+
+
+class ReplayWatch:
+    """Whether the call it watches was answered with a stored response."""
+
+    __slots__ = ("replayed",)
+
+    def __init__(self) -> None:
+        self.replayed = False
+
+
+_WATCH: ContextVar[ReplayWatch | None] = ContextVar("mppo_idempotency_replay", default=None)
+
+
+@contextmanager
+def watch_replays() -> Iterator[ReplayWatch]:
+    """Watch the calls made in this block (one RPC) for a stored answer."""
+    watch = ReplayWatch()
+    token = _WATCH.set(watch)
+    try:
+        yield watch
+    finally:
+        _WATCH.reset(token)
+
+
+def mark_replayed() -> None:
+    """The current call is being answered with a stored response."""
+    watch = _WATCH.get()
+    if watch is not None:
+        watch.replayed = True
 
 
 @dataclass(frozen=True)
@@ -95,6 +135,7 @@ async def claim(conn: AsyncSession | AsyncConnection, key: IdempotencyKey) -> by
             "a request with this idempotency key has no stored result",
             reason="IDEMPOTENCY_KEY_INCOMPLETE",
         )
+    mark_replayed()
     return response
 
 
@@ -123,7 +164,10 @@ class IdempotencyCache:
         except Exception as exc:
             logger.warning("idempotency cache unavailable: %s", exc)
             return None
-        return value if isinstance(value, bytes) else None
+        if not isinstance(value, bytes):
+            return None
+        mark_replayed()
+        return value
 
     async def put(self, key: IdempotencyKey, response: bytes) -> None:
         """Remember a committed response."""

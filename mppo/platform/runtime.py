@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mppo.platform import messaging, metrics, telemetry
+from mppo.platform import idempotency, messaging, metrics, telemetry
 from mppo.platform import trust as trust_mod
 from mppo.platform.config import ConfigError, ServiceConfig
 from mppo.platform.db import create_engine
@@ -300,7 +300,8 @@ def _guarded(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """`handler` behind the service boundary: the caller authenticated (`admit`), the request
     checked for hostile input (`check_message`), then the one error mapping (DomainError →
-    status, outages → UNAVAILABLE). Every call is counted and timed by status code
+    status, outages → UNAVAILABLE). A call answered with a stored idempotent response sends
+    `idempotent-replayed: true` (initial metadata). Every call is counted and timed by status code
     (metrics.RpcMeter) and, when no trace exporter runs a server interceptor, continues the
     caller's trace so that its log lines carry the trace id (telemetry.continue_trace)."""
     behavior = getattr(handler, "unary_unary", None)
@@ -321,7 +322,10 @@ def _guarded(
                 await abort(context, error)
             token = set_verified(caller)
             try:
-                reply = await inner(request, context)
+                with idempotency.watch_replays() as watch:
+                    reply = await inner(request, context)
+                if watch.replayed:  # answered with what an earlier call with its key stored
+                    await context.send_initial_metadata(((idempotency.REPLAYED_KEY, "true"),))
             finally:
                 reset_verified(token)
         except BaseException as exc:

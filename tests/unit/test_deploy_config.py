@@ -706,7 +706,10 @@ def test_routes_cover_rest_prefixes_and_webhooks(bootstrap: Any) -> None:
         )
 
 
-def test_jwt_rules_exempt_only_webhooks(bootstrap: Any) -> None:
+EDGE_ENDPOINTS = ("/healthz", "/openapi.json")
+
+
+def test_jwt_rules_exempt_only_webhooks_and_the_edge_endpoints(bootstrap: Any) -> None:
     jwt = _http_filters(bootstrap)["envoy.filters.http.jwt_authn"]
     for name, provider in jwt.providers.items():
         assert provider.issuer, f"provider {name} has no issuer"
@@ -716,9 +719,18 @@ def test_jwt_rules_exempt_only_webhooks(bootstrap: Any) -> None:
         assert ("x-mppo-user-id", "sub") in claims
     rules = [(str(r.match.prefix or r.match.path), r.requires) for r in jwt.rules]
     unauthenticated = [prefix for prefix, requires in rules if requires is None]
-    assert unauthenticated == [WEBHOOK_PREFIX, WEBHOOK_PATH]
+    assert unauthenticated == [WEBHOOK_PREFIX, WEBHOOK_PATH, *EDGE_ENDPOINTS]
+    routes = _envoy_routes(bootstrap)
     for rule in jwt.rules:
         if rule.requires is None:
+            where = str(rule.match.prefix or rule.match.path)
+            if where in EDGE_ENDPOINTS:
+                # GET only, answered by Envoy itself: nothing reaches a service untokened
+                assert _method_header(rule.match) == "GET", where
+                first = _first_route(routes, "GET", where)
+                assert first is not None, where
+                assert first.direct_status == 200, (where, first)
+                continue
             assert _method_header(rule.match) == "POST", "only POST webhooks skip the JWT"
     last_prefix, last_requires = rules[-1]
     assert last_prefix == "/", "the last rule must catch every other path"

@@ -86,8 +86,13 @@ def test_openapi_covers_public_bindings_and_resolves(
     assert methods == expected
     assert len({op["operationId"] for op in ops.values()}) == len(ops)
     for ref in _refs(doc):
-        name = ref.removeprefix("#/components/schemas/")
-        assert name in doc["components"]["schemas"], ref
+        section, _, name = ref.removeprefix("#/components/").partition("/")
+        assert name in doc["components"][section], ref
+    for op in ops.values():  # every response says how much of the rate limit is left
+        for status, response in op["responses"].items():
+            assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(
+                response["headers"]
+            ), (op["operationId"], status)
     if which == "mppo":
         assert ("POST", "/order") not in ops, "internal route leaked into OpenAPI"
         webhook = ops[("POST", "/payments/webhook/{provider}")]
