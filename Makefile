@@ -9,7 +9,7 @@ BUF := node_modules/.bin/buf
 CODE := mppo group_svc payment_svc order_svc notification_svc gateway scripts tests bench
 PYTEST_ARGS ?=
 
-.PHONY: help install run gen check-gen contracts-baseline check-observability dashboard fmt lint proto-lint typecheck test test-unit test-integration test-e2e clean
+.PHONY: help install run gen check-gen contracts-baseline check-observability dashboard lifecycle fmt lint proto-lint typecheck test test-unit test-integration test-e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -39,7 +39,14 @@ $(PROMETHEUS):
 	@command -v apt-get >/dev/null || { echo "need Debian's prometheus (and promtool) at $(PROMETHEUS)"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 
-install: $(VENV)/.installed $(BUF) $(CHROMIUM) $(PROMETHEUS) ## create .venv, install Python and Node tooling, chromium and prometheus
+# curl: the README's walkthrough is run by a test (tests/e2e/test_readme_walkthrough.py)
+CURL := /usr/bin/curl
+
+$(CURL):
+	@command -v apt-get >/dev/null || { echo "need curl at $(CURL) for the README walkthrough"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
+
+install: $(VENV)/.installed $(BUF) $(CHROMIUM) $(PROMETHEUS) $(CURL) ## create .venv, install Python and Node tooling, chromium, prometheus and curl
 
 run: $(VENV)/.installed ## run the whole system in the foreground (Ctrl-C stops it)
 	$(VENV)/bin/mppo dev up
@@ -52,6 +59,9 @@ check-gen: install ## fail if committed generated files differ from a fresh buil
 
 dashboard: install ## regenerate the Grafana dashboard (deploy/grafana/) from its code
 	$(PY) scripts/gen_dashboard.py
+
+lifecycle: install ## regenerate docs/lifecycle.md from the services' transition tables
+	$(PY) scripts/gen_lifecycle.py
 
 check-observability: install ## alert rules valid and unit-tested (promtool), dashboard JSON current
 	promtool check rules deploy/prometheus/alerts.yml
