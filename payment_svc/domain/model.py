@@ -196,24 +196,29 @@ class Payment:
         hold_until: datetime | None = None,
     ) -> bool:
         """Apply a provider report, moving only forward; True when anything changed. A hold
-        the provider reports no lapse time for lapses at `hold_until` (the provider's
-        configured hold window from now)."""
-        if seen.authorization_expires_at is not None and self.authorization_expires_at is None:
-            self.authorization_expires_at = seen.authorization_expires_at
+        lapses at the earliest time known for it: the provider's own lapse time (Stripe's
+        ``capture_before``, often only seen when the payment is re-read, not in the webhook
+        that announced the hold) or `hold_until` (the provider's configured hold window from
+        now, e.g. PayPal honors a hold 3 of the 29 days it stays valid); a lapse time never
+        moves later."""
+        lapse_before = self.authorization_expires_at
+        self._lapses_by(seen.authorization_expires_at)
         before = (self.status, self.amount_refunded_minor, self.amount_captured_minor)
         target = seen.status
-        if ordering(self.status, target, can_authorize=self.can_authorize) == "stale":
-            return False
-        path = self._path_to(target)
-        for step in path:
-            self._enter(step, seen, reason, actor)
-        if (
-            self.status is S.AUTHORIZED
-            and self.authorization_expires_at is None
-            and hold_until is not None
+        if ordering(self.status, target, can_authorize=self.can_authorize) != "stale":
+            for step in self._path_to(target):
+                self._enter(step, seen, reason, actor)
+        if self.status is S.AUTHORIZED:
+            self._lapses_by(hold_until)
+        after = (self.status, self.amount_refunded_minor, self.amount_captured_minor)
+        return before != after or lapse_before != self.authorization_expires_at
+
+    def _lapses_by(self, moment: datetime | None) -> None:
+        """The hold lapses at `moment` if that is sooner than what is known."""
+        if moment is not None and (
+            self.authorization_expires_at is None or moment < self.authorization_expires_at
         ):
-            self.authorization_expires_at = hold_until
-        return before != (self.status, self.amount_refunded_minor, self.amount_captured_minor)
+            self.authorization_expires_at = moment
 
     def _path_to(self, target: PaymentStatus) -> list[PaymentStatus]:
         """The states between ours and ``target``, both ends excluded/included."""
