@@ -128,6 +128,13 @@ class PaymentSettings:
                 f"MPPO_PAYMENT_DEFAULT_PROVIDER is {default}, which is not configured: set "
                 f"{how}, or choose a configured provider"
             )
+        offered = ProviderChoice.from_env(values)
+        missing = [name for name in offered.configured if not configured[name]]
+        if missing:
+            raise ConfigError(
+                f"MPPO_PAYMENT_PROVIDERS offers {', '.join(missing)} to members, but the payment "
+                "service has no keys for it: set them, or offer only configured providers"
+            )
         return cls(
             default_provider=default,
             sandbox=sandbox,
@@ -150,7 +157,7 @@ class PaymentSettings:
             razorpay=razorpay,
             paypal=paypal,
             group_addr=service_addr(values, "group"),
-            hold_windows=ProviderChoice.from_env(values).hold_windows,
+            hold_windows=offered.hold_windows,
         )
 
 

@@ -205,7 +205,7 @@ class PaymentHandlers:
         self.settings = settings
         self._groups = groups
         self._cache = cache
-        #: wakes the reconciler after a commit that made compensation due
+        #: wakes the reconciler after a commit that made compensation (or a re-read) due
         self._compensation_due = compensation_due
         self._clock = clock
 
@@ -701,6 +701,12 @@ class PaymentHandlers:
             await uow.payments.webhook_outcome(
                 name, event.event_id, outcome, payment_id, detail=match.detail
             )
+            if payment_id is not None:
+                # an event with no state of its own says "look again" (PayPal's
+                # CHECKOUT.ORDER.APPROVED: the order is authorized by re-reading it): the
+                # reconciler re-reads the payment now, not at its next scheduled check
+                await uow.payments.schedule_check(payment_id, self._clock(), reset=True)
+                uow.after_commit(self._compensation_due)
             await uow.commit()
             if outcome == "mismatch":
                 logger.warning("%s webhook %s ignored: %s", name, event.event_id, match.detail)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
@@ -33,6 +34,9 @@ from gateway.devkeys import mint_token
 from mppo.devstack.process import pid_alive
 from mppo.devstack.services import DEFAULT_SERVICES, ServiceDef
 from mppo.devstack.stack import isolated_up_args
+from mppo.platform.money import from_decimal_string
+from tests.support.fake_paypal import FakePayPal
+from tests.support.fake_razorpay import FakeRazorpay
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -373,6 +377,41 @@ class Api:
         )
         return int(reply.ok()["released"])
 
+    # ---- the local PayPal and Razorpay (tests/support/fake_paypal.py, fake_razorpay.py) -
+
+    async def pay_paypal(self, link: str) -> Json:
+        """Open PayPal's approve page (``/checkoutnow?token=<order id>``) and approve."""
+        page = await self.request("GET", link)
+        assert page.status == 200, page.body
+        url = urlsplit(link)
+        order_id = parse_qs(url.query)["token"][0]
+        reply = await self.request("POST", f"{url.scheme}://{url.netloc}/_fake/approve/{order_id}")
+        approved: Json = reply.ok()
+        return approved
+
+    async def pay_razorpay(self, link: str, outcome: str = "captured") -> Json:
+        """Open the Razorpay payment link (``/i/<id>``) and pay: ``captured`` (a payment
+        link captures at once), ``authorized`` or ``failed``."""
+        page = await self.request("GET", link)
+        assert page.status == 200, page.body
+        url = urlsplit(link)
+        link_id = "plink_" + url.path.rsplit("/", 1)[1]
+        reply = await self.request(
+            "POST",
+            f"{url.scheme}://{url.netloc}/_fake/pay/{link_id}",
+            data={"outcome": outcome},
+        )
+        paid: Json = reply.ok()
+        return paid
+
+    async def pay_at(self, provider: str, link: str) -> str:
+        """Pay ``link`` on ``provider``'s page as its payer would; the provider's word for it."""
+        if provider == "paypal":
+            return str((await self.pay_paypal(link))["status"])
+        if provider == "razorpay":
+            return str((await self.pay_razorpay(link))["status"])
+        return str((await self.pay(link))["outcome"])
+
     # ---- sandbox merchant and SMTP sink ---------------------------------------------
 
     async def merchant_fault(self, **values: Any) -> Json:
@@ -398,19 +437,42 @@ class Api:
 
 @dataclass
 class Person:
-    """A user of the product: their id (JWT subject), name and e-mail."""
+    """A user of the product: their id (JWT subject), name and e-mail; optionally the
+    provider the host names for them (``provider``) or they name when joining
+    (``joins_with``): ``sandbox``, ``paypal``, ``razorpay``, ``stripe``."""
 
     user: str
     name: str
     email: str
+    provider: str = ""
+    joins_with: str = ""
 
     @classmethod
-    def new(cls, name: str) -> Person:
+    def new(cls, name: str, *, provider: str = "", joins_with: str = "") -> Person:
         tag = uuid.uuid4().hex[:8]
-        return cls(f"{name.lower()}-{tag}", name, f"{name.lower()}-{tag}@example.test")
+        return cls(
+            f"{name.lower()}-{tag}",
+            name,
+            f"{name.lower()}-{tag}@example.test",
+            provider=provider,
+            joins_with=joins_with,
+        )
+
+    @property
+    def pays_with(self) -> str:
+        """The provider this person pays with (the sandbox: the dev stack's default)."""
+        return self.joins_with or self.provider or "sandbox"
 
     def member_input(self) -> Json:
-        return {"displayName": self.name, "email": self.email}
+        found: Json = {"displayName": self.name, "email": self.email}
+        if self.provider:
+            found["provider"] = provider_enum(self.provider)
+        return found
+
+
+def provider_enum(name: str) -> str:
+    """A provider name as its proto3 JSON enum value (``paypal`` → ``PROVIDER_PAYPAL``)."""
+    return f"PROVIDER_{name.upper()}"
 
 
 def cart(*lines: tuple[tuple[str, str, int], int]) -> list[Json]:
@@ -481,13 +543,11 @@ class GroupOrder:
         ).ok()["group"]
         tokens = {m["email"]: m["inviteToken"] for m in added["members"]}
         for guest in self.guests:
+            join: Json = {"inviteToken": tokens[guest.email]}
+            if guest.joins_with:
+                join["provider"] = provider_enum(guest.joins_with)
             joined = (
-                await self.api.call(
-                    "POST",
-                    f"/group/{self.group_id}/join",
-                    guest.user,
-                    {"inviteToken": tokens[guest.email]},
-                )
+                await self.api.call("POST", f"/group/{self.group_id}/join", guest.user, join)
             ).ok()
             self.member_ids[guest.user] = joined["memberId"]
         return await self.get()
@@ -515,6 +575,16 @@ class GroupOrder:
         """Each of ``people`` pays on their own hosted link, at the same time; the outcomes."""
         links = [await self.link_of(p) for p in people]
         return list(await asyncio.gather(*(self.api.pay(link, card) for link in links)))
+
+    async def pay_each_at_own_provider(self, people: Sequence[Person]) -> list[str]:
+        """Each of ``people`` pays on their own link at their own provider's page, at the
+        same time; each provider's word for it."""
+        links = [await self.link_of(p) for p in people]
+        return list(
+            await asyncio.gather(
+                *(self.api.pay_at(p.pays_with, link) for p, link in zip(people, links, strict=True))
+            )
+        )
 
     async def wait(self, status: str, within: float = 40.0) -> Json:
         return await self.api.wait_group(self.group_id, self.host.user, status, within)
@@ -556,3 +626,211 @@ class GroupOrder:
     async def mails_to(self, person: Person) -> list[Json]:
         """Messages about this group sent to ``person``, oldest first."""
         return [m for m in await self.mails() if person.email in m["rcpt_to"]]
+
+
+# ---------------------------------------------------------------- money, per provider
+
+#: providers that hold money before capture (the rest capture at once: compensation refunds)
+HOLDING_PROVIDERS = frozenset({"sandbox", "stripe", "paypal"})
+
+
+@dataclass
+class ProviderMoney:
+    """What one provider's own books say about a group's payments (minor units): money held
+    (authorized), captured, released without capture and refunded, and what is held now."""
+
+    provider: str
+    hold: int = 0
+    capture: int = 0
+    release: int = 0
+    refund: int = 0
+    held: int = 0
+
+    @property
+    def kept(self) -> int:
+        """Captured and not refunded: the merchant's money."""
+        return self.capture - self.refund
+
+
+@dataclass
+class ProviderFakes:
+    """The local PayPal and Razorpay a stack's payment service talks to (in this process)."""
+
+    paypal: FakePayPal
+    razorpay: FakeRazorpay
+
+    def env(self) -> dict[str, dict[str, str]]:
+        """Per-service environment (``start_stack(env=...)``) offering members the sandbox,
+        PayPal and Razorpay, the latter two through their real adapters pointed at the fakes.
+        The webhook destinations are set once the gateway's address is known
+        (:meth:`deliver_to`)."""
+        offered = {"MPPO_PAYMENT_PROVIDERS": "sandbox,paypal,razorpay"}
+        return {
+            "payment": {
+                **offered,
+                "MPPO_PAYPAL_CLIENT_ID": self.paypal.client_id,
+                "MPPO_PAYPAL_CLIENT_SECRET": self.paypal.client_secret,
+                "MPPO_PAYPAL_WEBHOOK_ID": self.paypal.webhook_id,
+                "MPPO_PAYPAL_API_BASE": self.paypal.base_url,
+                "MPPO_RAZORPAY_KEY_ID": self.razorpay.key_id,
+                "MPPO_RAZORPAY_KEY_SECRET": self.razorpay.key_secret,
+                "MPPO_RAZORPAY_WEBHOOK_SECRET": self.razorpay.webhook_secret,
+                "MPPO_RAZORPAY_API_BASE": self.razorpay.base_url,
+            },
+            "group": offered,
+        }
+
+    def deliver_to(self, gateway: str) -> None:
+        """Send each fake's signed webhooks to its route on the gateway."""
+        self.paypal.deliver_to = f"{gateway}/payments/webhook/paypal"
+        self.razorpay.deliver_to = f"{gateway}/payments/webhook/razorpay"
+
+
+def provider_name(payment: Json) -> str:
+    """A Payment JSON's provider as a name (``PROVIDER_PAYPAL`` → ``paypal``)."""
+    return str(payment.get("provider", "PROVIDER_UNSPECIFIED")).removeprefix("PROVIDER_").lower()
+
+
+async def sandbox_money(api: Api, group_id: str) -> ProviderMoney:
+    """The sandbox's ledger of the group."""
+    ledger = await api.ledger(group_id)
+    totals = ledger["totals"]
+    return ProviderMoney(
+        "sandbox",
+        hold=int(totals["hold"]),
+        capture=int(totals["capture"]),
+        release=int(totals["release"]),
+        refund=int(totals["refund"]),
+        held=int(ledger["held"]),
+    )
+
+
+def paypal_money(fake: FakePayPal, payment_ids: set[str]) -> ProviderMoney:
+    """The fake PayPal's orders for our payments (``custom_id`` is our payment id)."""
+    book = ProviderMoney("paypal")
+    for order in fake.orders.values():
+        unit = order["purchase_units"][0]
+        if unit.get("custom_id") not in payment_ids:
+            continue
+        currency = str(unit["amount"]["currency_code"])
+        moves = unit.get("payments") or {}
+
+        def amount(resource: Json, currency: str = currency) -> int:
+            return from_decimal_string(str(resource["amount"]["value"]), currency)
+
+        for authorization in moves.get("authorizations") or []:
+            if authorization["status"] == "DENIED":
+                continue
+            book.hold += amount(authorization)
+            if authorization["status"] == "VOIDED":
+                book.release += amount(authorization)
+            elif authorization["status"] == "CREATED":
+                book.held += amount(authorization)
+        for capture in moves.get("captures") or []:
+            if capture["status"] in ("COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"):
+                book.capture += amount(capture)
+        for refund in moves.get("refunds") or []:
+            if refund["status"] == "COMPLETED":
+                book.refund += amount(refund)
+    return book
+
+
+def razorpay_money(fake: FakeRazorpay, payment_ids: set[str]) -> ProviderMoney:
+    """The fake Razorpay's payments on our links (``reference_id`` is our payment id)."""
+    book = ProviderMoney("razorpay")
+    for link in fake.links.values():
+        if link["reference_id"] not in payment_ids:
+            continue
+        for entry in link["payments"] or []:
+            payment = fake.payments[entry["payment_id"]]
+            if payment["status"] == "failed":
+                continue
+            book.hold += int(payment["amount"])
+            if payment["captured"]:
+                book.capture += int(payment["amount"])
+            elif payment["status"] == "authorized":
+                book.held += int(payment["amount"])
+            book.refund += int(payment["amount_refunded"])
+    return book
+
+
+async def money_problems(
+    order: GroupOrder, fakes: ProviderFakes | None, confirmed: Json | None
+) -> tuple[list[str], dict[str, ProviderMoney]]:
+    """Reconcile the group's payments with every provider's own books: what is wrong (empty
+    when nothing is), and each provider's books.
+
+    - each provider's books agree with our records of the payments made there: it keeps what
+      we recorded as captured and not refunded, and holds what we recorded as authorized;
+    - with ``confirmed`` (the group's order, CONFIRMED): nothing is held anywhere, each
+      provider keeps exactly the order's shares paid there, and the shares sum to the total;
+    - without: nothing is kept and nothing held anywhere, and nothing was ever captured at a
+      provider that can hold money (its holds were released instead).
+    """
+    payments = await order.payments()
+    by_provider: dict[str, list[Json]] = {}
+    for payment in payments:
+        by_provider.setdefault(provider_name(payment), []).append(payment)
+    books: dict[str, ProviderMoney] = {}
+    problems: list[str] = []
+    for name, theirs in sorted(by_provider.items()):
+        ids = {str(p["paymentId"]) for p in theirs}
+        if name == "sandbox":
+            books[name] = await sandbox_money(order.api, order.group_id)
+        elif name == "paypal" and fakes is not None:
+            books[name] = paypal_money(fakes.paypal, ids)
+        elif name == "razorpay" and fakes is not None:
+            books[name] = razorpay_money(fakes.razorpay, ids)
+        else:
+            problems.append(f"{name}: no books to reconcile {sorted(ids)} with")
+            continue
+        book = books[name]
+        kept = sum(minor(p.get("amountCaptured")) - minor(p.get("amountRefunded")) for p in theirs)
+        held = sum(minor(p["amount"]) for p in theirs if p["status"] == "PAYMENT_STATUS_AUTHORIZED")
+        if book.kept != kept:
+            problems.append(f"{name} keeps {book.kept}, our payments say {kept}")
+        if book.held != held:
+            problems.append(f"{name} holds {book.held}, our payments say {held}")
+        if book.held:
+            problems.append(f"{name} still holds {book.held}")
+    if confirmed is not None:
+        shares = confirmed.get("shares", [])
+        total = minor(confirmed["total"])
+        if sum(minor(s["amount"]) for s in shares) != total:
+            problems.append(f"the order's shares do not sum to its total {total}: {shares}")
+        provider_of = {str(p["paymentId"]): provider_name(p) for p in payments}
+        for name, book in books.items():
+            owed = sum(
+                minor(s["amount"]) for s in shares if provider_of.get(s["paymentId"]) == name
+            )
+            if book.kept != owed:
+                problems.append(f"{name} keeps {book.kept}, the order's shares there are {owed}")
+        if sum(b.kept for b in books.values()) != total:
+            problems.append(f"the providers keep {[b.kept for b in books.values()]} != {total}")
+    else:
+        for name, book in books.items():
+            if book.kept:
+                problems.append(f"{name} keeps {book.kept} of a group without an order")
+            if name in HOLDING_PROVIDERS and book.capture:
+                problems.append(f"{name} captured {book.capture} instead of releasing the hold")
+            if name in HOLDING_PROVIDERS and book.release != book.hold:
+                problems.append(f"{name} released {book.release} of {book.hold} held")
+    return problems, books
+
+
+async def assert_money_reconciles(
+    order: GroupOrder,
+    fakes: ProviderFakes | None = None,
+    *,
+    confirmed: Json | None = None,
+    within: float = 40.0,
+) -> dict[str, ProviderMoney]:
+    """Wait until :func:`money_problems` finds nothing (compensation and reconciliation run
+    in the background); each provider's books, or AssertionError listing what is wrong."""
+    found = await eventually(
+        lambda: money_problems(order, fakes, confirmed),
+        lambda result: not result[0],
+        within=within,
+        what="every provider's books reconciled with the payments",
+    )
+    return found[1]

@@ -1,0 +1,48 @@
+"""A whole system whose members may pay with three providers: ``mppo dev up`` of every
+default service, the payment service offering the sandbox (Stripe's API, its real adapter),
+PayPal and Razorpay, the latter two through their real adapters pointed at the local fakes
+(tests/support/fake_paypal.py, fake_razorpay.py) that run in this test process, sign their
+webhooks as the real providers do and send them to the gateway's webhook routes. Shared by
+this package's tests; ``mppo dev down`` after its last one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from tests.support.e2e import ProviderFakes, Stack, start_stack
+from tests.support.fake_paypal import FakePayPal
+from tests.support.fake_razorpay import FakeRazorpay
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
+async def fakes() -> AsyncIterator[ProviderFakes]:
+    """The local PayPal and Razorpay, serving from the tests' event loop."""
+    paypal, razorpay = FakePayPal(), FakeRazorpay()
+    await paypal.start()
+    await razorpay.start()
+    try:
+        yield ProviderFakes(paypal, razorpay)
+    finally:
+        await paypal.stop()
+        await razorpay.stop()
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory, fakes: ProviderFakes) -> Iterator[Stack]:
+    """The running stack (overrides tests/e2e's ``stack`` for this package, so its ``api``
+    fixture talks to this one); after the tests, dev down leaves no process behind and none
+    died unnoticed."""
+    running = start_stack(tmp_path_factory.mktemp("providers-stack"), env=fakes.env())
+    fakes.deliver_to(running.gateway)
+    try:
+        yield running
+        restarted = {p["name"]: p["last_exit"] for p in running.current()["processes"]}
+        restarted = {name: code for name, code in restarted.items() if code is not None}
+    finally:
+        down = running.stop()
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert running.leftovers() == []
+    assert restarted == {}, f"processes died during the tests (exit codes): {restarted}"
