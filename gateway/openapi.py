@@ -4,7 +4,8 @@ Schemas follow the proto3 JSON mapping (camelCase names, 64-bit integers as `typ
 with `format: int64`, enums by name, well-known types in their JSON form); descriptions are the
 proto comments. Typed-SDK friendly: each proto enum is one shared component whose description
 lists every value's comment; a message that only ever appears in responses lists as `required`
-the fields the gateway always prints (those without presence); every operation declares its
+the fields the gateway always prints (those without presence, and the resource a response
+carries, `resource_field`); every operation declares its
 error statuses (400, 401, 403, 404, 409, 429, 503) as google.rpc.Status. Operations have short
 camelCase ids (`createGroup`, `getPayment`) and one tag per service (`groups`, `payments`,
 ...); every request body has an example (gateway/openapi_examples.py). Operations whose
@@ -167,11 +168,28 @@ def _reachable(descriptor: Descriptor, seen: set[str]) -> None:
             _reachable(fld.message_type, seen)
 
 
+def resource_field(output: Descriptor) -> FieldDescriptor | None:
+    """The resource an RPC's response carries (`CreateGroupResponse.group`): its one singular
+    message field. Our services always set it (they answer with the resource or fail), so it
+    is listed as required although proto3 gives message fields presence."""
+    singular = [
+        f
+        for f in output.fields
+        if f.message_type is not None
+        and not f.is_repeated
+        and f.message_type.full_name not in _WKT
+        and f.containing_oneof is None
+    ]
+    return singular[0] if len(singular) == 1 else None
+
+
 class _Builder:
     def __init__(self, catalog: Catalog, request_types: set[str] | None = None) -> None:
         self.catalog = catalog
         #: messages a client sends: no `required` from the response rule on them
         self.request_types = request_types or set()
+        #: fields the services always set although they have presence (`resource_field`)
+        self.resources: set[str] = set()
         self.schemas: Json = {
             "google.rpc.Status": STATUS_SCHEMA,
             "google.protobuf.Any": _WKT["google.protobuf.Any"],
@@ -194,7 +212,11 @@ class _Builder:
             self._describe(prop, f"{descriptor.full_name}.{fld.name}")
             schema["properties"][fld.json_name] = prop
         if descriptor.full_name not in self.request_types:
-            always = [f.json_name for f in descriptor.fields if not f.has_presence]
+            always = [
+                f.json_name
+                for f in descriptor.fields
+                if not f.has_presence or f.full_name in self.resources
+            ]
             if always:
                 schema["required"] = always
         return schema
@@ -293,6 +315,10 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
     for binding in bindings:
         _reachable(binding.method.input_type, request_types)
     builder = _Builder(catalog, request_types)
+    for binding in bindings:
+        resource = resource_field(binding.method.output_type)
+        if resource is not None:
+            builder.resources.add(resource.full_name)
     paths: Json = {}
     seen: dict[str, int] = {}
     tags: dict[str, str] = {}
@@ -339,10 +365,18 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
             if binding.body != "*":
                 body_type = method.input_type.fields_by_name[binding.body].message_type
             if body_type is not None and body_type.full_name == HTTP_BODY:
-                media: Json = {"schema": {"type": "string", "format": "binary"}}
+                # Any content type is passed on byte for byte; declared as octet-stream, the
+                # raw-bytes type typed SDK generators know (`*/*` makes them skip the call).
+                raw: Json = {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "The raw body, any content type, passed on unchanged.",
+                    }
+                }
                 if binding.webhook:
-                    media["example"] = WEBHOOK_EXAMPLE
-                content: Json = {"*/*": media}
+                    raw["example"] = WEBHOOK_EXAMPLE
+                content: Json = {"application/octet-stream": raw}
             elif body_type is not None:
                 media = {"schema": builder.ref(body_type)}
                 if body_type.full_name in EXAMPLES:

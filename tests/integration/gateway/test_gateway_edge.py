@@ -444,14 +444,14 @@ def _cart(**host: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        (json.dumps(_cart(displayName="Ann\u0000")).encode(), "host.display_name"),
+        (json.dumps(_cart(displayName="Ann\u0000")).encode(), "host.displayName"),
         (
             json.dumps({**_cart(), "items": [{"lineId": "l1", "sku": "p\u00001"}]}).encode(),
             "items[0].sku",
         ),
-        (json.dumps(_cart(displayName="A" * 1_000_000)).encode(), "host.display_name"),
-        (json.dumps(_cart(displayName="Ann\u001b[2J")).encode(), "host.display_name"),
-        (json.dumps({**_cart(), "merchantId": "m 1"}).encode(), "merchant_id"),
+        (json.dumps(_cart(displayName="A" * 1_000_000)).encode(), "host.displayName"),
+        (json.dumps(_cart(displayName="Ann\u001b[2J")).encode(), "host.displayName"),
+        (json.dumps({**_cart(), "merchantId": "m 1"}).encode(), "merchantId"),
         (b'{"merchantId": ' + b"[" * 2000 + b"]" * 2000 + b"}", "body"),
         (b"[" * 100_000, "body"),
         (b'{"merchantId": "caf\xe9"}', "body"),  # Latin-1, not UTF-8

@@ -371,9 +371,9 @@ async def test_what_the_issue_found_is_400_now(
         created = await reply.json()
     assert created["group"]["members"][0]["displayName"] == weird["host"]["displayName"]
     for body, field_name in (
-        (_dumps(nul_name), "host.display_name"),
+        (_dumps(nul_name), "host.displayName"),
         (_dumps(nul_sku), "items[0].sku"),
-        (_dumps(big_name), "host.display_name"),
+        (_dumps(big_name), "host.displayName"),
         (deep, "body"),
     ):
         async with http.post(gateway.url + "/group", data=body, headers=headers) as reply:
