@@ -313,3 +313,32 @@ async def test_every_response_carries_the_ratelimit_headers(
     refused = seen[2][1]
     assert int(refused["X-RateLimit-Reset"]) >= int(refused["Retry-After"]) >= 1
     assert int(refused["X-RateLimit-Reset"]) <= 4  # the whole bucket refills in 4 s
+
+
+async def test_an_oversize_page_size_is_coerced_on_every_list(
+    gateway: GatewayProcess, issuer: Issuer, http: aiohttp.ClientSession
+) -> None:
+    """AIP-158: a page_size above the maximum gets the maximum, on every list, over REST."""
+    user = _user()
+    created = await _call(http, issuer, gateway.url + "/group", user, _group())
+    group_id = created.body["group"]["groupId"]
+    lists = {
+        "/group": "groups",
+        f"/group/{group_id}/history": "changes",
+        f"/payments?group_id={group_id}": "payments",
+        f"/notifications?group_id={group_id}": "notifications",
+    }
+    assert len(lists) == sum(
+        1
+        for b in CATALOG.bindings
+        if b.verb == "GET" and "page_size" in b.method.input_type.fields_by_name
+    )
+    for path, items in lists.items():
+        joiner = "&" if "?" in path else "?"
+        for size in ("100000", "2147483647"):
+            url = f"{gateway.url}{path}{joiner}page_size={size}"
+            async with http.get(url, headers=issuer.auth(user)) as reply:
+                assert reply.status == 200, (path, size, await reply.text())
+                body = await reply.json()
+            assert isinstance(body[items], list), (path, body)
+            assert "nextPageToken" in body, (path, body)
