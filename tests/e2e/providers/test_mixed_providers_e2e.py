@@ -8,7 +8,9 @@ webhooks reach the payment service through the gateway.
 - everyone pays: the group and the order are CONFIRMED and each share is captured through
   its own provider (a Razorpay payment link captures at once: its share is already kept);
 - the deadline passes with a share unpaid: the group EXPIRED and nothing kept — the sandbox's
-  and PayPal's holds voided at each provider, the Razorpay capture refunded.
+  and PayPal's holds voided at each provider, the Razorpay capture refunded;
+- everyone pays but the merchant is out of stock: the order's saga voids and refunds each
+  share through its own provider (order FAILED, group CANCELLED, nothing kept).
 
 Each outcome is reconciled against every provider's own books (tests/support/e2e.py
 ``assert_money_reconciles``): the providers keep what our payments record, per provider, and
@@ -191,3 +193,42 @@ async def test_a_mixed_group_expires_with_nothing_kept_at_any_provider(
         "paypal": "PAYMENT_STATUS_VOIDED",
         "razorpay": "PAYMENT_STATUS_REFUNDED",
     }, payments
+
+
+async def test_a_failed_mixed_order_releases_each_share_at_its_provider(
+    api: Api, fakes: ProviderFakes
+) -> None:
+    """The order's saga compensates through each share's provider: the merchant is out of
+    stock, the order FAILED and the group CANCELLED, with nothing kept anywhere."""
+    order = mixed(api)
+    draft = await order.create(create_body(order.host, cart((PIZZA, 1), (TIRAMISU, 2))))
+    total = minor(draft["total"])
+    opened = await order.open()
+    fault = await api.merchant_fault(action="reserve", fault="out_of_stock", times=1)
+    assert fault["remaining"] == 1
+    try:
+        said = await order.pay_each_at_own_provider(order.people)
+        assert said == ["requires_capture", "APPROVED", "captured", "requires_capture"], said
+        cancelled = await order.wait("CANCELLED", within=60)
+    finally:
+        state = await api.merchant_state()
+        if state["faults"]:  # not used up: leave the merchant as the other tests expect it
+            await api.request("POST", api.stack.merchant + "/_control/reset")
+    assert state["faults"] == []
+    assert cancelled["closeReason"], cancelled
+    failed = await api.wait_order(order.group_id, order.host.user, "FAILED")
+    assert failed["failureReason"] == "ORDER_FAILURE_REASON_OUT_OF_STOCK", failed
+    assert minor(failed["total"]) == total
+
+    books = await assert_money_reconciles(order, fakes)
+    share = {p.name: minor(order.member(opened, p)["share"]) for p in order.people}
+    assert books["sandbox"].hold == books["sandbox"].release == share["Hana"] + share["Cy"]
+    assert books["paypal"].hold == books["paypal"].release == share["Ali"]
+    assert books["razorpay"].capture == books["razorpay"].refund == share["Bo"]
+    payments = await order.payments()
+    assert sorted((provider_name(p), p["status"]) for p in payments) == [
+        ("paypal", "PAYMENT_STATUS_VOIDED"),
+        ("razorpay", "PAYMENT_STATUS_REFUNDED"),
+        ("sandbox", "PAYMENT_STATUS_VOIDED"),
+        ("sandbox", "PAYMENT_STATUS_VOIDED"),
+    ], payments
