@@ -1,5 +1,5 @@
 -- Runs once, when the Postgres volume is first initialised (docker-entrypoint-initdb.d).
--- One server, one database per service (ARCHITECTURE.md §1): no service reads another's.
+-- One server, one database per service (docs/design.md §2): no service reads another's.
 -- The entrypoint runs this as POSTGRES_USER (mppo), who therefore owns every database.
 CREATE DATABASE group_db;
 CREATE DATABASE payment_db;

@@ -23,7 +23,7 @@ before its page closed still arrives as payment.succeeded and is released as bef
 Carts are priced before a group exists (`quote_cart`): the order service asks the merchant's
 catalogue, and `create_group` refuses a cart it has not priced.
 
-Authorization (ARCHITECTURE.md §7): only the host changes, opens, cancels or force-finalizes
+Authorization (docs/design.md §8): only the host changes, opens, cancels or force-finalizes
 a group; members see only groups they belong to. Someone who may not see a group gets
 NOT_FOUND (its existence is not revealed); a member who may see it but not change it gets
 PERMISSION_DENIED.

@@ -1,4 +1,4 @@
-"""Idempotency keys for mutating calls (ARCHITECTURE.md §6).
+"""Idempotency keys for mutating calls (docs/design.md §7).
 
 A key is claimed inside the same transaction as the call's effect: the first caller inserts
 the row and later stores its response with `complete()`; a concurrent duplicate blocks on the

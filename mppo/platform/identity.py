@@ -4,7 +4,7 @@ The runtime authenticates every call before its handler runs (:mod:`mppo.platfor
 the peer's mTLS certificate, the gateway-signed user token, or the identity provider's JWT the
 edge verified and forwarded) and sets the result for the duration of the call;
 :func:`caller_from` returns it. Services then re-check what the caller may do
-(ARCHITECTURE.md §7).
+(docs/design.md §8).
 """
 
 from __future__ import annotations

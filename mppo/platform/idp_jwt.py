@@ -1,5 +1,5 @@
 """The end user's JWT from our identity provider: verified the same way at the edge and in
-the services (ARCHITECTURE.md §7, docs/security.md).
+the services (docs/design.md §8, docs/security.md).
 
 The Python gateway verifies the ``Authorization: Bearer <jwt>`` of every REST call; in
 production Envoy verifies it (``jwt_authn``) and forwards it, raw, to the services as gRPC

@@ -1,6 +1,6 @@
 """The one ISO 4217 table: which currencies exist and how many decimals their minor unit has.
 
-Money is an integer count of minor units plus a currency code (ARCHITECTURE.md §2). Every
+Money is an integer count of minor units plus a currency code (docs/design.md §3). Every
 service reads exponents here: the group service to accept a cart, the payment service to
 speak decimal strings to providers (PayPal: "10.50", "1050" for JPY, "1.050" for KWD), the
 notification service to write "12.34 USD" in a message. Conversions are exact (no floats).

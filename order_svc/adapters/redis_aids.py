@@ -1,6 +1,6 @@
 """Redis aids for orders: a per-order lock and a cache of finished orders.
 
-Both are aids only (ARCHITECTURE.md §1): with Redis down the lock is treated as acquired
+Both are aids only (docs/design.md §2): with Redis down the lock is treated as acquired
 (Postgres leases and version checks keep the saga correct) and the cache misses.
 """
 

@@ -14,7 +14,7 @@ from mppo.platform.event_types import (
     subject_of,
 )
 
-# ARCHITECTURE.md §5 and the seed's topics, plus the lifecycle subjects the issues name.
+# docs/design.md §6 and the seed's topics, plus the lifecycle subjects the issues name.
 REQUIRED_SUBJECTS = {
     "group.created",
     "member.added",

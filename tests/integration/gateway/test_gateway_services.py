@@ -198,7 +198,7 @@ async def test_grpcurl_and_rest_return_the_same_data(
     )
     assert got["group"]["groupId"] == group_id
     assert got["group"]["total"] == {"amountMinor": "2500", "currencyCode": "EUR"}
-    # Another user's token: the group service re-checks membership (ARCHITECTURE.md §7).
+    # Another user's token: the group service re-checks membership (docs/design.md §8).
     async with (
         aiohttp.ClientSession() as http,
         http.get(f"{gateway.url}/group/{group_id}", headers=issuer.auth("stranger")) as reply,

@@ -1,4 +1,4 @@
-"""Hostile input through the real gateway against the four real services (ARCHITECTURE.md §7:
+"""Hostile input through the real gateway against the four real services (docs/design.md §8:
 bad input is a 4xx with a clear message, never a 5xx, never stored).
 
 The property test walks the gateway's route table: for every public REST operation it sends
