@@ -11,6 +11,14 @@ body. An upstream that is down or too slow (UNAVAILABLE, DEADLINE_EXCEEDED, conn
 is a 503 with `Retry-After`. Whatever else goes wrong inside the gateway is a JSON 500, never an
 HTML page or a dropped connection.
 
+Every response carries the RateLimit headers of the tightest bucket the request was checked
+against (`X-RateLimit-Limit/-Remaining/-Reset`, as Envoy's local rate limit sends them); the
+gateway's own endpoints read the client address's bucket without taking from it. Field
+violations in an error, the gateway's and the services', name fields as the REST client sent
+them (`field_names.RestFieldNames`). A 200 the service answered with the stored response of an
+earlier call with the same Idempotency-Key (its `idempotent-replayed` response metadata) says
+`Idempotent-Replayed: true`.
+
 gRPC metadata sent upstream: `x-mppo-user-token` (a short-lived token the gateway signs for
 the JWT's `sub`; `x-mppo-user-id` only in plaintext development mode; never a client header),
 `idempotency-key`, `x-request-id`, `traceparent`, `tracestate`. Webhooks instead carry every

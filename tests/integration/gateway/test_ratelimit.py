@@ -190,6 +190,7 @@ async def test_a_burst_from_one_address_gets_429_and_the_bucket_arithmetic_holds
         MPPO_GATEWAY_IP_RATE_LIMIT=f"{IP_RATE}/{IP_BURST}",
     )
     timings: list[tuple[float, float, int, str | None]] = []
+    left: list[tuple[int, str | None]] = []  # (status, X-RateLimit-Remaining)
     gate = asyncio.Semaphore(BURST_CONCURRENCY)
     connector = aiohttp.TCPConnector(limit=BURST_CONCURRENCY)
 
@@ -201,9 +202,18 @@ async def test_a_burst_from_one_address_gets_429_and_the_bucket_arithmetic_holds
                 timings.append(
                     (sent, time.monotonic(), reply.status, reply.headers.get("Retry-After"))
                 )
+                left.append((reply.status, reply.headers.get("X-RateLimit-Remaining")))
+
+    async def warm(http: aiohttp.ClientSession) -> None:
+        async with http.get(gw.url + "/healthz") as reply:
+            await reply.read()
 
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
+            # Open the client's connections first (/healthz takes no token): otherwise the
+            # first requests trickle in while connections are set up, the bucket refills to
+            # the brim meanwhile, and the arithmetic below (always-waiting takers) is off.
+            await asyncio.gather(*(warm(http) for _ in range(BURST_CONCURRENCY)))
             await asyncio.gather(*(one(http) for _ in range(BURST_REQUESTS)))
     finally:
         assert gw.stop() == 0, gw.log_text()
@@ -215,6 +225,10 @@ async def test_a_burst_from_one_address_gets_429_and_the_bucket_arithmetic_holds
     limited = [retry for _, _, status, retry in timings if status == 429]
     assert len(limited) > BURST_REQUESTS // 2, statuses
     assert all(retry is not None and int(retry) >= 1 for retry in limited)
+    # the RateLimit headers agree: a refusal has nothing left, a pass at most the burst
+    assert {remaining for status, remaining in left if status == 429} == {"0"}
+    passed = [int(remaining or -1) for status, remaining in left if status == 401]
+    assert all(0 <= r < IP_BURST for r in passed), passed
     # Every take happened between the first send and the last reply (outer window), and the
     # takes spanned at least from the first reply to the last send (inner window). The bucket
     # starts full (IP_BURST) and, with requests always waiting, never refills to the brim, so
