@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from google.rpc import code_pb2
+from openapi_spec_validator import validate
 
 from gateway.descriptors import Catalog
 from gateway.errors import http_status, make_status, status_json
@@ -78,6 +79,7 @@ def test_openapi_covers_public_bindings_and_resolves(
     public = [r.binding for r in Router(catalog.bindings).routes]
     doc = build_openapi(catalog, public)
     assert doc["openapi"].startswith("3.1")
+    validate(doc)  # valid OpenAPI 3.1, for either catalog
     ops = {
         (verb.upper(), path): op for path, item in doc["paths"].items() for verb, op in item.items()
     }

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 import yaml
 from google.rpc import code_pb2, error_details_pb2
+from openapi_spec_validator import validate
 
 from gateway.descriptors import IDEMPOTENT_METHODS, Catalog
 from gateway.errors import make_status, rename_fields
@@ -38,6 +39,10 @@ OPS = {(verb.upper(), path): op for path, item in DOC["paths"].items() for verb,
 
 def _binding(verb: str, template: str) -> Any:
     return next(b for b in CATALOG.bindings if (b.verb, b.template) == (verb, template))
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    validate(DOC)  # raises, naming the offending part, if it is not
 
 
 def test_operation_ids_are_short_and_every_operation_is_tagged_by_service() -> None:
