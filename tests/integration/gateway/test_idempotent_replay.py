@@ -181,8 +181,8 @@ async def test_each_group_change_is_replayed_from_the_service(
     await twice("RemoveMember", f"/members/{cy}", host, None, "DELETE")
     cancelled = await twice("CancelGroup", "/cancel", host, {"reason": "plans changed"})
     assert cancelled["group"]["status"] == "GROUP_STATUS_CANCELLED"
-    # OpenGroup, ForceFinalize and RetryPayment need payments: test_typed_sdk.py replays the
-    # first two against the whole stack
+    # OpenGroup, ForceFinalize and RetryPayment need payments: test_typed_sdk.py replays them
+    # against the whole stack
     assert checked <= IDEMPOTENT_METHODS
     assert len(checked) == 5
 

@@ -16,6 +16,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -230,3 +231,48 @@ def document_example(stack: Stack, path: str, verb: str) -> Json:
         "example"
     ]
     return example
+
+
+def test_retrying_a_payment_is_replayed_from_the_service(stack: Stack) -> None:
+    """The last group change with a key: a member whose card was declined pays again on a
+    fresh link; the replay is that same link, marked, and no third attempt exists."""
+    user = f"retry-{uuid.uuid4().hex[:8]}"
+    auth = {"Authorization": f"Bearer {stack.token(user)}"}
+    create = _fresh_times(document_example(stack, "/group", "post") | {"members": []})
+    with httpx.Client(base_url=stack.gateway, headers=auth, timeout=30) as http:
+        created = http.post("/group", json=create)
+        assert created.status_code == 200, created.text
+        group_id = created.json()["group"]["groupId"]
+        member_id = created.json()["group"]["members"][0]["memberId"]
+        opened = http.post(f"/group/{group_id}/open", json={})
+        assert opened.status_code == 200, opened.text
+        link = opened.json()["group"]["members"][0]["paymentLink"]
+        with httpx.Client(timeout=30) as browser:
+            assert browser.get(link).status_code == 200
+            declined = browser.post(
+                link.rstrip("/") + "/pay",
+                data={"card_number": "4000000000000002", "action": "pay"},
+                headers={"Accept": "application/json"},
+            )
+            assert declined.json()["outcome"] == "declined", declined.text
+        deadline = time.monotonic() + 30
+        while True:
+            member = http.get(f"/group/{group_id}").json()["group"]["members"][0]
+            if member["status"] == "MEMBER_STATUS_PAYMENT_FAILED":
+                break
+            assert time.monotonic() < deadline, member
+            time.sleep(0.3)
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        path = f"/group/{group_id}/members/{member_id}/retry-payment"
+        first = http.post(path, json={}, headers=key)
+        assert first.status_code == 200, first.text
+        assert "Idempotent-Replayed" not in first.headers
+        again = http.post(path, json={}, headers=key)
+        assert again.status_code == 200, again.text
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.json() == first.json()
+        retried = first.json()["group"]["members"][0]
+        assert retried["attempt"] == 2
+        assert retried["paymentLink"] != link
+        payments = http.get("/payments", params={"group_id": group_id}).json()["payments"]
+    assert sorted(p["attempt"] for p in payments) == [1, 2]
