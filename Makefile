@@ -51,11 +51,15 @@ install: $(VENV)/.installed $(BUF) $(CHROMIUM) $(PROMETHEUS) $(CURL) ## create .
 run: $(VENV)/.installed ## run the whole system in the foreground (Ctrl-C stops it)
 	$(VENV)/bin/mppo dev up
 
-gen: install ## regenerate Python stubs and the descriptor set from proto/
+gen: install ## regenerate Python stubs, the descriptor set and the documents drawn from proto/
 	$(PY) scripts/gen_protos.py
+	$(PY) -m gateway.openapi
+	$(PY) scripts/gen_lifecycle.py
 
 check-gen: install ## fail if committed generated files differ from a fresh build
 	$(PY) scripts/gen_protos.py --check
+	$(PY) -m gateway.openapi --check
+	$(PY) scripts/gen_lifecycle.py --check
 
 dashboard: install ## regenerate the Grafana dashboard (deploy/grafana/) from its code
 	$(PY) scripts/gen_dashboard.py

@@ -1,4 +1,4 @@
-"""JWT verification at the edge (ARCHITECTURE.md §7): the shared verifier in
+"""JWT verification at the edge (docs/design.md §8): the shared verifier in
 :mod:`mppo.platform.idp_jwt`, which the services use too for the JWT Envoy forwards.
 
 Re-exported here for the gateway's modules and tests.

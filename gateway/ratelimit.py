@@ -14,7 +14,7 @@ gateway answers 503 with `Retry-After`, never a silent pass). Two different reas
   within `wait_seconds` (or redis-py reports "Too many connections"). That is load, not an
   outage: the request is refused (503, `Retry-After: 1`) in every failure mode, because
   letting traffic through unmetered exactly when there is the most of it is what a rate
-  limiter exists to prevent (ARCHITECTURE.md §9). Redis is asked again by the next request.
+  limiter exists to prevent (docs/design.md §10). Redis is asked again by the next request.
 - Outage: Redis does not answer (connection refused or reset, socket timeout). What happens
   follows `failure_mode`: `closed` (the default outside dev/test, `MPPO_RATELIMIT_FAILURE_MODE`)
   refuses with 503 and `Retry-After`; `open` lets the request through. Either way a warning is

@@ -45,7 +45,7 @@ class _GroupStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GroupStat
     """The host cancelled, or the order failed and could not be placed."""
 
 class GroupStatus(_GroupStatus, metaclass=_GroupStatusEnumTypeWrapper):
-    """GroupStatus is the lifecycle state of a group order (ARCHITECTURE.md §3)."""
+    """GroupStatus is the lifecycle state of a group order (docs/design.md §4, docs/lifecycle.md)."""
 
 GROUP_STATUS_UNSPECIFIED: GroupStatus.ValueType  # 0
 """Not set; never stored."""
