@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Text, any_, bindparam, func, select, text, tuple_, update
+from sqlalchemy import Text, any_, bindparam, func, literal_column, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -279,7 +279,9 @@ _BUMP_CHECK = (
 _EXPIRING = (
     select(payments.c.payment_id)
     .where(
-        payments.c.status == PaymentStatus.AUTHORIZED.value,
+        # a literal, not a parameter: a generic plan can then use ix_payments_hold_lapse,
+        # whose predicate names this status
+        payments.c.status == literal_column(f"'{PaymentStatus.AUTHORIZED.value}'"),
         payments.c.authorization_expires_at.is_not(None),
         payments.c.authorization_expires_at <= bindparam("before"),
         payments.c.expiry_warned_at.is_(None),

@@ -74,6 +74,15 @@ Index(
     payments.c.next_check_at,
     postgresql_where=payments.c.next_check_at.is_not(None),
 )
+# the reconciler's hold-lapse scan (migration 0005): unwarned authorized holds only
+Index(
+    "ix_payments_hold_lapse",
+    payments.c.authorization_expires_at,
+    postgresql_where=text(
+        "status = 'authorized' AND expiry_warned_at IS NULL"
+        " AND authorization_expires_at IS NOT NULL"
+    ),
+)
 
 provider_payment_map = Table(
     "provider_payment_map",

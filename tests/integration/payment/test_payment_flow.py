@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import grpc
 import pytest
 from google.api import httpbody_pb2
+from sqlalchemy import text
 
 from mppo.common.v1.money_pb2 import Money
 from mppo.payment.v1 import payment_pb2, payment_service_pb2
+from mppo.platform.db import create_engine
 from mppo.platform.identity import service_metadata
+from payment_svc.adapters.repository import _EXPIRING
 from tests.integration.payment.conftest import AS_ORDER, METADATA, PaymentStack, label_id
 from tests.support.sandbox import CARD_CAPTURE_FAILS, CARD_DECLINE
 
@@ -310,3 +314,25 @@ async def test_service_only_methods_admit_only_the_services_that_call_them(
     assert synced.payment.status == P.PAYMENT_STATUS_AUTHORIZED
     voided = await stack.stub.VoidPayment(void, metadata=as_("group"), timeout=20)
     assert voided.payment.status == P.PAYMENT_STATUS_VOIDED
+
+
+async def test_the_hold_lapse_scan_reads_its_index(stack: PaymentStack) -> None:
+    # the reconciler's scan, exactly as the repository sends it, planned as a prepared
+    # statement is after a few runs (generic plan); with sequential scans priced out, Postgres
+    # must have an index that answers it (a big payments table would pick it anyway; this one
+    # is small)
+    engine = create_engine(stack.database_url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SET enable_seqscan = off"))
+            await conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+            statement = _EXPIRING.compile(dialect=engine.dialect)
+            values = {"before": datetime.now(UTC) + timedelta(hours=1), "limit": 100}
+            plan = await conn.exec_driver_sql(
+                "EXPLAIN " + str(statement),
+                tuple(values[name] for name in statement.positiontup or ()),
+            )
+            lines = [str(row[0]) for row in plan]
+    finally:
+        await engine.dispose()
+    assert any("ix_payments_hold_lapse" in line for line in lines), "\n".join(lines)
