@@ -16,7 +16,13 @@ import pytest_asyncio
 from mppo.devstack import Infra
 from mppo.devstack.probes import free_port
 from order_svc.sandbox_merchant.catalogue import DEFAULT_CATALOGUE
-from tests.integration.gateway.support import AREAS, Issuer
+from tests.integration.gateway.support import (
+    AREAS,
+    GatewayProcess,
+    Issuer,
+    gateway_env,
+    start_gateway,
+)
 from tests.support.sandbox_merchant import TEST_SECRET, start_merchant
 from tests.support.services import ServiceProcess, start_service, wait_serving
 
@@ -63,3 +69,18 @@ async def services(
 def issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
     """Signs test JWTs; the gateways under test trust its JWKS file."""
     return Issuer.create(tmp_path_factory.mktemp("issuer"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gateway(
+    infra: Infra,
+    services: dict[str, ServiceProcess],
+    issuer: Issuer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[GatewayProcess]:
+    """A gateway in front of the four real services (modules that need other limits or
+    upstreams define their own `gateway`)."""
+    env = gateway_env(issuer, infra.redis_url, {a: p.addr for a, p in services.items()})
+    gw = await start_gateway(env, tmp_path_factory.mktemp("gateway-logs"))
+    yield gw
+    assert gw.stop() == 0, gw.log_text()

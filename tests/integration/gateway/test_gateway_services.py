@@ -9,15 +9,12 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
-import pytest
-import pytest_asyncio
 from google.protobuf import json_format
 
 from gateway.descriptors import Catalog
@@ -25,12 +22,9 @@ from gateway.errors import http_status
 from gateway.routing import Router
 from gateway.table import RestCase, rest_table
 from gateway.transcode import Transcoder
-from mppo.devstack import Infra
 from tests.integration.gateway.support import (
     GatewayProcess,
     Issuer,
-    gateway_env,
-    start_gateway,
 )
 from tests.support.services import ServiceProcess
 
@@ -39,19 +33,6 @@ CATALOG = Catalog.load()
 # answers; the same check refuses other shapes identically over gRPC and REST.
 SAMPLE_ID = "3f2b8c1e-4d5a-4b6c-9d7e-0f1a2b3c4d5e"
 GRPCURL = Path(sys.executable).parent / "grpcurl"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def gateway(
-    infra: Infra,
-    services: dict[str, ServiceProcess],
-    issuer: Issuer,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[GatewayProcess]:
-    env = gateway_env(issuer, infra.redis_url, {a: p.addr for a, p in services.items()})
-    gw = await start_gateway(env, tmp_path_factory.mktemp("gateway-logs"))
-    yield gw
-    assert gw.stop() == 0, gw.log_text()
 
 
 async def _direct(addr: str, case: RestCase, request: Any, user: str) -> tuple[int, dict[str, Any]]:

@@ -60,19 +60,6 @@ def _user() -> str:
     return f"replay-{uuid.uuid4().hex[:8]}"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def gateway(
-    infra: Infra,
-    services: dict[str, ServiceProcess],
-    issuer: Issuer,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[GatewayProcess]:
-    env = gateway_env(issuer, infra.redis_url, {a: p.addr for a, p in services.items()})
-    gw = await start_gateway(env, tmp_path_factory.mktemp("gateway-logs"))
-    yield gw
-    assert gw.stop() == 0, gw.log_text()
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
@@ -181,7 +168,7 @@ async def test_each_group_change_is_replayed_from_the_service(
     await twice("RemoveMember", f"/members/{cy}", host, None, "DELETE")
     cancelled = await twice("CancelGroup", "/cancel", host, {"reason": "plans changed"})
     assert cancelled["group"]["status"] == "GROUP_STATUS_CANCELLED"
-    # OpenGroup, ForceFinalize and RetryPayment need payments: test_typed_sdk.py replays them
+    # OpenGroup, ForceFinalize and RetryPayment need payments: tests/e2e/test_typed_sdk.py replays them
     # against the whole stack
     assert checked <= IDEMPOTENT_METHODS
     assert len(checked) == 5
