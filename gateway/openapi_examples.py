@@ -2,7 +2,7 @@
 
 Each is valid against its schema (tests/unit/gateway/test_errors_openapi.py checks that, and
 that every public body has one) and is accepted by the real services
-(tests/integration/gateway/test_typed_sdk.py posts each: the one that creates something
+(tests/e2e/test_typed_sdk.py posts each: the one that creates something
 succeeds, the ones naming a group that does not exist are answered 404, never 400). Ids are
 shaped like the ones the services issue; carts use the sandbox merchant's catalogue. Times are
 examples: a real deadline lies within the hold window of the providers in play.

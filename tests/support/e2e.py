@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,6 +183,26 @@ def start_stack(
     state = json.loads((state_dir / "devstack.json").read_text())
     pids = [int(p["pid"]) for p in state["processes"]]
     return Stack(state_dir=state_dir, state=state, pids=pids)
+
+
+def until_down(running: Stack, *, restarts_expected: bool = False) -> Iterator[Stack]:
+    """A stack fixture's body (``yield from until_down(start_stack(...))``): the stack, then
+    ``mppo dev down``, which must succeed and leave no process behind (restarted ones
+    included); unless ``restarts_expected``, no process may have died meanwhile (the
+    supervisor restarts one that does, so a crash would otherwise pass unnoticed)."""
+    try:
+        yield running
+    finally:
+        try:
+            processes = running.current()["processes"]
+        finally:
+            down = running.stop()
+    running.pids += [int(p["pid"]) for p in processes]
+    restarted = {p["name"]: p["last_exit"] for p in processes if p["last_exit"] is not None}
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert running.leftovers() == []
+    if not restarts_expected:
+        assert restarted == {}, f"processes died during the tests (exit codes): {restarted}"
 
 
 # ---------------------------------------------------------------- polling

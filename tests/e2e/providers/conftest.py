@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from tests.support.e2e import ProviderFakes, Stack, start_stack
+from tests.support.e2e import ProviderFakes, Stack, start_stack, until_down
 from tests.support.fake_paypal import FakePayPal
 from tests.support.fake_razorpay import FakeRazorpay
 
@@ -37,12 +37,4 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fakes: ProviderFakes) -> Ite
     died unnoticed."""
     running = start_stack(tmp_path_factory.mktemp("providers-stack"), env=fakes.env())
     fakes.deliver_to(running.gateway)
-    try:
-        yield running
-        restarted = {p["name"]: p["last_exit"] for p in running.current()["processes"]}
-        restarted = {name: code for name, code in restarted.items() if code is not None}
-    finally:
-        down = running.stop()
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert running.leftovers() == []
-    assert restarted == {}, f"processes died during the tests (exit codes): {restarted}"
+    yield from until_down(running)

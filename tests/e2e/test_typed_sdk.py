@@ -2,11 +2,11 @@
 (issue 14 part 4), and every request body example in the document is one the real services
 accept.
 
-The stack is the one `mppo dev up` runs (tests/support/e2e.py: services, gateway, sandbox
-provider and merchant). openapi-python-client generates `mppo_client` from the document the
-gateway serves into a temporary directory; `mypy --strict` checks sdk_checkout_driver.py (no
-cast, no Unset or isinstance on fields) against it, and the driver runs a group of three to an
-order CONFIRMED, which the test then reads back over plain REST.
+The stack is the end-to-end tests' shared `mppo dev up` (tests/e2e/conftest.py: services,
+gateway, sandbox provider and merchant). openapi-python-client generates `mppo_client` from
+the document the gateway serves into a temporary directory; `mypy --strict` checks
+sdk_checkout_driver.py (no cast, no Unset or isinstance on fields) against it, and the driver
+runs a group of three to an order CONFIRMED, which the test then reads back over plain REST.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,21 +25,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.e2e import Stack, start_stack
+from tests.support.e2e import Stack
 
 BIN = Path(sys.executable).parent
 DRIVER = Path(__file__).with_name("sdk_checkout_driver.py")
 Json = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("sdk-stack"))
-    try:
-        yield running
-    finally:
-        down = running.stop()
-    assert down.returncode == 0, down.stdout + down.stderr
 
 
 @pytest.fixture(scope="module")
