@@ -68,6 +68,8 @@ _PAYMENT_COLUMNS = (
     payments.c.failure_reason,
     payments.c.authorization_expires_at,
     payments.c.compensate_reason,
+    payments.c.created_at,
+    payments.c.updated_at,
 )
 _PAYMENT_SQL = ", ".join(f"p.{c.name}" for c in _PAYMENT_COLUMNS)
 
@@ -97,7 +99,7 @@ _ADD = text(
            CAST(:next_check_at AS timestamptz), 0
     WHERE NOT EXISTS (SELECT FROM closed_groups WHERE group_id = CAST(:group_id AS text))
     ON CONFLICT ON CONSTRAINT uq_payments_attempt DO NOTHING
-    RETURNING payment_id
+    RETURNING payment_id, created_at, updated_at
     """
 )
 
@@ -212,6 +214,7 @@ _FLUSH = text(
                amount_refunded_minor, failure_reason, authorization_expires_at, do_check,
                next_check_at, do_reset)
         WHERE p.payment_id = v.payment_id
+        RETURNING p.payment_id, p.updated_at
     ), history AS (
         INSERT INTO payment_status_history (payment_id, from_status, to_status, reason, actor)
         SELECT * FROM unnest(CAST(:h_payment_id AS text[]), CAST(:h_from AS text[]),
@@ -230,7 +233,7 @@ _FLUSH = text(
                     CAST(:w_detail AS text[])) AS v(provider, event_id, outcome, payment_id, detail)
         WHERE w.provider = v.provider AND w.event_id = v.event_id
     )
-    SELECT 1
+    SELECT payment_id, updated_at FROM changed
     """
 )
 
@@ -315,6 +318,8 @@ def _to_payment(row: Any) -> Payment:
         amount_refunded_minor=row.amount_refunded_minor,
         failure_reason=row.failure_reason,
         authorization_expires_at=row.authorization_expires_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
@@ -433,6 +438,8 @@ class _PaymentWrite:
     next check (from schedule_check)."""
 
     values: dict[str, Any] | None = None
+    #: the payment saved (its updated_at is set from the row once written)
+    payment: Payment | None = None
     check: bool = False
     next_check_at: datetime | None = None
     reset: bool = False
@@ -528,7 +535,11 @@ class SqlPaymentRepository:
         if not self._queue:
             return
         queue, self._queue = self._queue, _Queue()
-        await self._execute(_FLUSH, queue.params())
+        result = await self._execute(_FLUSH, queue.params())
+        for row in result:
+            write = queue.payments.get(row.payment_id)
+            if write is not None and write.payment is not None:
+                write.payment.updated_at = row.updated_at
 
     def _loaded(self, row: Any) -> Payment:
         self._loaded_reason[row.payment_id] = row.compensate_reason
@@ -596,7 +607,11 @@ class SqlPaymentRepository:
                 "next_check_at": check_at,
             },
         )
-        return inserted.first() is not None
+        row = inserted.first()
+        if row is None:
+            return False
+        payment.created_at, payment.updated_at = row.created_at, row.updated_at
+        return True
 
     def _payment_write(self, payment_id: str) -> _PaymentWrite:
         write = self._queue.payments.get(payment_id)
@@ -608,7 +623,9 @@ class SqlPaymentRepository:
         """Write the payment's fields and its new history rows (queued: see flush)."""
         values = {name: getattr(payment, name) for name in _FIELDS}
         values["status"] = payment.status.value
-        self._payment_write(payment.payment_id).values = values
+        write = self._payment_write(payment.payment_id)
+        write.values = values
+        write.payment = payment
         self._queue.history.extend(
             (
                 payment.payment_id,

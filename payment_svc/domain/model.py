@@ -127,6 +127,9 @@ class Payment:
     failure_reason: str = ""
     authorization_expires_at: datetime | None = None
     can_authorize: bool = True
+    #: when the payments row was created and last written (set by the repository)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
     events: list[PaymentEvent] = field(default_factory=list)
     changes: list[StatusChange] = field(default_factory=list)
 

@@ -49,7 +49,8 @@ def money(amount_minor: int, currency_code: str) -> Money:
 def to_proto(
     payment: Payment, created: datetime | None = None, updated: datetime | None = None
 ) -> payment_pb2.Payment:
-    """The Payment message."""
+    """The Payment message; its create/update times are the payments row's (`created` /
+    `updated` override them)."""
     message = payment_pb2.Payment(
         payment_id=payment.payment_id,
         group_id=payment.group_id,
@@ -66,8 +67,8 @@ def to_proto(
     )
     for name, moment in (
         ("authorization_expire_time", payment.authorization_expires_at),
-        ("create_time", created),
-        ("update_time", updated),
+        ("create_time", created or payment.created_at),
+        ("update_time", updated or payment.updated_at),
     ):
         stamp = _ts(moment)
         if stamp is not None:
