@@ -51,6 +51,7 @@ from mppo.devstack.prometheus import (
     write_targets,
 )
 from mppo.devstack.services import ServiceDef, check_services, load_services
+from mppo.platform.environment import is_development
 
 __all__ = [
     "CONTROL_DIR",
@@ -352,6 +353,8 @@ class _Stack:
         }
         if config.nats_cluster > 1:
             common["MPPO_NATS_STREAM_REPLICAS"] = "3"
+        if is_development(common):
+            common |= _dev_identity_provider(self.state_dir)
         db_urls: dict[str, str] = {}
         for svc in config.services:
             if svc.database:
@@ -478,6 +481,21 @@ def _answer(request: Path, results: dict[str, str]) -> None:
     tmp = answer.with_suffix(".tmp")
     tmp.write_text(json.dumps({"results": results}))
     os.replace(tmp, answer)
+
+
+def _dev_identity_provider(state_dir: Path) -> dict[str, str]:
+    """The development identity provider every service verifies forwarded user JWTs with
+    (``x-mppo-user-jwt``, from the gateway's certificate): the keys ``mppo token`` signs with
+    and the dev gateway trusts, made before any process starts so that all read the same
+    ones. An operator can then debug a user's call with grpcurl (README) as the edge would
+    make it; the gateway itself keeps ``MPPO_JWT_JWKS=dev``."""
+    from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, dev_keys
+
+    return {
+        "MPPO_JWT_JWKS": str(dev_keys(state_dir).jwks_path),
+        "MPPO_JWT_ISSUER": DEV_ISSUER,
+        "MPPO_JWT_AUDIENCE": DEV_AUDIENCE,
+    }
 
 
 def _mint_pki(state_dir: Path, services: Sequence[ServiceDef]) -> Path:

@@ -6,6 +6,7 @@ stack is started exactly as `make run` starts it (on free ports), and its fixtur
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,31 @@ async def test_dev_up_brings_every_default_service_up(stack: Stack) -> None:
                 http.get(f"http://{addr}{svc.health_path}") as resp,
             ):
                 assert resp.status == 200, svc.name
+
+
+async def test_an_operator_can_make_a_users_call_with_grpcurl(stack: Stack) -> None:
+    # the README's recipe: the gateway's development certificate and a development JWT, as
+    # the edge would forward it; the service verifies the JWT itself
+    pki = Path(stack.state["pki"])
+    user = "grpcurl-alice"
+    as_gateway = (
+        "-cacert", str(pki / "ca.pem"),
+        "-cert", str(pki / "gateway.pem"),
+        "-key", str(pki / "gateway.key"),
+    )  # fmt: skip
+    call = ("-d", "{}", stack.addr("group"), "mppo.group.v1.GroupService/ListGroups")
+    code, out = await grpcurl(*as_gateway, "-H", f"x-mppo-user-jwt: {stack.token(user)}", *call)
+    assert code == 0, out
+    assert json.loads(out).get("groups", []) == []  # a new user: no groups, and no error
+    # a token that is no JWT is refused; the operator's certificate may not forward one
+    code, out = await grpcurl(*as_gateway, "-H", "x-mppo-user-jwt: not.a.jwt", *call)
+    assert code != 0, out
+    assert "Unauthenticated" in out, out
+    operator = (
+        "-cacert", str(pki / "ca.pem"),
+        "-cert", str(pki / "operator.pem"),
+        "-key", str(pki / "operator.key"),
+    )  # fmt: skip
+    code, out = await grpcurl(*operator, "-H", f"x-mppo-user-jwt: {stack.token(user)}", *call)
+    assert code != 0, out
+    assert "PermissionDenied" in out, out
