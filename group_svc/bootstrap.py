@@ -48,6 +48,7 @@ class Core:
             orders=self.orders,
             host_grace=self.settings.host_grace,
             reminder_lead=self.settings.reminder_lead,
+            hold_margin=self.settings.hold_margin,
             cache=self.cache,
             clock=utcnow,
             providers=ProviderChoice.from_env(),

@@ -25,11 +25,16 @@ class GroupSettings:
     | MPPO_PAYMENT_ADDR | the payment service | 127.0.0.1:50052 |
     | MPPO_ORDER_ADDR | the order service (prices a group's cart) | 127.0.0.1:50053 |
     | MPPO_GROUP_HOST_GRACE_SECONDS | host's grace after HOST_PAYS_REMAINING | 900 |
+    | MPPO_GROUP_HOLD_MARGIN_SECONDS | a group is due this long before a hold lapses (note) | 3600 |
     | MPPO_GROUP_REMINDER_LEAD_SECONDS | group.reminder_due this long before the deadline | 3600 |
     | MPPO_GROUP_SCHEDULER | run the expiry scheduler in the service (`on`/`off`) | on |
     | MPPO_GROUP_SCHEDULER_INTERVAL | seconds between scheduler rounds | 1.0 |
     | MPPO_GROUP_SCHEDULER_ADDR | health address of the standalone scheduler | free port |
     | MPPO_GROUP_PII_KEYS | `id:<base64 32 bytes>,…`, first is active (adapters/pii.py) | dev key |
+
+    The hold margin is the order saga's time to capture every share before a hold lapses
+    (docs/payment.md, "Holds that never lapse"); keep it below the payment service's
+    MPPO_PAYMENT_AUTH_WARNING_SECONDS, or a warned group is due at once.
     """
 
     payment_addr: str
@@ -41,6 +46,7 @@ class GroupSettings:
     payment_timeout: float = 10.0
     order_addr: str = "127.0.0.1:50053"
     order_timeout: float = 10.0
+    hold_margin: timedelta = timedelta(hours=1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GroupSettings:
@@ -52,6 +58,7 @@ class GroupSettings:
             order_addr=service_addr(source, "order"),
             host_grace=read.seconds("MPPO_GROUP_HOST_GRACE_SECONDS", 900),
             reminder_lead=read.seconds("MPPO_GROUP_REMINDER_LEAD_SECONDS", 3600),
+            hold_margin=read.seconds("MPPO_GROUP_HOLD_MARGIN_SECONDS", 3600),
             scheduler_enabled=read.switch("MPPO_GROUP_SCHEDULER", True),
             scheduler_interval=read.number("MPPO_GROUP_SCHEDULER_INTERVAL", 1.0, minimum=0.01),
             scheduler_addr=read.addr("MPPO_GROUP_SCHEDULER_ADDR"),

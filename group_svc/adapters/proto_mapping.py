@@ -126,9 +126,10 @@ def line_to_proto(line: CartLine) -> cart_pb2.LineItem:
     )
 
 
-def group_to_proto(group: Group) -> group_pb2.GroupOrder:
+def group_to_proto(group: Group, default_provider: str = "") -> group_pb2.GroupOrder:
     """The full GroupOrder, contact details and invite tokens included (redact before
-    showing it to anyone but the host)."""
+    showing it to anyone but the host). A member who named no provider pays with
+    `default_provider` (the configured default), which their `provider` then reports."""
     cur = group.currency_code
     out = group_pb2.GroupOrder(
         group_id=group.group_id,
@@ -171,7 +172,7 @@ def group_to_proto(group: Group) -> group_pb2.GroupOrder:
                 joined_at=timestamp(m.joined_at),
                 paid_at=timestamp(m.paid_at),
                 invite_token=m.invite_token,
-                provider=provider_to_proto(m.provider),
+                provider=provider_to_proto(m.provider or default_provider),
             )
         )
     return out

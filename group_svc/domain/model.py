@@ -545,20 +545,36 @@ class Group:
             member.status = MemberStatus.AWAITING_PAYMENT
         return True
 
-    def hold_lapsing(self, payment_id: str, lapses_at: datetime, actor: str, now: datetime) -> bool:
+    def hold_lapsing(
+        self,
+        payment_id: str,
+        lapses_at: datetime,
+        actor: str,
+        now: datetime,
+        *,
+        margin: timedelta,
+        host_grace: timedelta,
+    ) -> bool:
         """A secured share's hold lapses at `lapses_at` and the group has not completed: the
-        hold policy (docs/payment.md, "Holds that never lapse"). An OPEN group with every
-        required share secured is finalized now; otherwise it becomes due now (deadline, or
-        the host's grace period, brought forward), so the scheduler applies its fallback at
-        once with this reason; the history records why. Nothing for other groups (PENDING: the
-        order is capturing; closed: everything is released). True when the group changed."""
+        hold policy (docs/payment.md, "Holds that never lapse").
+
+        An OPEN group with every required share secured is finalized now. Otherwise the group
+        keeps as much of its time as is safe: it must become due early only when the hold
+        would lapse before the group can complete, i.e. before its due moment (the deadline,
+        or the host's grace deadline once the host covers the rest) plus what follows it —
+        `margin` for the order to capture, and for HOST_PAYS_REMAINING before the fallback
+        applied also the host's grace (the host pays after the deadline). It then becomes due
+        at the latest safe moment, `lapses_at - margin [- host_grace]`, never earlier than
+        now; the scheduler applies its fallback then, with this reason. The history records
+        an OPEN→OPEN row saying why and when. Nothing for other groups (PENDING: the order is
+        capturing; closed: everything is released), nor when the hold lapses comfortably
+        after the group completes. True when the group changed."""
         attempt = self.attempt_by_payment(payment_id)
         if (
             self.status is not GroupStatus.OPEN
             or attempt is None
             or attempt.status is not AttemptStatus.SUCCEEDED
             or attempt.captured
-            or self.due_reason
         ):
             return False
         member = self.member(attempt.member_id)
@@ -570,19 +586,31 @@ class Group:
             self.transition(GroupStatus.PENDING, f"{why}: all shares secured", actor, now)
             self.events += [ev.FullyPaid(), ev.Finalized()]
             return True
-        self.due_reason = why
-        self.new_history.append(
-            HistoryEntry(
-                GroupStatus.OPEN,
-                GroupStatus.OPEN,
-                f"{why}: the fallback applies now instead of at the deadline",
-                actor,
-                now,
-            )
-        )
-        self.deadline = min(self.deadline, now)
+        safe = lapses_at - margin
         if self.grace_deadline is not None:
-            self.grace_deadline = min(self.grace_deadline, now)
+            current, latest = self.grace_deadline, safe
+        elif self.fallback_policy is FallbackPolicy.HOST_PAYS_REMAINING:
+            current, latest = self.deadline, safe - host_grace
+        else:
+            current, latest = self.deadline, safe
+        due = max(now, latest)
+        if current <= due:
+            return False  # the group completes in time (or is due already)
+        self.due_reason = why
+        if due <= now:
+            when = "the fallback applies now instead of at the deadline"
+        else:
+            when = (
+                f"the group is due at {due.strftime('%Y-%m-%d %H:%M:%S')} UTC instead of "
+                f"{current.strftime('%Y-%m-%d %H:%M:%S')} UTC"
+            )
+        self.new_history.append(
+            HistoryEntry(GroupStatus.OPEN, GroupStatus.OPEN, f"{why}: {when}", actor, now)
+        )
+        if self.grace_deadline is not None:
+            self.grace_deadline = due
+        else:
+            self.deadline = due
         self.updated_at = now
         return True
 

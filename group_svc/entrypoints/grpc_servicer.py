@@ -154,9 +154,10 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         group = await run(self._uow(), finish)
         return answer[0] if answer else self._view(group, caller)
 
-    @staticmethod
-    def _view(group: Group, caller: Caller) -> group_pb2.GroupOrder:
-        return redact(group_to_proto(group), caller.user_id, is_service(caller))
+    def _view(self, group: Group, caller: Caller) -> group_pb2.GroupOrder:
+        return redact(
+            group_to_proto(group, self._h.default_provider), caller.user_id, is_service(caller)
+        )
 
     # ---- RPCs --------------------------------------------------------------------------
 
@@ -194,7 +195,7 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
                 snapshot = await cache.get(request.group_id, version) if cache else None
                 if snapshot is None:
                     group = await self._h.get_group(c.GetGroup(caller, request.group_id), uow)
-                    snapshot = group_to_proto(group)
+                    snapshot = group_to_proto(group, self._h.default_provider)
                     if cache is not None:
                         await cache.put(snapshot)
             visible = service or caller.user_id in (

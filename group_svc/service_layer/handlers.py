@@ -195,6 +195,7 @@ class GroupHandlers:
         cache: SnapshotCache | None = None,
         clock: Callable[[], datetime] = utcnow,
         providers: ProviderChoice | None = None,
+        hold_margin: timedelta = timedelta(hours=1),
     ) -> None:
         self._providers = providers or ProviderChoice(configured=PROVIDERS, default="sandbox")
         #: wakes the expiry scheduler (bootstrap sets it) when a group became due early
@@ -203,8 +204,15 @@ class GroupHandlers:
         self._orders = orders
         self._host_grace = host_grace
         self._reminder_lead = reminder_lead
+        #: a group due early because a hold lapses is due this long before the lapse
+        self._hold_margin = hold_margin
         self._cache = cache
         self._clock = clock
+
+    @property
+    def default_provider(self) -> str:
+        """The provider a member who names none pays with (the payment service's default)."""
+        return self._providers.default
 
     def wake_when_due(self, wake: Callable[[], None]) -> None:
         """Call `wake` (the expiry scheduler's) after a commit that made a group due early."""
@@ -779,8 +787,10 @@ class GroupHandlers:
         self, msg: payment_events_pb2.AuthorizationExpiring, uow: GroupUnitOfWork
     ) -> None:
         """A secured share's hold lapses soon (payment.authorization_expiring): the hold policy
-        (`Group.hold_lapsing`): finalize now when everything is secured, otherwise the group
-        becomes due now and the scheduler applies its fallback at once (woken here)."""
+        (`Group.hold_lapsing`): finalize now when everything is secured; otherwise, when the
+        hold would lapse before the group can complete, the group becomes due at the latest
+        safe moment (the hold margin, and for HOST_PAYS_REMAINING the host's grace, before the
+        lapse; now at the earliest) and the scheduler applies its fallback then (woken here)."""
         with bind_ids(group_id=msg.group_id, payment_id=msg.payment_id):
             group = await uow.groups.get(msg.group_id, lock=True)
             if group is None:
@@ -792,7 +802,15 @@ class GroupHandlers:
                 if msg.HasField("authorization_expire_time")
                 else now
             )
-            if not group.hold_lapsing(msg.payment_id, lapses_at, "system:holds", now):
+            changed = group.hold_lapsing(
+                msg.payment_id,
+                lapses_at,
+                "system:holds",
+                now,
+                margin=self._hold_margin,
+                host_grace=self._host_grace,
+            )
+            if not changed:
                 logger.info("a hold lapses soon; the group (%s) needs nothing", group.status)
                 return
             logger.warning("a hold lapses soon: %s", group.due_reason or "finalized early")

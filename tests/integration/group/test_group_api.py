@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 from mppo.common.v1 import cart_pb2
 from mppo.group.v1 import group_pb2
 from mppo.group.v1 import group_service_pb2 as gs
+from mppo.payment.v1 import payment_pb2
 from mppo.platform.rpc_status import status_from_error
 from tests.integration.group.fake_payment import FakePaymentService
 from tests.integration.group.harness import (
@@ -219,3 +220,16 @@ async def test_open_group_survives_a_payment_service_failure_half_way(
     assert all(i.payment_link for i in event.invitations)
     assert len(of_type(events, "member.added")) == 4
     assert len(of_type(events, "group.created")) == 1
+
+
+async def test_a_member_who_names_no_provider_reports_the_default_they_pay_with(
+    stack: Stack,
+) -> None:
+    # the services run with MPPO_ENV=test: the sandbox is the default provider
+    created = await stack.stub().CreateGroup(create_request(guests=2), metadata=user_md("host-p"))
+    assert [m.provider for m in created.group.members] == [payment_pb2.PROVIDER_SANDBOX] * 3
+    seen = await stack.stub(1 % len(stack.procs)).GetGroup(
+        gs.GetGroupRequest(group_id=created.group.group_id), metadata=user_md("host-p")
+    )
+    assert [m.provider for m in seen.group.members] == [payment_pb2.PROVIDER_SANDBOX] * 3
+    assert payment_pb2.PROVIDER_UNSPECIFIED not in [m.provider for m in seen.group.members]

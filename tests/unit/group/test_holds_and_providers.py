@@ -2,21 +2,23 @@
 in-memory fakes: deadlines beyond the shortest hold window of the providers in play are
 refused, providers are checked against those configured, a member's provider reaches the
 payment service (and a join naming another one replaces the unpaid link), and a hold about to
-lapse makes the group act at once, its history saying why."""
+lapse before the group can complete makes it due at the latest safe moment (never earlier
+than now), its history saying why; one lapsing after changes nothing."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from group_svc.adapters.proto_mapping import group_to_proto
 from group_svc.domain.lifecycle import GroupStatus
 from group_svc.domain.model import FallbackPolicy, MemberStatus
 from group_svc.service_layer import commands as c
 from group_svc.service_layer.handlers import GroupHandlers
-from mppo.payment.v1 import payment_events_pb2
+from mppo.payment.v1 import payment_events_pb2, payment_pb2
 from mppo.platform.errors import InvalidArgumentError
 from mppo.platform.providers import ProviderChoice
 from tests.unit.group.fakes import Clock, FakeOrders, FakePayments, FakeUnitOfWork
@@ -44,9 +46,10 @@ def handlers(clock: Clock, payments: FakePayments, orders: FakeOrders) -> GroupH
     return GroupHandlers(
         payments=payments,
         orders=orders,
-        host_grace=timedelta(seconds=60),
+        host_grace=GRACE,
         reminder_lead=timedelta(seconds=30),
         clock=clock,
+        hold_margin=MARGIN,
         providers=ProviderChoice(configured=("sandbox", "paypal", "razorpay"), default="sandbox"),
     )
 
@@ -105,42 +108,168 @@ async def test_each_member_pays_with_their_provider_and_a_join_can_change_it(
     assert (await load(uow, group.group_id)).current_attempt(member) is not None
 
 
-def expiring(payments: FakePayments, group_id: str, member_id: str) -> object:
+MARGIN = timedelta(minutes=10)
+GRACE = timedelta(seconds=60)
+
+
+def expiring(
+    payments: FakePayments, group_id: str, member_id: str, lapses_at: datetime
+) -> payment_events_pb2.AuthorizationExpiring:
     intent = payments.intents[(group_id, member_id, 1)]
     lapses = Timestamp()
-    lapses.FromSeconds(1_900_000_000)
+    lapses.FromDatetime(lapses_at)
     return payment_events_pb2.AuthorizationExpiring(
         payment_id=intent.payment_id, group_id=group_id, authorization_expire_time=lapses
     )
 
 
-async def test_a_lapsing_hold_applies_the_fallback_now_and_the_history_says_why(
+async def warn(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, warning: payment_events_pb2.AuthorizationExpiring
+) -> None:
+    async with uow:
+        await handlers.authorization_expiring(warning, uow)
+        await uow.commit()
+
+
+async def history_of(uow: FakeUnitOfWork, group_id: str) -> list[dict[str, object]]:
+    async with uow:
+        return list(await uow.groups.history(group_id))
+
+
+@pytest.mark.parametrize("after_deadline", [MARGIN, MARGIN + timedelta(days=1)])
+async def test_a_hold_lapsing_once_the_group_can_complete_changes_nothing(
+    handlers: GroupHandlers,
+    uow: FakeUnitOfWork,
+    clock: Clock,
+    payments: FakePayments,
+    after_deadline: timedelta,
+) -> None:
+    group = await opened(handlers, uow, clock, guests=2, total=900, deadline_in=7200)
+    await pay(handlers, uow, payments, group, 1)
+    paid = await load(uow, group.group_id)
+    lapses_at = paid.deadline + after_deadline  # at or after deadline + margin
+    await warn(
+        handlers, uow, expiring(payments, group.group_id, group.members[1].member_id, lapses_at)
+    )
+    still = await load(uow, group.group_id)
+    assert still.version == paid.version
+    assert (still.status, still.deadline, still.due_reason) == (
+        GroupStatus.OPEN,
+        paid.deadline,
+        "",
+    )
+    assert [h["to_status"] for h in await history_of(uow, group.group_id)] == [
+        GroupStatus.DRAFT,
+        GroupStatus.OPEN,
+    ]
+    # the group runs to its own deadline, not a second less
+    clock.now = paid.deadline - timedelta(seconds=1)
+    await expire_round(handlers, uow)
+    assert (await load(uow, group.group_id)).status is GroupStatus.OPEN
+    clock.now = paid.deadline
+    await expire_round(handlers, uow)
+    expired = await load(uow, group.group_id)
+    assert (expired.status, expired.close_reason) == (GroupStatus.EXPIRED, "deadline passed")
+
+
+async def test_a_hold_lapsing_at_the_deadline_makes_the_group_due_margin_before_not_now(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
+) -> None:
+    # the reviewer's case: the hold lapses exactly at the deadline, two hours away
+    group = await opened(handlers, uow, clock, guests=2, total=900, deadline_in=7200)
+    await pay(handlers, uow, payments, group, 1)
+    deadline = (await load(uow, group.group_id)).deadline
+    warning = expiring(payments, group.group_id, group.members[1].member_id, deadline)
+    await warn(handlers, uow, warning)
+    moved = await load(uow, group.group_id)
+    assert moved.status is GroupStatus.OPEN
+    assert moved.deadline == deadline - MARGIN  # the latest safe moment, not now
+    assert moved.deadline > clock()
+    assert "Guest 1" in moved.due_reason
+    history = await history_of(uow, group.group_id)
+    row = history[-1]
+    assert (row["from_status"], row["to_status"], row["actor"]) == (
+        GroupStatus.OPEN,
+        GroupStatus.OPEN,
+        "system:holds",
+    )
+    assert f"lapses at {deadline:%Y-%m-%d %H:%M} UTC" in str(row["reason"])
+    assert f"due at {deadline - MARGIN:%Y-%m-%d %H:%M:%S} UTC" in str(row["reason"])
+    assert "applies now" not in str(row["reason"])
+    # the warning again (redelivered) changes nothing
+    await warn(handlers, uow, warning)
+    assert (await load(uow, group.group_id)).version == moved.version
+
+    # the group keeps its time up to the safe moment, then expires with the hold as reason
+    clock.now = moved.deadline - timedelta(seconds=1)
+    await expire_round(handlers, uow)
+    assert (await load(uow, group.group_id)).status is GroupStatus.OPEN
+    clock.now = moved.deadline
+    assert await expire_round(handlers, uow) == []
+    expired = await load(uow, group.group_id)
+    assert expired.status is GroupStatus.EXPIRED
+    assert expired.close_reason == moved.due_reason
+    history = await history_of(uow, group.group_id)
+    assert history[-1]["reason"] == expired.close_reason
+    assert history[-1]["changed_at"] == deadline - MARGIN
+
+
+async def test_a_hold_lapsing_within_the_margin_applies_the_fallback_now(
     handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
 ) -> None:
     group = await opened(handlers, uow, clock, guests=2, total=900, deadline_in=3600)
     await pay(handlers, uow, payments, group, 1)
-    warning = expiring(payments, group.group_id, group.members[1].member_id)
-    async with uow:
-        await handlers.authorization_expiring(warning, uow)  # type: ignore[arg-type]
-        await uow.commit()
+    lapses_at = clock() + MARGIN / 2  # too soon for any later moment to be safe
+    await warn(
+        handlers, uow, expiring(payments, group.group_id, group.members[1].member_id, lapses_at)
+    )
+    due = await load(uow, group.group_id)
+    assert due.deadline == clock()
     assert await expire_round(handlers, uow) == []  # due now, not in an hour
     expired = await load(uow, group.group_id)
     assert expired.status is GroupStatus.EXPIRED
     assert "lapses at" in expired.close_reason
     assert "Guest 1" in expired.close_reason
-    async with uow:
-        history = await uow.groups.history(group.group_id)
-    reasons = [h["reason"] for h in history]
+    reasons = [str(h["reason"]) for h in await history_of(uow, group.group_id)]
     assert any("the fallback applies now" in r for r in reasons)
     assert reasons[-1] == expired.close_reason
-    # the warning again (redelivered) changes nothing
-    async with uow:
-        await handlers.authorization_expiring(warning, uow)  # type: ignore[arg-type]
-        await uow.commit()
-    assert (await load(uow, group.group_id)).version == expired.version
 
 
-async def test_a_lapsing_hold_moves_the_rest_to_the_host_under_host_pays_remaining(
+async def test_host_pays_remaining_leaves_the_host_their_grace_before_the_margin(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
+) -> None:
+    group = await opened(
+        handlers,
+        uow,
+        clock,
+        guests=2,
+        total=900,
+        deadline_in=7200,
+        policy=FallbackPolicy.HOST_PAYS_REMAINING,
+    )
+    await pay(handlers, uow, payments, group, 1)
+    deadline = (await load(uow, group.group_id)).deadline
+    guest = group.members[1].member_id
+    # lapsing at deadline + grace + margin: the host can still pay and the order capture
+    await warn(handlers, uow, expiring(payments, group.group_id, guest, deadline + GRACE + MARGIN))
+    assert (await load(uow, group.group_id)).deadline == deadline
+    # lapsing at deadline + margin: the host's grace must end by then, so the fallback applies
+    # a grace period earlier
+    lapses_at = deadline + MARGIN
+    await warn(handlers, uow, expiring(payments, group.group_id, guest, lapses_at))
+    moved = await load(uow, group.group_id)
+    assert moved.deadline == deadline - GRACE
+    clock.now = moved.deadline
+    await expire_round(handlers, uow)
+    covered = await load(uow, group.group_id)
+    assert covered.status is GroupStatus.OPEN
+    assert covered.fallback_at == deadline - GRACE
+    assert covered.members[2].status is MemberStatus.COVERED_BY_HOST
+    assert covered.due_reason == ""
+    assert covered.grace_deadline == lapses_at - MARGIN  # the host pays by the safe moment
+
+
+async def test_a_hold_lapsing_during_the_hosts_grace_brings_the_grace_deadline_forward(
     handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
 ) -> None:
     group = await opened(
@@ -153,18 +282,17 @@ async def test_a_lapsing_hold_moves_the_rest_to_the_host_under_host_pays_remaini
         policy=FallbackPolicy.HOST_PAYS_REMAINING,
     )
     await pay(handlers, uow, payments, group, 1)
-    warning = expiring(payments, group.group_id, group.members[1].member_id)
-    async with uow:
-        await handlers.authorization_expiring(warning, uow)  # type: ignore[arg-type]
-        await uow.commit()
+    clock.advance(3600)
     await expire_round(handlers, uow)
-    covered = await load(uow, group.group_id)
-    assert covered.status is GroupStatus.OPEN
-    assert covered.fallback_at is not None
-    assert covered.members[2].status is MemberStatus.COVERED_BY_HOST
-    assert covered.due_reason == ""
-    assert covered.grace_deadline is not None
-    assert covered.grace_deadline <= clock().astimezone(UTC) + timedelta(seconds=60)
+    covering = await load(uow, group.group_id)
+    assert covering.grace_deadline == clock() + GRACE
+    lapses_at = clock() + MARGIN + GRACE / 2
+    await warn(
+        handlers, uow, expiring(payments, group.group_id, group.members[1].member_id, lapses_at)
+    )
+    moved = await load(uow, group.group_id)
+    assert moved.grace_deadline == lapses_at - MARGIN
+    assert moved.deadline == covering.deadline
 
 
 async def test_a_warning_for_a_pending_group_changes_nothing(
@@ -175,8 +303,25 @@ async def test_a_warning_for_a_pending_group_changes_nothing(
     await pay(handlers, uow, payments, group, 1)
     pending = await load(uow, group.group_id)
     assert pending.status is GroupStatus.PENDING
-    warning = expiring(payments, group.group_id, group.members[1].member_id)
-    async with uow:
-        await handlers.authorization_expiring(warning, uow)  # type: ignore[arg-type]
-        await uow.commit()
+    warning = expiring(payments, group.group_id, group.members[1].member_id, clock())
+    await warn(handlers, uow, warning)
     assert (await load(uow, group.group_id)).version == pending.version
+
+
+async def test_a_member_without_a_provider_is_shown_paying_with_the_default(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock
+) -> None:
+    cmd = create_cmd(clock, guests=2)
+    cmd = replace(cmd, members=[replace(cmd.members[0], provider="paypal"), cmd.members[1]])
+    group = await create(handlers, uow, cmd)
+    assert handlers.default_provider == "sandbox"
+    shown = group_to_proto(group, handlers.default_provider)
+    assert [m.provider for m in shown.members] == [
+        payment_pb2.PROVIDER_SANDBOX,
+        payment_pb2.PROVIDER_PAYPAL,
+        payment_pb2.PROVIDER_SANDBOX,
+    ]
+    # what is stored stays "the default" (a later change of the default applies to them)
+    assert [m.provider for m in group.members] == ["", "paypal", ""]
+    other = ProviderChoice(configured=("stripe", "paypal"), default="stripe")
+    assert group_to_proto(group, other.default).members[0].provider == payment_pb2.PROVIDER_STRIPE
