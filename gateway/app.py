@@ -178,7 +178,7 @@ class Gateway:
         code: int,
         message: str,
         *,
-        violations: tuple[tuple[str, str], ...] = (),
+        violations: tuple[tuple[str, str] | tuple[str, str, str], ...] = (),
         reason: str = "",
         headers: dict[str, str] | None = None,
         http: int | None = None,
@@ -278,7 +278,7 @@ class Gateway:
             return self.error(
                 code_pb2.INVALID_ARGUMENT,
                 str(exc),
-                violations=((exc.field, exc.description),),
+                violations=((exc.field, exc.description, exc.reason),),
                 reason="BAD_REQUEST_BODY",
                 fields=fields,
             )

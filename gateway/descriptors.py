@@ -21,11 +21,20 @@ DEFAULT_DESCRIPTORS = Path(__file__).resolve().parent / "descriptors.binpb"
 
 # The RPCs whose REST bindings authenticate by the provider's signature instead of a JWT.
 WEBHOOK_METHODS = frozenset({"mppo.payment.v1.PaymentService.HandleWebhook"})
-# Annotated RPCs that only our services may call, over gRPC inside the mesh: the gateway (and
-# Envoy) refuse their REST bindings as if they did not exist (404). CreateOrder is called by
-# the group service when a group is fully paid; an end user must never place an order for a
-# group directly.
-INTERNAL_METHODS = frozenset({"mppo.order.v1.OrderService.CreateOrder"})
+# Annotated RPCs that only our services may call, over gRPC inside the mesh (the services'
+# `service_only` lists: order_svc/bootstrap.py, payment_svc/bootstrap.py SERVICE_ONLY): the
+# gateway (and Envoy) refuse their REST bindings as if they did not exist (404), and OpenAPI
+# leaves them out. CreateOrder is called by the group service when a group is fully paid,
+# CreatePaymentIntent by the group service when it opens a member's payment; an end user must
+# never call either directly. (HandleWebhook is service-only too, for the gateway itself: its
+# REST binding is the provider's way in, WEBHOOK_METHODS.) tests/unit/gateway/test_routing.py
+# checks this list against every service's service_only list.
+INTERNAL_METHODS = frozenset(
+    {
+        "mppo.order.v1.OrderService.CreateOrder",
+        "mppo.payment.v1.PaymentService.CreatePaymentIntent",
+    }
+)
 # The public RPCs whose service honours an `idempotency-key` (group_svc's servicer claims it
 # in the call's unit of work): OpenAPI declares the `Idempotency-Key` header on their REST
 # bindings, and a replay is answered with `Idempotent-Replayed: true`. Checked against the

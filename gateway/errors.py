@@ -62,6 +62,8 @@ def status_json(status: status_pb2.Status) -> bytes:
 
 
 _MAX_ERROR_TEXT = 500
+#: a field violation's reason when nobody gave one
+_DEFAULT = "INVALID_ARGUMENT"
 
 
 def _printable(text: str) -> str:
@@ -74,18 +76,23 @@ def make_status(
     code: int,
     message: str,
     *,
-    field_violations: Sequence[tuple[str, str]] = (),
+    field_violations: Sequence[tuple[str, str] | tuple[str, str, str]] = (),
     reason: str = "",
     metadata: dict[str, str] | None = None,
 ) -> status_pb2.Status:
-    """A google.rpc.Status with optional BadRequest and ErrorInfo details.
+    """A google.rpc.Status with optional BadRequest and ErrorInfo details. A violation is
+    (field, description) or (field, description, reason); without its own reason it gets
+    `reason` (or INVALID_ARGUMENT), so no violation goes out without one.
 
     Texts may echo what a client sent (a parser naming the value it refused): they are made
     valid UTF-8 (lone surrogates escaped) and bounded, so an error about hostile input can
     always be written.
     """
     message = _printable(message)
-    field_violations = [(_printable(f), _printable(d)) for f, d in field_violations]
+    violations = [
+        (_printable(v[0]), _printable(v[1]), (v[2] if len(v) > 2 else "") or reason or _DEFAULT)
+        for v in field_violations
+    ]
     status = status_pb2.Status(code=code, message=message)
     if reason:
         info = error_details_pb2.ErrorInfo(reason=reason, domain="mppo.dev")
@@ -93,11 +100,11 @@ def make_status(
         packed = any_pb2.Any()
         packed.Pack(info)
         status.details.append(packed)
-    if field_violations:
+    if violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in field_violations
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d, reason=r)
+                for f, d, r in violations
             ]
         )
         packed = any_pb2.Any()
@@ -128,10 +135,16 @@ def _details(metadata: Iterable[Any]) -> status_pb2.Status | None:
 
 def rename_fields(status: status_pb2.Status, rename: Callable[[str], str]) -> status_pb2.Status:
     """`status` with the field of every BadRequest violation renamed (for a REST client: the
-    JSON form it sent, gateway.field_names); the message too where it quotes such a field."""
+    JSON form it sent, gateway.field_names); the message too where it quotes such a field. A
+    violation sent without a reason gets the status's ErrorInfo reason (or INVALID_ARGUMENT)."""
     renamed = status_pb2.Status()
     renamed.CopyFrom(status)
     message = renamed.message
+    fallback = _DEFAULT
+    for detail in renamed.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and detail.Unpack(info):
+            fallback = info.reason or fallback
     for detail in renamed.details:
         if not detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             continue
@@ -139,6 +152,7 @@ def rename_fields(status: status_pb2.Status, rename: Callable[[str], str]) -> st
         if not detail.Unpack(bad):
             continue
         for violation in bad.field_violations:
+            violation.reason = violation.reason or fallback
             new = rename(violation.field)
             if new != violation.field:
                 message = _replace_field(message, violation.field, new)

@@ -72,14 +72,165 @@ _WKT: dict[str, Json] = {
     "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
     "google.protobuf.DoubleValue": {"type": ["number", "null"]},
 }
+_TYPE_URL = "type.googleapis.com/"
+
+
+def _detail(name: str, description: str, properties: Json, required: list[str]) -> Json:
+    """A google.rpc error detail as sent in `details` (proto3 JSON of an Any: `@type` first)."""
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {"@type": {"type": "string", "enum": [_TYPE_URL + name]}, **properties},
+        "required": ["@type", *required],
+    }
+
+
+#: the error details the gateway and the services send (gateway/errors.py, gateway/app.py,
+#: mppo/platform/rpc_status.py), by full name; `details` items are one of them
+DETAIL_SCHEMAS: dict[str, Json] = {
+    "google.rpc.BadRequest": _detail(
+        "google.rpc.BadRequest",
+        "The fields of the request that are wrong (INVALID_ARGUMENT).",
+        {
+            "fieldViolations": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/google.rpc.BadRequest.FieldViolation"},
+            }
+        },
+        ["fieldViolations"],
+    ),
+    "google.rpc.BadRequest.FieldViolation": {
+        "type": "object",
+        "description": "One bad field.",
+        "properties": {
+            "field": {
+                "type": "string",
+                "description": "The field as the client named it: JSON names with indexes for"
+                " a body (`items[0].quantity`), the parameter's name for a path or query value.",
+            },
+            "description": {"type": "string", "description": "What is wrong, for a human."},
+            "reason": {
+                "type": "string",
+                "description": "What is wrong, for a program (UPPER_SNAKE_CASE, e.g."
+                " `INVALID_TYPE`, `UNKNOWN_FIELD`, `INVALID_INPUT`).",
+            },
+        },
+        "required": ["field", "description", "reason"],
+    },
+    "google.rpc.ErrorInfo": _detail(
+        "google.rpc.ErrorInfo",
+        "Why the call failed, as a stable machine-readable reason.",
+        {
+            "reason": {"type": "string", "description": "UPPER_SNAKE_CASE, e.g. NOT_FOUND."},
+            "domain": {"type": "string", "description": "`mppo.dev`."},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        ["reason", "domain", "metadata"],
+    ),
+    "google.rpc.PreconditionFailure": _detail(
+        "google.rpc.PreconditionFailure",
+        "What state stands in the way (FAILED_PRECONDITION, ABORTED).",
+        {
+            "violations": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/google.rpc.PreconditionFailure.Violation"},
+            }
+        },
+        ["violations"],
+    ),
+    "google.rpc.PreconditionFailure.Violation": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string"},
+            "subject": {"type": "string"},
+            "description": {"type": "string"},
+        },
+        "required": ["type", "subject", "description"],
+    },
+    "google.rpc.RetryInfo": _detail(
+        "google.rpc.RetryInfo",
+        "When to try again (UNAVAILABLE, RESOURCE_EXHAUSTED).",
+        {"retryDelay": dict(_WKT["google.protobuf.Duration"])},
+        [],
+    ),
+}
+_DETAIL_TYPES = [name for name in DETAIL_SCHEMAS if not name.endswith("Violation")]
 STATUS_SCHEMA: Json = {
     "type": "object",
     "description": "google.rpc.Status: the gRPC status the call ended with.",
     "properties": {
         "code": {"type": "integer", "description": "google.rpc.Code"},
         "message": {"type": "string"},
-        "details": {"type": "array", "items": {"$ref": "#/components/schemas/google.protobuf.Any"}},
+        "details": {
+            "type": "array",
+            "items": {
+                "oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in _DETAIL_TYPES],
+                "discriminator": {
+                    "propertyName": "@type",
+                    "mapping": {
+                        _TYPE_URL + name: f"#/components/schemas/{name}" for name in _DETAIL_TYPES
+                    },
+                },
+            },
+        },
     },
+    "required": ["code", "message", "details"],
+}
+
+#: response fields with presence (messages, in proto3) that the services always set; listed
+#: as `required` so a typed client needs no `Unset` check. Each is read by
+#: tests/e2e/sdk_checkout_driver.py against the live services.
+ALWAYS_SET = frozenset(
+    {
+        "mppo.group.v1.GroupOrder.total",
+        "mppo.group.v1.GroupOrder.deadline",
+        "mppo.group.v1.GroupOrder.amount_secured",
+        "mppo.group.v1.GroupOrder.create_time",
+        "mppo.group.v1.GroupOrder.update_time",
+        "mppo.group.v1.Member.share",
+        "mppo.group.v1.Member.amount_paid",
+        "mppo.payment.v1.Payment.amount",
+        "mppo.payment.v1.Payment.amount_captured",
+        "mppo.payment.v1.Payment.amount_refunded",
+        "mppo.order.v1.Order.total",
+        "mppo.order.v1.OrderShare.amount",
+    }
+)
+#: request fields a service refuses a request without (group_svc/entrypoints/parsing.py and
+#: grpc_servicer.py, the list methods' group): `required` in the request's schema, or a
+#: required query parameter
+REQUIRED_REQUEST = frozenset(
+    {
+        *(
+            f"mppo.group.v1.CreateGroupRequest.{name}"
+            for name in (
+                "merchant_id",
+                "currency_code",
+                "items",
+                "split_mode",
+                "fallback_policy",
+                "deadline",
+                "host",
+            )
+        ),
+        "mppo.group.v1.MemberInput.display_name",
+        "mppo.common.v1.LineItem.line_id",
+        "mppo.common.v1.LineItem.quantity",
+        "mppo.common.v1.LineItem.unit_price_minor",
+        "mppo.group.v1.AddMembersRequest.members",
+        "mppo.group.v1.JoinGroupRequest.invite_token",
+        "mppo.group.v1.UpdateSplitRequest.split_mode",
+        "mppo.payment.v1.ListPaymentsRequest.group_id",
+        "mppo.notification.v1.ListNotificationsRequest.group_id",
+    }
+)
+#: notes added to a field's proto comment in the document
+FIELD_NOTES: dict[str, str] = {
+    "mppo.group.v1.CreateGroupRequest.deadline": "It must also lie within the shortest hold"
+    " window of the payment providers in play (by default 7 days for Stripe and the sandbox,"
+    " 3 for Razorpay and PayPal; MPPO_HOLD_WINDOW_*_SECONDS), or the group is refused with"
+    " reason DEADLINE_BEYOND_HOLD. The example's date is a placeholder: send one a few days"
+    " from now.",
 }
 
 
@@ -146,9 +297,14 @@ def _headers(*names: str) -> Json:
     return {name: {"$ref": f"#/components/headers/{name}"} for name in (*_ALWAYS, *names)}
 
 
-def operation_id(method_name: str) -> str:
-    """`CreateGroup` -> `createGroup`."""
-    return method_name[:1].lower() + method_name[1:]
+def operation_id(method_name: str, variables: list[str] | None = None) -> str:
+    """`CreateGroup` -> `createGroup`; with `variables` (another binding of the same RPC that
+    binds more of the path): `HandleWebhook`, [`provider`] -> `handleWebhookByProvider`."""
+    base = method_name[:1].lower() + method_name[1:]
+    if not variables:
+        return base
+    words = [w for v in variables for w in re.split(r"[._]", v) if w]
+    return base + "By" + "".join(w[:1].upper() + w[1:] for w in words)
 
 
 def tag(service: str) -> str:
@@ -190,35 +346,37 @@ class _Builder:
         self.request_types = request_types or set()
         #: fields the services always set although they have presence (`resource_field`)
         self.resources: set[str] = set()
-        self.schemas: Json = {
-            "google.rpc.Status": STATUS_SCHEMA,
-            "google.protobuf.Any": _WKT["google.protobuf.Any"],
-        }
+        self.schemas: Json = {"google.rpc.Status": STATUS_SCHEMA, **DETAIL_SCHEMAS}
 
-    def ref(self, descriptor: Descriptor) -> Json:
+    def ref(self, descriptor: Descriptor, exclude: frozenset[str] = frozenset()) -> Json:
+        """A reference to `descriptor`'s schema; `exclude`: top-level fields left out (those
+        a request body's path binds)."""
         name = descriptor.full_name
         if name in _WKT:
             return dict(_WKT[name])
         if name not in self.schemas:
             self.schemas[name] = {}  # placeholder: breaks recursion
-            self.schemas[name] = self.message(descriptor)
+            self.schemas[name] = self.message(descriptor, exclude)
         return {"$ref": f"#/components/schemas/{name}"}
 
-    def message(self, descriptor: Descriptor) -> Json:
+    def message(self, descriptor: Descriptor, exclude: frozenset[str] = frozenset()) -> Json:
         schema: Json = {"type": "object", "properties": {}}
         self._describe(schema, descriptor.full_name)
-        for fld in descriptor.fields:
+        fields = [f for f in descriptor.fields if f.name not in exclude]
+        for fld in fields:
             prop = self.field(fld)
-            self._describe(prop, f"{descriptor.full_name}.{fld.name}")
+            self._describe(prop, fld.full_name)
             schema["properties"][fld.json_name] = prop
-        if descriptor.full_name not in self.request_types:
+        if descriptor.full_name in self.request_types:
+            always = [f.json_name for f in fields if f.full_name in REQUIRED_REQUEST]
+        else:
             always = [
                 f.json_name
-                for f in descriptor.fields
-                if not f.has_presence or f.full_name in self.resources
+                for f in fields
+                if not f.has_presence or f.full_name in self.resources or f.full_name in ALWAYS_SET
             ]
-            if always:
-                schema["required"] = always
+        if always:
+            schema["required"] = always
         return schema
 
     def field(self, fld: FieldDescriptor) -> Json:
@@ -254,9 +412,13 @@ class _Builder:
         return {"$ref": f"#/components/schemas/{name}"}
 
     def _describe(self, schema: Json, full_name: str) -> None:
-        comment = self.catalog.comments.get(full_name)
-        if comment:
-            schema["description"] = comment
+        text = " ".join(
+            part
+            for part in (self.catalog.comments.get(full_name), FIELD_NOTES.get(full_name))
+            if part
+        )
+        if text:
+            schema["description"] = text
 
 
 def _openapi_path(template: str) -> tuple[str, list[str]]:
@@ -288,7 +450,8 @@ def _query_parameters(builder: _Builder, binding: HttpBinding, bound: set[str]) 
                 continue
             schema = builder.field(fld)
             comment = builder.catalog.comments.get(f"{descriptor.full_name}.{fld.name}")
-            param: Json = {"name": name, "in": "query", "required": False, "schema": schema}
+            required = not prefix and fld.full_name in REQUIRED_REQUEST
+            param: Json = {"name": name, "in": "query", "required": required, "schema": schema}
             if fld.is_repeated:
                 param["explode"] = True
             if comment:
@@ -320,13 +483,20 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
         if resource is not None:
             builder.resources.add(resource.full_name)
     paths: Json = {}
-    seen: dict[str, int] = {}
     tags: dict[str, str] = {}
+    # the binding of an RPC that binds the fewest path variables keeps the plain operation id
+    plain: dict[str, HttpBinding] = {}
+    for binding in bindings:
+        first = plain.get(binding.full_method)
+        fewer = len(_openapi_path(binding.template)[1])
+        if first is None or fewer < len(_openapi_path(first.template)[1]):
+            plain[binding.full_method] = binding
     for binding in bindings:
         path, variables = _openapi_path(binding.template)
         method = binding.method
-        count = seen.get(binding.full_method, 0)
-        seen[binding.full_method] = count + 1
+        op_id = operation_id(
+            method.name, None if plain[binding.full_method] is binding else variables
+        )
         tags.setdefault(tag(binding.service), catalog.comments.get(binding.service, ""))
         parameters: list[Json] = [
             {"name": v, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -337,7 +507,7 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
             parameters.append({"$ref": f"#/components/parameters/{IDEMPOTENCY_KEY}"})
         ok_headers = (IDEMPOTENT_REPLAYED,) if binding.idempotent else ()
         op: Json = {
-            "operationId": operation_id(method.name) + (f"{count + 1}" if count else ""),
+            "operationId": op_id,
             "tags": [tag(binding.service)],
             "summary": catalog.comments.get(binding.full_method, method.name),
             "x-grpc-method": binding.grpc_path,
@@ -378,7 +548,12 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
                     raw["example"] = WEBHOOK_EXAMPLE
                 content: Json = {"application/octet-stream": raw}
             elif body_type is not None:
-                media = {"schema": builder.ref(body_type)}
+                # fields the path binds are not in the body's schema (a body that names one
+                # with another value is refused)
+                bound = frozenset(v.split(".", 1)[0] for v in variables)
+                media = {
+                    "schema": builder.ref(body_type, bound if binding.body == "*" else frozenset())
+                }
                 if body_type.full_name in EXAMPLES:
                     media["example"] = EXAMPLES[body_type.full_name]
                 content = {"application/json": media}

@@ -4,8 +4,11 @@ Each is valid against its schema (tests/unit/gateway/test_errors_openapi.py chec
 that every public body has one) and is accepted by the real services
 (tests/e2e/test_typed_sdk.py posts each: the one that creates something
 succeeds, the ones naming a group that does not exist are answered 404, never 400). Ids are
-shaped like the ones the services issue; carts use the sandbox merchant's catalogue. Times are
-examples: a real deadline lies within the hold window of the providers in play.
+shaped like the ones the services issue; carts use the sandbox merchant's catalogue. The
+createGroup deadline is a fixed placeholder (the document must be the same bytes on every
+edge and every day): a real deadline lies within the shortest hold window of the providers in
+play (7 days for Stripe and the sandbox), which the `deadline` field's description says; the
+E2E test replaces it with one an hour ahead before posting.
 """
 
 from __future__ import annotations
@@ -65,16 +68,6 @@ EXAMPLES: dict[str, Any] = {
     "mppo.group.v1.ForceFinalizeRequest": {},
     "mppo.group.v1.CancelGroupRequest": {"reason": "Plans changed"},
     "mppo.group.v1.RetryPaymentRequest": {},
-    "mppo.payment.v1.CreatePaymentIntentRequest": {
-        "groupId": "3f2b8c1e-4d5a-4b6c-9d7e-0f1a2b3c4d5e",
-        "memberId": MEMBER_ID,
-        "attempt": 1,
-        "amount": {"amountMinor": "763", "currencyCode": "USD"},
-        "provider": "PROVIDER_SANDBOX",
-        "description": "Your share of Hana's group order",
-        "returnUrl": "https://app.example.com/groups/3f2b8c1e-4d5a-4b6c-9d7e-0f1a2b3c4d5e",
-        "payerUserId": "ali",
-    },
 }
 
 #: an example raw webhook body (the provider's own JSON, signed in its headers)

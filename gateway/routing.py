@@ -177,9 +177,15 @@ class Router:
         routes = [Route(b, compile_template(b.template)) for b in bindings if not b.internal]
         routes.sort(key=lambda r: (-r.template.literals, r.template.deep_wildcards))
         self.routes = routes
+        #: internal bindings: answered as if no route existed (not 405 because a public
+        #: template such as /payments/{payment_id} also matches /payments/intents)
+        self.hidden = [Route(b, compile_template(b.template)) for b in bindings if b.internal]
 
     def match(self, verb: str, path: str) -> Match:
         """The route for `verb path`; RouteNotFoundError or MethodNotAllowedError otherwise."""
+        for hidden in self.hidden:
+            if hidden.binding.verb == verb and hidden.template.match(path) is not None:
+                raise RouteNotFoundError(path)
         allowed: list[str] = []
         for route in self.routes:
             variables = route.template.match(path)

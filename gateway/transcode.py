@@ -18,15 +18,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.descriptors import Catalog, HttpBinding
+
+logger = logging.getLogger(__name__)
 
 HTTP_BODY = "google.api.HttpBody"
 MAX_JSON_DEPTH = 32
@@ -53,12 +58,178 @@ _SCALAR_WKT = {
 
 
 class BadRequestError(ValueError):
-    """The request cannot become the RPC's message; `field` names where (JSON path)."""
+    """The request cannot become the RPC's message; `field` names where (JSON path, indexes
+    included: `items[0].quantity`), `reason` says what is wrong for a program."""
 
-    def __init__(self, field: str, description: str) -> None:
+    def __init__(self, field: str, description: str, reason: str = "BAD_REQUEST_BODY") -> None:
         super().__init__(f"{field}: {description}" if field else description)
         self.field = field
         self.description = description
+        self.reason = reason
+
+
+_INT_RANGES: dict[int, tuple[int, int]] = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
+_FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
+_WRAPPERS = {
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
+    "google.protobuf.Int32Value",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.BoolValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.DoubleValue",
+}
+_ANY_JSON = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+_MAX_ENUM_NAMES = 12
+
+
+def _integer(value: Any) -> int | None:
+    """`value` as proto3 JSON reads an integer (a number without fraction or a decimal
+    string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,40}", value.strip()):
+        return int(value.strip())
+    return None
+
+
+def _number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    if isinstance(value, str):
+        if value in ("NaN", "Infinity", "-Infinity"):
+            return True
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def check_value(fld: FieldDescriptor, value: Any, where: str) -> None:
+    """BadRequestError, in words a client understands, when `value` (JSON) cannot be the
+    value of `fld` (one element of it when repeated); `where` is the JSON path to it."""
+    message = fld.message_type
+    if message is not None:
+        check_message_json(message, value, where)
+        return
+    if fld.enum_type is not None:
+        if _integer(value) is not None and not isinstance(value, str):
+            return
+        names = [v.name for v in fld.enum_type.values]
+        if isinstance(value, str) and value in names:
+            return
+        shown = ", ".join(names[:_MAX_ENUM_NAMES]) + (
+            ", ..." if len(names) > _MAX_ENUM_NAMES else ""
+        )
+        raise BadRequestError(where, f"must be one of {shown}", "INVALID_ENUM_VALUE")
+    kind = fld.type
+    if kind in _INT_RANGES:
+        number = _integer(value)
+        if number is None:
+            raise BadRequestError(where, "must be an integer", "INVALID_TYPE")
+        low, high = _INT_RANGES[kind]
+        if not low <= number <= high:
+            raise BadRequestError(where, f"must be an integer from {low} to {high}", "OUT_OF_RANGE")
+    elif kind in _FLOATS:
+        if not _number(value):
+            raise BadRequestError(where, "must be a number", "INVALID_TYPE")
+    elif kind == FieldDescriptor.TYPE_BOOL:
+        if not isinstance(value, bool):
+            raise BadRequestError(where, "must be true or false", "INVALID_TYPE")
+    elif kind == FieldDescriptor.TYPE_STRING:
+        if not isinstance(value, str):
+            raise BadRequestError(where, "must be a string", "INVALID_TYPE")
+    elif kind == FieldDescriptor.TYPE_BYTES and not isinstance(value, str):
+        raise BadRequestError(where, "must be a base64 string", "INVALID_TYPE")
+
+
+def check_message_json(descriptor: Descriptor, value: Any, where: str) -> None:
+    """BadRequestError naming the first value in `value` (the JSON of a `descriptor`
+    message at `where`) that cannot be parsed, with a plain description and a reason."""
+    name = descriptor.full_name
+    if value is None or name in _ANY_JSON or name == "google.protobuf.Any":
+        return
+    if name == "google.protobuf.Timestamp":
+        if not isinstance(value, str) or not _parses(Timestamp(), value):
+            raise BadRequestError(
+                where,
+                "must be an RFC 3339 timestamp, e.g. 2030-01-15T18:00:00Z",
+                "INVALID_TIMESTAMP",
+            )
+        return
+    if name == "google.protobuf.Duration":
+        if not isinstance(value, str) or not _parses(Duration(), value):
+            raise BadRequestError(
+                where, "must be a duration in seconds, e.g. 3.5s", "INVALID_DURATION"
+            )
+        return
+    if name == "google.protobuf.FieldMask":
+        if not isinstance(value, str):
+            raise BadRequestError(
+                where, "must be a string of comma-separated paths", "INVALID_TYPE"
+            )
+        return
+    if name in _WRAPPERS:
+        check_value(descriptor.fields_by_name["value"], value, where)
+        return
+    if not isinstance(value, dict):
+        raise BadRequestError(where or "body", "must be a JSON object", "INVALID_TYPE")
+    if descriptor.GetOptions().map_entry:  # pragma: no cover - maps are checked by the field
+        return
+    for key, item in value.items():
+        here = f"{where}.{key}" if where else str(key)
+        fld = _field(descriptor, key) if isinstance(key, str) else None
+        if fld is None:
+            raise BadRequestError(here, "unknown field", "UNKNOWN_FIELD")
+        here = f"{where}.{fld.json_name}" if where else fld.json_name
+        if item is None:
+            continue
+        entry = fld.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            if not isinstance(item, dict):
+                raise BadRequestError(here, "must be a JSON object", "INVALID_TYPE")
+            for map_key, map_value in item.items():
+                check_value(
+                    entry.fields_by_name["value"], map_value, f"{here}[{json.dumps(map_key)}]"
+                )
+        elif fld.is_repeated:
+            if not isinstance(item, list):
+                raise BadRequestError(here, "must be a JSON array", "INVALID_TYPE")
+            for i, element in enumerate(item):
+                if element is None:
+                    raise BadRequestError(f"{here}[{i}]", "must not be null", "INVALID_TYPE")
+                check_value(fld, element, f"{here}[{i}]")
+        else:
+            check_value(fld, item, here)
+
+
+def _parses(target: Timestamp | Duration, text: str) -> bool:
+    try:
+        target.FromJsonString(text)
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
 
 
 def _field(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
@@ -97,6 +268,11 @@ def _scalar(fld: FieldDescriptor, text: str, where: str) -> Any:
         return lowered in ("true", "1")
     if kind == FieldDescriptor.TYPE_ENUM and re.fullmatch(r"-?\d+", text):
         return int(text)
+    if fld.name == "page_size" and kind in _INT_RANGES and re.fullmatch(r"\d+", text.strip()):
+        # AIP-158: a page size above the maximum is read as the maximum (the service coerces
+        # what fits the field; beyond the field's range it is the field's largest value)
+        return str(min(int(text.strip()), _INT_RANGES[kind][1]))
+    check_value(fld, text, where)
     return text
 
 
@@ -119,17 +295,21 @@ def _set_path(
 
 
 def parse_failure(error: Exception) -> BadRequestError:
-    """Turn a json_format error into a BadRequestError naming the field (JSON path)."""
+    """A json_format error the checks before it did not foresee, as a BadRequestError naming
+    the field where it can be told; the library's own text is logged, not sent."""
     text = str(error)
+    logger.info("request JSON refused by json_format: %s", text[:500])
     missing = re.search(r'has no field named "([^"]+)" at "([^"]+)"', text)
     if missing:
         scope = missing.group(2).partition(".")[2]
-        return BadRequestError(f"{scope}.{missing.group(1)}" if scope else missing.group(1), text)
+        field = f"{scope}.{missing.group(1)}" if scope else missing.group(1)
+        return BadRequestError(field, "unknown field", "UNKNOWN_FIELD")
     located = re.search(r" at ([\w.\[\]]+)$", text.split("\n")[0].rstrip("."))
     if located and "." in located.group(1):
-        return BadRequestError(located.group(1).rstrip(".").partition(".")[2], text)
+        field = located.group(1).rstrip(".").partition(".")[2]
+        return BadRequestError(field, "invalid value", "INVALID_VALUE")
     chain = re.findall(r"Failed to parse (\S+) field", text)
-    return BadRequestError(".".join(chain), text)
+    return BadRequestError(".".join(chain), "invalid value", "INVALID_VALUE")
 
 
 class Transcoder:
@@ -151,7 +331,7 @@ class Transcoder:
         message = self.catalog.message_class(descriptor)()
         bound: set[str] = set()
         if binding.body == "*":
-            self._parse_json(message, body, "")
+            self._parse_json(message, descriptor, body, "")
             bound = {f.name for f in descriptor.fields}
         elif binding.body:
             fld = descriptor.fields_by_name[binding.body]
@@ -161,9 +341,9 @@ class Transcoder:
                 target.content_type = content_type
                 target.data = body
             elif fld.message_type is not None and not fld.is_repeated:
-                self._parse_json(target, body, fld.json_name)
+                self._parse_json(target, fld.message_type, body, fld.json_name)
             else:
-                self._parse_field_json(message, fld, body)
+                self._parse_field_json(message, descriptor, fld, body)
         fields: dict[str, Any] = {}
         for key, raw in query:
             chain = _resolve(descriptor, key)
@@ -180,14 +360,22 @@ class Transcoder:
             except _PARSE_ERRORS as exc:
                 raise parse_failure(exc) from None
             for path in variables:
+                sent = _get_path(message, path)
+                if sent not in (None, "", _get_path(extra, path)):
+                    raise BadRequestError(
+                        _json_names(descriptor, path),
+                        "contradicts the value in the path; leave it out of the body",
+                        "PATH_MISMATCH",
+                    )
                 _clear_path(message, path)
             message.MergeFrom(extra)
         return message
 
-    def _parse_json(self, target: Message, body: bytes, where: str) -> None:
+    def _parse_json(self, target: Message, descriptor: Descriptor, body: bytes, where: str) -> None:
         value = _load_json(body, where)
         if not isinstance(value, dict):
-            raise BadRequestError(where or "body", "must be a JSON object")
+            raise BadRequestError(where or "body", "must be a JSON object", "INVALID_TYPE")
+        check_message_json(descriptor, value, where)
         try:
             json_format.ParseDict(value, target, descriptor_pool=self.catalog.pool)
         except _PARSE_ERRORS as exc:
@@ -197,12 +385,16 @@ class Transcoder:
             )
             raise BadRequestError(field, failure.description) from None
 
-    def _parse_field_json(self, message: Message, fld: FieldDescriptor, body: bytes) -> None:
+    def _parse_field_json(
+        self, message: Message, descriptor: Descriptor, fld: FieldDescriptor, body: bytes
+    ) -> None:
         value = _load_json(body, fld.json_name)
+        check_message_json(descriptor, {fld.name: value}, "")
         try:
             json_format.ParseDict({fld.name: value}, message, descriptor_pool=self.catalog.pool)
         except _PARSE_ERRORS as exc:
-            raise BadRequestError(fld.json_name, str(exc)) from None
+            failure = parse_failure(exc)
+            raise BadRequestError(fld.json_name, failure.description, failure.reason) from None
 
     def response(self, binding: HttpBinding, message: Message) -> tuple[bytes, str]:
         """Body bytes and content type of the HTTP response for `message`."""
@@ -266,6 +458,32 @@ def _load_json(body: bytes, where: str) -> Any:
         raise BadRequestError(field, "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or an integer literal too long to convert
         raise BadRequestError(field, f"malformed JSON: {exc}") from None
+
+
+def _get_path(message: Any, dotted: str) -> Any:
+    """The value at a path variable's field in `message` (None when a parent is unset)."""
+    *parents, last = dotted.split(".")
+    node = message
+    for part in parents:
+        fld = _field(node.DESCRIPTOR, part)
+        if fld is None or not node.HasField(fld.name):
+            return None
+        node = getattr(node, fld.name)
+    fld = _field(node.DESCRIPTOR, last)
+    return None if fld is None or fld.message_type is not None else getattr(node, fld.name)
+
+
+def _json_names(descriptor: Descriptor, dotted: str) -> str:
+    """A dotted proto path by JSON names."""
+    names: list[str] = []
+    current: Descriptor | None = descriptor
+    for part in dotted.split("."):
+        fld = _field(current, part) if current is not None else None
+        if fld is None:
+            return dotted
+        names.append(fld.json_name)
+        current = fld.message_type
+    return ".".join(names)
 
 
 def _clear_path(message: Any, dotted: str) -> None:

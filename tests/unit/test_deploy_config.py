@@ -78,6 +78,11 @@ REST_PREFIXES = {
 }
 WEBHOOK_PREFIX = "/payments/webhook/"
 WEBHOOK_PATH = "/payments/webhook"
+# The members' group page: the Python gateway (compose/Kubernetes service `group-page`, port
+# 8081) behind Envoy's `group_page` cluster.
+GROUP_PAGE_PREFIX = "/g/"
+GROUP_PAGE_CLUSTER = "group_page"
+GROUP_PAGE_SERVICE = ("group-page", 8081)
 
 HCM_TYPE = (
     "type.googleapis.com/"
@@ -660,7 +665,8 @@ def test_every_route_targets_an_http2_grpc_cluster(bootstrap: Any, compose: JSON
         assert cluster in clusters, f"route {prefix} -> unknown cluster {cluster}"
 
     service_clusters = {cluster for *_, cluster in SERVICES.values()}
-    assert {cluster for _, cluster in routes} == service_clusters
+    assert {cluster for _, cluster in routes} == service_clusters | {GROUP_PAGE_CLUSTER}
+    assert [prefix for prefix, c in routes if c == GROUP_PAGE_CLUSTER] == [GROUP_PAGE_PREFIX]
     for name, (_, port, _, cluster_name) in SERVICES.items():
         cluster = clusters[cluster_name]
         options = _unpack(cluster.typed_extension_protocol_options[PROTOCOL_OPTIONS_KEY])
@@ -687,7 +693,7 @@ def test_only_jwks_clusters_are_not_grpc_services(bootstrap: Any) -> None:
         str(p.remote_jwks.http_uri.cluster) for p in jwt.providers.values() if p.remote_jwks
     }
     service_clusters = {cluster for *_, cluster in SERVICES.values()}
-    assert set(_clusters(bootstrap)) == service_clusters | jwks_clusters
+    assert set(_clusters(bootstrap)) == service_clusters | jwks_clusters | {GROUP_PAGE_CLUSTER}
     for name in jwks_clusters:
         assert _clusters(bootstrap)[name].transport_socket is not None, f"{name} must use TLS"
 
@@ -709,6 +715,76 @@ def test_routes_cover_rest_prefixes_and_webhooks(bootstrap: Any) -> None:
 EDGE_ENDPOINTS = ("/healthz", "/openapi.json")
 
 
+def _group_page_paths() -> list[str]:
+    """A concrete path for every route the Python gateway's group page registers."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from gateway import group_page
+
+    app = web.Application()
+    group_page.add_routes(app, SimpleNamespace(catalog=Catalog.load(DESCRIPTORS_FILE)))
+    sample = "3f2b8c1e-4d5a-4b6c-9d7e-0f1a2b3c4d5e"
+    paths = [
+        re.sub(r"\{[^}]+\}", sample, resource.canonical) for resource in app.router.resources()
+    ]
+    assert paths, "the group page registers no route"
+    return paths
+
+
+def test_the_group_page_is_served_at_the_edge_by_the_python_gateway(
+    bootstrap: Any, envoy_config: JSON, compose: JSON
+) -> None:
+    """Invitation e-mails link to MPPO_GROUP_PAGE_URL/g/<id>#<token>: every /g/ route of the
+    Python gateway reaches it through Envoy, untokened (the invite token is the capability),
+    untranscoded, with no user identity, and only for GET."""
+    routes = _envoy_routes(bootstrap)
+    for path in _group_page_paths():
+        assert path.startswith(GROUP_PAGE_PREFIX), path
+        first = _first_route(routes, "GET", path)
+        assert first is not None, f"Envoy has no route for {path}"
+        assert first.cluster == GROUP_PAGE_CLUSTER, (path, first)
+    # /group (the REST API) is not swallowed by /g/, nor the other way round
+    group_api = _first_route(routes, "GET", "/group/x1")
+    assert group_api is not None
+    assert group_api.cluster == "group_svc"
+    listener = envoy_config["static_resources"]["listeners"][0]
+    hcm: JSON = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    route: JSON = next(
+        r
+        for vhost in hcm["route_config"]["virtual_hosts"]
+        for r in vhost["routes"]
+        if r["match"].get("prefix") == GROUP_PAGE_PREFIX
+    )
+    transcoder = route["typed_per_filter_config"]["envoy.filters.http.grpc_json_transcoder"]
+    assert transcoder["disabled"] is True, "the page is HTML and JSON of its own, not gRPC"
+    assert set(route["request_headers_to_remove"]) >= {"x-mppo-user-jwt", "x-mppo-user-id"}
+    # the cluster: the Python gateway over HTTP/1.1, health-checked on its /healthz
+    cluster = _clusters(bootstrap)[GROUP_PAGE_CLUSTER]
+    options = _unpack(cluster.typed_extension_protocol_options[PROTOCOL_OPTIONS_KEY])
+    assert options.explicit_http_config.http_protocol_options is not None
+    assert [str(h.http_health_check.path) for h in cluster.health_checks] == ["/healthz"]
+    addresses = {
+        (ep.endpoint.address.socket_address.address, ep.endpoint.address.socket_address.port_value)
+        for locality in cluster.load_assignment.endpoints
+        for ep in locality.lb_endpoints
+    }
+    assert addresses == {GROUP_PAGE_SERVICE}
+    # ... which compose runs: the Python gateway on that port, as `gateway` over mutual TLS,
+    # started before Envoy
+    name, port = GROUP_PAGE_SERVICE
+    svc: JSON = compose["services"][name]
+    assert svc["command"] == ["python", "-m", "gateway"]
+    env: JSON = svc["environment"]
+    assert env["MPPO_GATEWAY_ADDR"] == f"0.0.0.0:{port}"
+    assert env["MPPO_ENV"] == "prod"
+    assert env["MPPO_TLS_CERT_FILE"].endswith("/gateway.pem")
+    assert env["MPPO_GROUP_ADDR"] == "group:50051"
+    assert "ports" not in svc, "reached through Envoy only"
+    assert compose["services"]["envoy"]["depends_on"][name]["condition"] == "service_healthy"
+
+
 def test_jwt_rules_exempt_only_webhooks_and_the_edge_endpoints(bootstrap: Any) -> None:
     jwt = _http_filters(bootstrap)["envoy.filters.http.jwt_authn"]
     for name, provider in jwt.providers.items():
@@ -719,7 +795,7 @@ def test_jwt_rules_exempt_only_webhooks_and_the_edge_endpoints(bootstrap: Any) -
         assert ("x-mppo-user-id", "sub") in claims
     rules = [(str(r.match.prefix or r.match.path), r.requires) for r in jwt.rules]
     unauthenticated = [prefix for prefix, requires in rules if requires is None]
-    assert unauthenticated == [WEBHOOK_PREFIX, WEBHOOK_PATH, *EDGE_ENDPOINTS]
+    assert unauthenticated == [WEBHOOK_PREFIX, WEBHOOK_PATH, GROUP_PAGE_PREFIX, *EDGE_ENDPOINTS]
     routes = _envoy_routes(bootstrap)
     for rule in jwt.rules:
         if rule.requires is None:
@@ -730,6 +806,13 @@ def test_jwt_rules_exempt_only_webhooks_and_the_edge_endpoints(bootstrap: Any) -
                 first = _first_route(routes, "GET", where)
                 assert first is not None, where
                 assert first.direct_status == 200, (where, first)
+                continue
+            if where == GROUP_PAGE_PREFIX:
+                # GET only, to the group page's gateway, which checks the invite token itself
+                assert _method_header(rule.match) == "GET", where
+                first = _first_route(routes, "GET", f"{where}x")
+                assert first is not None, where
+                assert first.cluster == GROUP_PAGE_CLUSTER, first
                 continue
             assert _method_header(rule.match) == "POST", "only POST webhooks skip the JWT"
     last_prefix, last_requires = rules[-1]

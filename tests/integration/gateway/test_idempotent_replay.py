@@ -168,8 +168,8 @@ async def test_each_group_change_is_replayed_from_the_service(
     await twice("RemoveMember", f"/members/{cy}", host, None, "DELETE")
     cancelled = await twice("CancelGroup", "/cancel", host, {"reason": "plans changed"})
     assert cancelled["group"]["status"] == "GROUP_STATUS_CANCELLED"
-    # OpenGroup, ForceFinalize and RetryPayment need payments: tests/e2e/test_typed_sdk.py replays them
-    # against the whole stack
+    # OpenGroup, ForceFinalize and RetryPayment need payments: tests/e2e/test_typed_sdk.py
+    # replays them against the whole stack
     assert checked <= IDEMPOTENT_METHODS
     assert len(checked) == 5
 
@@ -322,10 +322,77 @@ async def test_an_oversize_page_size_is_coerced_on_every_list(
     )
     for path, items in lists.items():
         joiner = "&" if "?" in path else "?"
-        for size in ("100000", "2147483647"):
+        # beyond int32 too: read as the largest, never "Value out of range"
+        for size in ("100000", "2147483647", "99999999999999", "9" * 30):
             url = f"{gateway.url}{path}{joiner}page_size={size}"
             async with http.get(url, headers=issuer.auth(user)) as reply:
                 assert reply.status == 200, (path, size, await reply.text())
                 body = await reply.json()
             assert isinstance(body[items], list), (path, body)
             assert "nextPageToken" in body, (path, body)
+
+
+def _bad_request(body: Json) -> list[Json]:
+    """The field violations of a 400's google.rpc.Status."""
+    assert set(body) == {"code", "message", "details"}, body
+    found: list[Json] = []
+    for detail in body["details"]:
+        if detail["@type"] == "type.googleapis.com/google.rpc.BadRequest":
+            found += detail["fieldViolations"]
+    return found
+
+
+async def test_type_errors_read_as_plain_words_with_json_paths(
+    gateway: GatewayProcess, issuer: Issuer, http: aiohttp.ClientSession
+) -> None:
+    """What the client sent wrong is named as it wrote it (indexes included), in words, with
+    a reason; never the parser's own text."""
+    user = _user()
+    cases: list[tuple[Json, str, str, str]] = [
+        (
+            {"items": [{**_group()["items"][0], "quantity": "two"}]},
+            "items[0].quantity",
+            "must be an integer",
+            "INVALID_TYPE",
+        ),
+        ({"host": {"displayName": 5}}, "host.displayName", "must be a string", "INVALID_TYPE"),
+        (
+            {"deadline": "not-a-date"},
+            "deadline",
+            "must be an RFC 3339 timestamp, e.g. 2030-01-15T18:00:00Z",
+            "INVALID_TIMESTAMP",
+        ),
+        ({"colour": "red"}, "colour", "unknown field", "UNKNOWN_FIELD"),
+    ]
+    for change, field, description, reason in cases:
+        reply = await _call(http, issuer, gateway.url + "/group", user, {**_group(), **change})
+        assert reply.status == 400, reply.body
+        violations = _bad_request(reply.body)
+        assert violations == [{"field": field, "description": description, "reason": reason}]
+        for leak in ("invalid literal", "bytes-like", "strptime", "Available Fields"):
+            assert leak not in json.dumps(reply.body), reply.body
+    # a violation the service found has a reason too
+    reply = await _call(http, issuer, gateway.url + "/group", user, {**_group(), "items": []})
+    assert reply.status == 400, reply.body
+    assert all(v["reason"] for v in _bad_request(reply.body)), reply.body
+
+
+async def test_a_body_contradicting_the_path_is_refused_and_service_only_routes_hidden(
+    gateway: GatewayProcess, issuer: Issuer, http: aiohttp.ClientSession
+) -> None:
+    user = _user()
+    created = await _call(http, issuer, gateway.url + "/group", user, _group())
+    group_id = created.body["group"]["groupId"]
+    other = str(uuid.uuid4())
+    url = f"{gateway.url}/group/{group_id}/members"
+    member = {"displayName": "Bo", "email": "bo@example.com"}
+    refused = await _call(http, issuer, url, user, {"groupId": other, "members": [member]})
+    assert refused.status == 400, refused.body
+    assert [v["field"] for v in _bad_request(refused.body)] == ["groupId"]
+    assert [v["reason"] for v in _bad_request(refused.body)] == ["PATH_MISMATCH"]
+    same = await _call(http, issuer, url, user, {"groupId": group_id, "members": [member]})
+    assert same.status == 200, same.body
+    # CreatePaymentIntent is for the group service only: not there for a user at all
+    intent = {"groupId": group_id, "memberId": str(uuid.uuid4()), "attempt": 2}
+    hidden = await _call(http, issuer, gateway.url + "/payments/intents", user, intent)
+    assert hidden.status == 404, hidden.body

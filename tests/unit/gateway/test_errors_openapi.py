@@ -122,7 +122,63 @@ def test_openapi_covers_public_bindings_and_resolves(
         assert {"groupId", "status", "members", "version"} <= set(group["required"])
         listed = schemas["mppo.payment.v1.ListPaymentsResponse"]
         assert set(listed["required"]) == {"payments", "nextPageToken"}
-        assert "required" not in schemas["mppo.group.v1.CreateGroupRequest"]
+        # fields with presence the services always set are required too (issue 14 part 4)
+        assert {"total", "deadline", "createTime", "updateTime", "amountSecured"} <= set(
+            group["required"]
+        )
+        member = schemas["mppo.group.v1.Member"]
+        assert {"share", "amountPaid"} <= set(member["required"])
+        payment = schemas["mppo.payment.v1.Payment"]
+        assert {"amount", "amountCaptured", "amountRefunded"} <= set(payment["required"])
+        assert "createTime" not in payment["required"]  # not sent by every answer
+        assert "total" in schemas["mppo.order.v1.Order"]["required"]
+        assert "amount" in schemas["mppo.order.v1.OrderShare"]["required"]
+        assert set(schemas["mppo.common.v1.Money"]["required"]) == {"amountMinor", "currencyCode"}
+        # requests list what the service refuses them without
+        create = schemas["mppo.group.v1.CreateGroupRequest"]
+        assert set(create["required"]) == {
+            "merchantId",
+            "currencyCode",
+            "items",
+            "splitMode",
+            "fallbackPolicy",
+            "deadline",
+            "host",
+        }
+        assert "DEADLINE_BEYOND_HOLD" in create["properties"]["deadline"]["description"]
+        assert schemas["mppo.group.v1.JoinGroupRequest"]["required"] == ["inviteToken"]
+        # fields the path binds are not in the body (AddMembers, Join, Open, ...)
+        for name in ("AddMembers", "JoinGroup", "OpenGroup", "CancelGroup", "UpdateSplit"):
+            assert "groupId" not in schemas[f"mppo.group.v1.{name}Request"]["properties"], name
+        assert "memberId" not in schemas["mppo.group.v1.RetryPaymentRequest"]["properties"]
+        # the group a list is of is a required query parameter
+        for path in ("/payments", "/notifications"):
+            params = {p["name"]: p for p in ops[("GET", path)]["parameters"] if "name" in p}
+            assert params["group_id"]["required"] is True, path
+            assert params["page_size"]["required"] is False, path
+        # service-only methods are neither in the document nor reachable
+        assert ("POST", "/payments/intents") not in ops
+        assert "mppo.payment.v1.CreatePaymentIntentRequest" not in schemas
+        # each webhook route has its own meaningful id
+        assert ops[("POST", "/payments/webhook")]["operationId"] == "handleWebhook"
+        assert ops[("POST", "/payments/webhook/{provider}")]["operationId"] == (
+            "handleWebhookByProvider"
+        )
+        # errors: code, message and details always; details typed by their @type
+        status_schema = schemas["google.rpc.Status"]
+        assert set(status_schema["required"]) == {"code", "message", "details"}
+        items = status_schema["properties"]["details"]["items"]
+        mapping = items["discriminator"]["mapping"]
+        assert items["discriminator"]["propertyName"] == "@type"
+        assert set(mapping) == {
+            f"type.googleapis.com/google.rpc.{name}"
+            for name in ("BadRequest", "ErrorInfo", "PreconditionFailure", "RetryInfo")
+        }
+        assert [o["$ref"] for o in items["oneOf"]] == list(mapping.values())
+        bad = schemas["google.rpc.BadRequest"]
+        assert set(bad["required"]) == {"@type", "fieldViolations"}
+        violation = schemas["google.rpc.BadRequest.FieldViolation"]
+        assert set(violation["required"]) == {"field", "description", "reason"}
     else:
         search = ops[("GET", "/v1/shelves/{shelf}/books:search")]
         names = {p["name"] for p in search["parameters"]}

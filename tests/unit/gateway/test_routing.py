@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.descriptors import Catalog
+from gateway.descriptors import INTERNAL_METHODS, WEBHOOK_METHODS, Catalog
 from gateway.routing import (
     MethodNotAllowedError,
     RouteNotFoundError,
@@ -87,9 +87,45 @@ def test_additional_bindings_route_to_the_same_rpc(library: Catalog) -> None:
 def test_internal_rest_bindings_are_not_routed(mppo: Catalog) -> None:
     router = Router(mppo.bindings)
     internal = [c for c in rest_table(mppo) if c.internal]
-    assert [c.grpc_path for c in internal] == ["/mppo.order.v1.OrderService/CreateOrder"]
-    with pytest.raises(RouteNotFoundError):
-        router.match("POST", "/order")
+    assert [c.grpc_path for c in internal] == [
+        "/mppo.order.v1.OrderService/CreateOrder",
+        "/mppo.payment.v1.PaymentService/CreatePaymentIntent",
+    ]
+    for path in ("/order", "/payments/intents"):
+        with pytest.raises(RouteNotFoundError):
+            router.match("POST", path)
+
+
+def _service_only() -> dict[str, frozenset[str]]:
+    """Every service's service-only methods (full name -> who may call), from each service's
+    own spec (its bootstrap's `service_only`)."""
+    from group_svc.bootstrap import SPEC as GROUP
+    from notification_svc.bootstrap import SPEC as NOTIFICATION
+    from order_svc.bootstrap import SPEC as ORDER
+    from payment_svc.bootstrap import SPEC as PAYMENT
+
+    found: dict[str, frozenset[str]] = {}
+    for spec in (GROUP, PAYMENT, ORDER, NOTIFICATION):
+        for name, callers in spec.service_only.items():
+            for service in spec.grpc_services:
+                found[f"{service}.{name}"] = callers
+    return found
+
+
+def test_every_service_only_rest_binding_is_internal_or_the_webhook(mppo: Catalog) -> None:
+    """A method only our services may call must not be reachable over REST (nor in OpenAPI):
+    the gateway's INTERNAL_METHODS covers each annotated one, except the webhook, which the
+    gateway itself calls for the provider."""
+    service_only = _service_only()
+    assert "mppo.payment.v1.PaymentService.CapturePayment" in service_only
+    annotated = {b.full_method for b in mppo.bindings}
+    for method, callers in service_only.items():
+        if method not in annotated:
+            continue
+        if callers == {"gateway"}:
+            assert method in WEBHOOK_METHODS, method
+        else:
+            assert method in INTERNAL_METHODS, f"{method} is service-only but served over REST"
 
 
 def test_every_sample_path_routes_to_its_own_rpc(library: Catalog, mppo: Catalog) -> None:

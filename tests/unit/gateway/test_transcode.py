@@ -31,8 +31,7 @@ def test_named_body_field_with_nested_path_variable(library: Catalog) -> None:
         "PATCH",
         "/v1/shelves/s1/books/b1",
         query=[("validateOnly", "true")],
-        body=b'{"name": "ignored", "title": "Dune", "priceMinor": "1999", '
-        b'"genre": "GENRE_FICTION"}',
+        body=b'{"title": "Dune", "priceMinor": "1999", "genre": "GENRE_FICTION"}',
     )
     assert str(msg.book.name) == "shelves/s1/books/b1"  # type: ignore[attr-defined]
     assert msg.book.title == "Dune"  # type: ignore[attr-defined]
@@ -62,16 +61,33 @@ def test_query_parameters_repeated_nested_enum_int64_timestamp(library: Catalog)
     assert msg.shelf == "s1"  # type: ignore[attr-defined]
 
 
-def test_body_star_accepts_int64_as_number_or_string_and_path_wins(library: Catalog) -> None:
+def test_body_star_accepts_int64_as_number_or_string_and_path_values(library: Catalog) -> None:
     for price in (b"12", b'"12"'):
-        msg = _request(
-            library,
-            "POST",
-            "/v1/shelves/s1/books",
-            body=b'{"shelf": "other", "book": {"priceMinor": ' + price + b"}}",
-        )
-        assert msg.book.price_minor == 12  # type: ignore[attr-defined]
-        assert msg.shelf == "s1"  # type: ignore[attr-defined]
+        for shelf in (b"", b'"shelf": "s1", '):  # left out, or the path's own value
+            msg = _request(
+                library,
+                "POST",
+                "/v1/shelves/s1/books",
+                body=b"{" + shelf + b'"book": {"priceMinor": ' + price + b"}}",
+            )
+            assert msg.book.price_minor == 12  # type: ignore[attr-defined]
+            assert msg.shelf == "s1"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("verb", "path", "body", "field"),
+    [
+        ("POST", "/v1/shelves/s1/books", b'{"shelf": "other", "book": {}}', "shelf"),
+        ("PATCH", "/v1/shelves/s1/books/b1", b'{"name": "shelves/s2/books/b1"}', "book.name"),
+    ],
+)
+def test_a_body_field_contradicting_the_path_is_refused(
+    library: Catalog, verb: str, path: str, body: bytes, field: str
+) -> None:
+    with pytest.raises(BadRequestError) as info:
+        _request(library, verb, path, body=body)
+    assert (info.value.field, info.value.reason) == (field, "PATH_MISMATCH")
+    assert "path" in info.value.description
 
 
 @pytest.mark.parametrize(
@@ -89,6 +105,85 @@ def test_bad_json_names_the_field(library: Catalog, body: bytes, field: str) -> 
     with pytest.raises(BadRequestError) as info:
         _request(library, "POST", "/v1/shelves/s1/books", body=body)
     assert info.value.field == field
+    assert info.value.reason
+
+
+# what the client sent -> field (JSON, with indexes), description, reason: in plain words,
+# never the parser's own text
+_CREATE = {
+    "merchantId": "m",
+    "currencyCode": "USD",
+    "items": [{"lineId": "l1", "quantity": 1, "unitPriceMinor": "100"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "description", "reason"),
+    [
+        (
+            {"items": [{"lineId": "l1", "quantity": 1}, {"lineId": "l2", "quantity": "two"}]},
+            "items[1].quantity",
+            "must be an integer",
+            "INVALID_TYPE",
+        ),
+        ({"host": {"displayName": 5}}, "host.displayName", "must be a string", "INVALID_TYPE"),
+        (
+            {"deadline": "not-a-date"},
+            "deadline",
+            "must be an RFC 3339 timestamp, e.g. 2030-01-15T18:00:00Z",
+            "INVALID_TIMESTAMP",
+        ),
+        ({"colour": "red"}, "colour", "unknown field", "UNKNOWN_FIELD"),
+        ({"host": {"nickname": "x"}}, "host.nickname", "unknown field", "UNKNOWN_FIELD"),
+        (
+            {"items": [{"lineId": "l1", "quantity": 3000000000}]},
+            "items[0].quantity",
+            "must be an integer from -2147483648 to 2147483647",
+            "OUT_OF_RANGE",
+        ),
+        ({"items": {"lineId": "l1"}}, "items", "must be a JSON array", "INVALID_TYPE"),
+        ({"items": [None]}, "items[0]", "must not be null", "INVALID_TYPE"),
+        ({"host": "Hana"}, "host", "must be a JSON object", "INVALID_TYPE"),
+        ({"feesMinor": True}, "feesMinor", "must be an integer", "INVALID_TYPE"),
+    ],
+)
+def test_type_errors_are_plain_words_with_json_paths(
+    mppo: Catalog, change: dict[str, object], field: str, description: str, reason: str
+) -> None:
+    body = json.dumps({**_CREATE, **change}).encode()
+    with pytest.raises(BadRequestError) as info:
+        _request(mppo, "POST", "/group", body=body)
+    assert (info.value.field, info.value.description, info.value.reason) == (
+        field,
+        description,
+        reason,
+    )
+
+
+def test_an_unknown_enum_name_lists_the_values(mppo: Catalog) -> None:
+    body = json.dumps({**_CREATE, "splitMode": "SPLIT_MODE_NOPE"}).encode()
+    with pytest.raises(BadRequestError) as info:
+        _request(mppo, "POST", "/group", body=body)
+    assert info.value.field == "splitMode"
+    assert info.value.reason == "INVALID_ENUM_VALUE"
+    assert "SPLIT_MODE_EQUAL" in info.value.description
+
+
+@pytest.mark.parametrize("size", ["101", "100000", "2147483648", "99999999999999", "9" * 40])
+def test_an_oversize_page_size_is_read_as_the_largest_not_refused(mppo: Catalog, size: str) -> None:
+    for path in ("/group", "/payments", "/notifications", f"/group/{_UUID}/history"):
+        query = [("page_size", size)] + ([("group_id", _UUID)] if "/group" not in path else [])
+        msg = _request(mppo, "GET", path, query=query)
+        assert msg.page_size == min(int(size), 2**31 - 1), path  # type: ignore[attr-defined]
+
+
+_UUID = "3f2b8c1e-4d5a-4b6c-9d7e-0f1a2b3c4d5e"
+
+
+def test_a_bad_query_value_is_named_in_plain_words(mppo: Catalog) -> None:
+    with pytest.raises(BadRequestError) as info:
+        _request(mppo, "GET", "/group", query=[("page_size", "ten")])
+    assert (info.value.field, info.value.description) == ("page_size", "must be an integer")
 
 
 @pytest.mark.parametrize(
