@@ -150,7 +150,16 @@ MACHINES: tuple[Callable[[], Machine], ...] = (
             "or CANCELLED (order failed); the expiry scheduler moves it to EXPIRED at the "
             "deadline unless the fallback policy (`HOST_PAYS_REMAINING`: the host is asked for "
             "the rest within a grace period) rescues it. `force-finalize` runs that fallback "
-            "early."
+            "early. A card hold about to lapse (`payment.authorization_expiring`) before the "
+            "group can complete — its deadline, plus the host's grace under "
+            "`HOST_PAYS_REMAINING`, plus the order's time to capture "
+            "(`MPPO_GROUP_HOLD_MARGIN_SECONDS`) — brings the deadline forward to the latest "
+            "safe moment (the lapse minus that margin and grace, never before now): the "
+            "history shows an OPEN → OPEN row by `system:holds` naming whose hold lapses when, "
+            "and the group then ends early, EXPIRED (or the host covers the rest) with that "
+            "reason, which the members' group page shows. A hold lapsing after the group can "
+            "complete changes nothing; an OPEN group with every share secured is finalized "
+            '(PENDING) at once (docs/payment.md, "Holds that never lapse").'
         ),
     ),
     lambda: Machine(
@@ -243,7 +252,8 @@ OPEN) → payment AUTHORIZED → member PAID; the last share secured makes the g
 creates the order (CREATED → VALIDATED → PLACED); every share captured (payments CAPTURED)
 makes the order and then the group CONFIRMED. When a step fails the order goes COMPENSATING →
 FAILED (holds VOIDED, captures REFUNDED) and the group CANCELLED; a deadline without full
-payment makes the group EXPIRED and releases every hold.
+payment makes the group EXPIRED and releases every hold (early, at the latest safe moment, when
+a card hold would lapse before the group could complete).
 """
 
 

@@ -10,10 +10,14 @@ the group's hold policy (docs/payment.md, "Holds that never lapse"):
 
 - every share secured: the group is finalized and the order captures each share before its
   hold lapses (CONFIRMED, the ledger keeps the total);
-- a share secured, others not, CANCEL: the group does not wait for its deadline an hour away;
-  it expires now, the history saying whose hold lapses when, and the hold is voided;
-- the same with HOST_PAYS_REMAINING: the host is asked for the rest now, pays, and the order is
-  confirmed.
+- a share secured, others not, CANCEL, the hold lapsing before the deadline (hours away) plus
+  the hold margin: the group does not wait for its deadline, nor does it end now; it becomes
+  due at the latest safe moment, ``lapse - margin``, and expires then, the history saying whose
+  hold lapses when, and the hold is voided;
+- a hold lapsing at or after the deadline plus the margin changes nothing: the group keeps its
+  deadline;
+- HOST_PAYS_REMAINING, the hold lapsing too soon for the host's grace to fit before it: the
+  host is asked for the rest now, pays, and the order is confirmed.
 """
 
 from __future__ import annotations
@@ -59,8 +63,12 @@ SERVICE_MD = (("x-mppo-service", "tests"),)
 #: the sandbox's holds last 7 days; the payment service warns an hour before one lapses
 HOLD_SECONDS = 7 * 86400
 WARNING_SECONDS = 3600
-#: a hold placed now lapses this soon once the sandbox's clock is set back
-LAPSES_IN = 1800
+#: the group service's hold margin (the order's time to capture before a hold lapses)
+MARGIN_SECONDS = 1200
+#: a hold placed now lapses this soon once the sandbox's clock is set back: a group with such a
+#: hold is due MARGIN_SECONDS before, i.e. this many seconds after the hold (paid, warned by then)
+DUE_AFTER_HOLD = 45
+LAPSES_IN = MARGIN_SECONDS + DUE_AFTER_HOLD
 #: ... or enters the warning window this long after it is placed (everyone has paid by then)
 WARNED_AFTER = 20
 #: the groups' deadlines lie beyond the lapse: without the policy they would wait for it
@@ -177,7 +185,10 @@ async def real(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
     merchant = await start_merchant(log_dir)
     procs: list[ServiceProcess] = []
     # the host has a minute to pay what the others did not (HOST_PAYS_REMAINING)
-    group_env = {"MPPO_GROUP_HOST_GRACE_SECONDS": "60"}
+    group_env = {
+        "MPPO_GROUP_HOST_GRACE_SECONDS": "60",
+        "MPPO_GROUP_HOLD_MARGIN_SECONDS": str(MARGIN_SECONDS),
+    }
     async with webhook_bridge(payment_addr) as bridge:
         sandbox = start_sandbox(log_dir, webhook_url=bridge.webhook_url("sandbox"))
         try:
@@ -318,7 +329,9 @@ async def test_every_share_secured_is_captured_before_its_hold_lapses(
     assert len(of_type(events, "group.finalized")) == 1
 
 
-async def test_a_lapsing_hold_expires_a_group_not_fully_secured_now(lapsing: LapseStack) -> None:
+async def test_a_lapsing_hold_makes_the_group_due_margin_before_the_lapse_not_now(
+    lapsing: LapseStack,
+) -> None:
     real = lapsing
     stack = real.group
     group = await open_new_group(
@@ -330,10 +343,26 @@ async def test_a_lapsing_hold_expires_a_group_not_fully_secured_now(lapsing: Lap
     await real.authorized(host.payment_id)
     lapse = await real.lapse_reported(host.payment_id)
     assert lapse - datetime.now(UTC) <= timedelta(seconds=LAPSES_IN), lapse
+    due = lapse - timedelta(seconds=MARGIN_SECONDS)
 
-    # the deadline is hours away, but the hold lapses in 30 minutes: the group ends now
-    expired = await wait_status(stack, group, G.GROUP_STATUS_EXPIRED, within=40)
-    assert expired.deadline.ToDatetime(tzinfo=UTC) < datetime.now(UTC)
+    # the deadline is hours away, the hold lapses in about 20 minutes: the group becomes due
+    # MARGIN before the lapse, still OPEN until then
+    moved = await eventually(
+        lambda: get_group(stack, group),
+        lambda g: g.deadline.ToDatetime(tzinfo=UTC) < datetime.now(UTC) + timedelta(hours=1),
+        within=30,
+    )
+    assert moved.deadline.ToDatetime(tzinfo=UTC) == due, (moved.deadline, due)
+    history = await real.history(group)
+    why = history[-1]
+    assert (why.from_status, why.to_status) == (G.GROUP_STATUS_OPEN, G.GROUP_STATUS_OPEN), why
+    assert why.actor == "system:holds", why
+    assert f"the hold of Host's share lapses at {lapse:%Y-%m-%d %H:%M} UTC" in why.reason, why
+    assert f"the group is due at {due:%Y-%m-%d %H:%M:%S} UTC" in why.reason, why
+    assert why.change_time.ToDatetime(tzinfo=UTC) < due  # it was not due when it moved
+
+    expired = await wait_status(stack, group, G.GROUP_STATUS_EXPIRED, within=DUE_AFTER_HOLD + 40)
+    assert expired.deadline.ToDatetime(tzinfo=UTC) == due
     assert "lapses at" in expired.close_reason, expired.close_reason
     assert "Host" in expired.close_reason, expired.close_reason
     history = await real.history(group)
@@ -343,11 +372,8 @@ async def test_a_lapsing_hold_expires_a_group_not_fully_secured_now(lapsing: Lap
         (G.GROUP_STATUS_OPEN, G.GROUP_STATUS_OPEN),
         (G.GROUP_STATUS_OPEN, G.GROUP_STATUS_EXPIRED),
     ]
-    why = history[2]
-    assert why.actor == "system:holds", why
-    assert f"the hold of Host's share lapses at {lapse:%Y-%m-%d %H:%M} UTC" in why.reason, why
-    assert "the fallback applies now" in why.reason, why
     assert "lapses at" in history[3].reason, history[3]
+    assert history[3].change_time.ToDatetime(tzinfo=UTC) >= due  # not a second before
 
     # nothing kept: the hold is voided at the sandbox, the unpaid links are closed
     voided = await eventually(
@@ -367,6 +393,40 @@ async def test_a_lapsing_hold_expires_a_group_not_fully_secured_now(lapsing: Lap
     assert await real.order_of(group) is None
     (event,) = of_type(await stack.events(group.group_id), "group.expired")
     assert host.payment_id in event.payment_ids
+
+
+async def test_a_hold_lapsing_after_the_deadline_and_margin_changes_nothing(
+    lapsing: LapseStack,
+) -> None:
+    real = lapsing
+    stack = real.group
+    deadline_in = 300
+    # holds placed now lapse two minutes after deadline + margin, inside the warning window
+    await real.holds_lapse_in(deadline_in + MARGIN_SECONDS + 120)
+    group = await open_new_group(
+        stack, create_request(total=900, guests=2, deadline_in=deadline_in)
+    )
+    host, _, _ = group.members
+    await real.sandbox.pay(host.payment_link)
+    await real.authorized(host.payment_id)
+    lapse = await real.lapse_reported(host.payment_id)
+    assert lapse >= group.deadline.ToDatetime(tzinfo=UTC) + timedelta(seconds=MARGIN_SECONDS)
+    # the payment service warns about it; the group, able to complete in time, keeps its time
+    warned = await eventually(
+        lambda: real.sent("payment.authorization_expiring", [host.payment_id]),
+        lambda found: found.get(host.payment_id) == 1,
+        within=30,
+    )
+    assert warned == {host.payment_id: 1}
+    await asyncio.sleep(2)  # time for the group to act on it, if it (wrongly) would
+    still = await get_group(stack, group)
+    assert still.status == G.GROUP_STATUS_OPEN
+    assert still.deadline == group.deadline
+    history = await real.history(group)
+    assert [(c.from_status, c.to_status) for c in history] == [
+        (G.GROUP_STATUS_UNSPECIFIED, G.GROUP_STATUS_DRAFT),
+        (G.GROUP_STATUS_DRAFT, G.GROUP_STATUS_OPEN),
+    ]
 
 
 async def test_a_lapsing_hold_asks_the_host_for_the_rest_now(lapsing: LapseStack) -> None:
