@@ -34,7 +34,8 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 import grpc
@@ -319,11 +320,19 @@ class Gateway:
             response.headers[IDEMPOTENT_REPLAYED] = "true"
         return response
 
+    def client_address(self, request: web.Request) -> str:
+        """The address a request is metered by (see `client_address`)."""
+        return client_address(
+            request.remote or "unknown",
+            request.headers.getall("X-Forwarded-For", []),
+            self.config.trusted_proxies,
+        )
+
     async def take(self, request: web.Request, bucket: str, limit: Limit) -> Decision:
         """A token from `bucket` (`ip`: the client's address) for this request; the decision is
         kept for the response's RateLimit headers."""
         if bucket == "ip":
-            bucket = f"ip:{request.remote or 'unknown'}"
+            bucket = f"ip:{self.client_address(request)}"
         decision = await self.limiter.take(bucket, limit)
         request.setdefault("ratelimit", []).append(decision)
         return decision
@@ -334,7 +343,7 @@ class Gateway:
         client's address has left, read without taking."""
         decision = tightest(request.get("ratelimit", []))
         if decision is None:
-            ip = f"ip:{request.remote or 'unknown'}"
+            ip = f"ip:{self.client_address(request)}"
             decision = await self.limiter.peek(ip, self.config.ip_limit)
         return decision.headers()
 
@@ -486,6 +495,33 @@ class Gateway:
         """Close the upstream channels and Redis."""
         await self.upstreams.close()
         await self.redis.aclose()
+
+
+def client_address(
+    peer: str, forwarded: Sequence[str], proxies: Sequence[IPv4Network | IPv6Network]
+) -> str:
+    """The client's address: `peer`, or -- when the peer is a trusted proxy (Envoy in front of
+    the group page, MPPO_GATEWAY_TRUSTED_PROXIES) -- the last X-Forwarded-For address that
+    is not one of those proxies (the one the proxy appended; what a client wrote before it
+    is not believed). A hop that is no address makes the header unbelievable: the peer."""
+    if not proxies or not _within(peer, proxies):
+        return peer
+    for hop in reversed([h.strip() for h in ",".join(forwarded).split(",") if h.strip()]):
+        inside = _within(hop, proxies)
+        if inside is None:
+            return peer
+        if not inside:
+            return hop
+    return peer
+
+
+def _within(address: str, networks: Sequence[IPv4Network | IPv6Network]) -> bool | None:
+    """Whether `address` lies in one of `networks`; None when it is no IP address."""
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return None
+    return any(ip in network for network in networks)
 
 
 def _retry_after(status: status_pb2.Status) -> int:

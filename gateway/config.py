@@ -18,8 +18,11 @@
 | `MPPO_RATELIMIT_FAILURE_MODE` | Redis down: `closed` (503) or `open` (let through) | `closed`¹ |
 | `MPPO_GATEWAY_REDIS_POOL_SIZE` | Redis connections of the rate limiter | `256` |
 | `MPPO_GATEWAY_REDIS_POOL_WAIT` | seconds a check waits for a free connection before 503 | `0.5` |
+| `MPPO_GATEWAY_TRUSTED_PROXIES` | CIDRs of the proxies in front (Envoy)² | none |
 
 ¹ `open` when `MPPO_ENV` is `dev` or `test`.
+² comma-separated; a request from one of them is metered per IP by the client address the
+proxy appended to `X-Forwarded-For`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 from gateway.descriptors import DEFAULT_DESCRIPTORS
@@ -75,6 +79,9 @@ class GatewayConfig:
     trust: Trust | None = None
     #: signs the user tokens the services accept (required with mutual TLS)
     signer: UserTokenSigner | None = None
+    #: addresses of the proxies in front (Envoy before the group page): a request from one
+    #: of them is metered by the client address it appended to X-Forwarded-For
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -126,6 +133,14 @@ class GatewayConfig:
                 "MPPO_USER_TOKEN_PRIVATE_KEY_FILE is required with mutual TLS (the services "
                 "accept end users only through tokens the gateway signs)"
             )
+        try:
+            proxies = tuple(
+                ip_network(item.strip(), strict=False)
+                for item in source.get("MPPO_GATEWAY_TRUSTED_PROXIES", "").split(",")
+                if item.strip()
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad MPPO_GATEWAY_TRUSTED_PROXIES: {exc}") from None
         origins = source.get("MPPO_GATEWAY_CORS_ORIGINS", "")
         descriptors = source.get("MPPO_GATEWAY_DESCRIPTORS", "").strip()
         return cls(
@@ -150,4 +165,5 @@ class GatewayConfig:
             redis_pool_wait=pool_wait,
             trust=trust,
             signer=signer,
+            trusted_proxies=proxies,
         )

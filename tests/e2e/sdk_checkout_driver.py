@@ -9,7 +9,8 @@ browser would (plain httpx).
 
 Usage: python sdk_checkout_driver.py CONFIG.json, where CONFIG holds `gateway` (base URL),
 `host` (a bearer token) and `guests` (one bearer token each). Prints one JSON line: the group,
-its order and the order's status.
+its order and the order's status, and what the driver read from fields the document says are
+always present (amounts, times, an error's field violations), for the test to compare.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import httpx
 from mppo_client import AuthenticatedClient
 from mppo_client.api.groups import add_members, create_group, get_group, join_group, open_group
 from mppo_client.api.orders import get_order_by_group
+from mppo_client.api.payments import list_payments
+from mppo_client.models.google_rpc_bad_request import GoogleRpcBadRequest
+from mppo_client.models.google_rpc_error_info import GoogleRpcErrorInfo
 from mppo_client.models.google_rpc_status import GoogleRpcStatus
 from mppo_client.models.mppo_common_v1_line_item import MppoCommonV1LineItem
 from mppo_client.models.mppo_group_v1_add_members_request import MppoGroupV1AddMembersRequest
@@ -70,6 +74,23 @@ def pay(link: str) -> str:
         return outcome
 
 
+def refused_field(reply: object) -> tuple[str, str, str]:
+    """The first field violation of an error answer, with the ErrorInfo reason, read through
+    the typed details (no dict access)."""
+    if not isinstance(reply, GoogleRpcStatus):
+        raise CheckoutFailedError(f"expected an error, got {reply}")
+    violations = [
+        (violation.field, violation.reason)
+        for detail in reply.details
+        if isinstance(detail, GoogleRpcBadRequest)
+        for violation in detail.field_violations
+    ]
+    reasons = [detail.reason for detail in reply.details if isinstance(detail, GoogleRpcErrorInfo)]
+    if not violations or not reasons:
+        raise CheckoutFailedError(f"no field violation or reason in {reply}")
+    return violations[0][0], violations[0][1], reasons[0]
+
+
 def main(config_path: str) -> int:
     with open(config_path, encoding="utf-8") as config_file:
         config = json.load(config_file)
@@ -81,32 +102,45 @@ def main(config_path: str) -> int:
     ]
     emails = [f"guest-{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(len(guests))]
 
-    created = ok(
-        create_group.sync(
-            client=host,
-            body=MppoGroupV1CreateGroupRequest(
-                merchant_id="sandbox-merchant",
-                currency_code="USD",
-                items=[
-                    MppoCommonV1LineItem(
-                        line_id="l1",
-                        sku="PIZZA-MARGHERITA",
-                        name="Margherita pizza",
-                        quantity=2,
-                        unit_price_minor="1200",
-                    )
-                ],
-                tax_minor="101",
-                split_mode=MppoGroupV1SplitMode.SPLIT_MODE_EQUAL,
-                fallback_policy=MppoGroupV1FallbackPolicy.FALLBACK_POLICY_CANCEL,
-                deadline=datetime.now(UTC) + timedelta(hours=2),
-                host=MppoGroupV1MemberInput(display_name="Hana", email="hana@example.com"),
-            ),
-            idempotency_key=str(uuid.uuid4()),
+    def request(quantity: int) -> MppoGroupV1CreateGroupRequest:
+        return MppoGroupV1CreateGroupRequest(
+            merchant_id="sandbox-merchant",
+            currency_code="USD",
+            items=[
+                MppoCommonV1LineItem(
+                    line_id="l1",
+                    sku="PIZZA-MARGHERITA",
+                    name="Margherita pizza",
+                    quantity=quantity,
+                    unit_price_minor="1200",
+                )
+            ],
+            tax_minor="101",
+            split_mode=MppoGroupV1SplitMode.SPLIT_MODE_EQUAL,
+            fallback_policy=MppoGroupV1FallbackPolicy.FALLBACK_POLICY_CANCEL,
+            deadline=datetime.now(UTC) + timedelta(hours=2),
+            host=MppoGroupV1MemberInput(display_name="Hana", email="hana@example.com"),
         )
-    )
+
+    # an error's field violations, typed: a line of no pizzas is refused by the group service
+    refused = refused_field(create_group.sync(client=host, body=request(0)))
+
+    created = ok(create_group.sync(client=host, body=request(2), idempotency_key=str(uuid.uuid4())))
     group_id = created.group.group_id
     member_ids = [created.group.members[0].member_id]
+    # always present: no Unset to rule out
+    group = created.group
+    read: dict[str, object] = {
+        "total": group.total.amount_minor,
+        "currency": group.total.currency_code,
+        "deadline": group.deadline.isoformat(),
+        "create_time": group.create_time.isoformat(),
+        "update_time": group.update_time.isoformat(),
+        "secured": group.amount_secured.amount_minor,
+        "host_share": group.members[0].share.amount_minor,
+        "host_paid": group.members[0].amount_paid.amount_minor,
+        "refused": list(refused),
+    }
 
     added = ok(
         add_members.sync(
@@ -144,6 +178,12 @@ def main(config_path: str) -> int:
         if outcome != "requires_capture":
             raise CheckoutFailedError(f"member {member_id}: {outcome}")
 
+    payments = ok(list_payments.sync(client=host, group_id=group_id)).payments
+    read["payments"] = sorted(p.amount.amount_minor for p in payments)
+    read["captured_or_refunded"] = sorted(
+        int(p.amount_captured.amount_minor) + int(p.amount_refunded.amount_minor) for p in payments
+    )
+
     deadline = time.monotonic() + 60
     status = MppoOrderV1OrderStatus.ORDER_STATUS_UNSPECIFIED
     while time.monotonic() < deadline:
@@ -155,7 +195,14 @@ def main(config_path: str) -> int:
                 captured = MppoOrderV1OrderShareStatus.ORDER_SHARE_STATUS_CAPTURED
                 if {s.status for s in order.shares} != {captured}:
                     raise CheckoutFailedError(f"shares not captured: {order.shares}")
-                result = {"group_id": group_id, "order_id": order.order_id, "status": status}
+                read["order_total"] = order.total.amount_minor
+                read["order_shares"] = sorted(share.amount.amount_minor for share in order.shares)
+                result = {
+                    "group_id": group_id,
+                    "order_id": order.order_id,
+                    "status": status,
+                    "read": read,
+                }
                 sys.stdout.write(json.dumps(result) + "\n")
                 return 0
         time.sleep(0.5)

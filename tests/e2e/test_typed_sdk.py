@@ -131,6 +131,22 @@ def test_a_generated_client_drives_a_checkout_under_mypy_strict(
     out = _run([sys.executable, driver.name, str(config)], tmp_path, timeout=180)
     result = json.loads(out.strip().splitlines()[-1])
     assert result["status"] == "ORDER_STATUS_CONFIRMED"
+    # what the driver read, typed as always present, is what the services sent
+    read = result["read"]
+    total = 2 * 1200 + 101
+    assert (read["total"], read["currency"]) == (str(total), "USD")
+    created_at = datetime.fromisoformat(read["create_time"])
+    assert created_at <= datetime.fromisoformat(read["update_time"])
+    assert created_at < datetime.fromisoformat(read["deadline"])
+    assert (read["secured"], read["host_paid"]) == ("0", "0")  # nothing paid at creation
+    assert read["host_share"] == str(total)  # the host alone at creation
+    assert sum(int(a) for a in read["payments"]) == total
+    assert read["order_total"] == str(total)
+    assert read["order_shares"] == read["payments"]
+    field, reason, info_reason = read["refused"]
+    assert field == "items[0].quantity"  # the JSON name, indexed, from the typed details
+    assert reason
+    assert info_reason
     # read back over plain REST, as the host
     reply = httpx.get(
         f"{stack.gateway}/order/by-group/{result['group_id']}",
@@ -162,8 +178,9 @@ def test_every_request_body_example_is_accepted_by_the_real_services(
 ) -> None:
     """Each example is posted as the document describes it: path values name a group that does
     not exist (ids shaped like ours), so a body the gateway or a service finds invalid would be
-    a 400, an acceptable one reaches the service's lookup (404), its own refusal of the caller
-    (403: CreatePaymentIntent is for our services) or, creating a group, succeeds."""
+    a 400, an acceptable one reaches the service's lookup (404) or, creating a group, succeeds.
+    Service-only methods (CreatePaymentIntent) are not in the document, and their paths answer
+    404 as if they did not exist."""
     auth = {"Authorization": f"Bearer {stack.token(f'examples-{uuid.uuid4().hex[:8]}')}"}
     answered: dict[str, int] = {}
     with httpx.Client(base_url=stack.gateway, headers=auth, timeout=30) as http:
@@ -179,10 +196,12 @@ def test_every_request_body_example_is_accepted_by_the_real_services(
                         url = url.replace("{" + param["name"] + "}", str(uuid.uuid4()))
                 reply = http.request(verb.upper(), url, json=example)
                 answered[op["operationId"]] = reply.status_code
-                assert reply.status_code in (200, 403, 404), (verb, path, reply.text)
+                assert reply.status_code in (200, 404), (verb, path, reply.text)
+        hidden = http.post("/payments/intents", json={"groupId": str(uuid.uuid4())})
+        assert hidden.status_code == 404, hidden.text
     assert answered["createGroup"] == 200
-    assert answered["createPaymentIntent"] == 403
-    assert len(answered) >= 9
+    assert "createPaymentIntent" not in answered
+    assert len(answered) >= 8
 
 
 def test_opening_and_finalizing_are_replayed_from_the_service(stack: Stack) -> None:

@@ -781,6 +781,7 @@ def test_the_group_page_is_served_at_the_edge_by_the_python_gateway(
     assert env["MPPO_ENV"] == "prod"
     assert env["MPPO_TLS_CERT_FILE"].endswith("/gateway.pem")
     assert env["MPPO_GROUP_ADDR"] == "group:50051"
+    assert env["MPPO_GATEWAY_TRUSTED_PROXIES"], "behind Envoy: meter the client, not Envoy"
     assert "ports" not in svc, "reached through Envoy only"
     assert compose["services"]["envoy"]["depends_on"][name]["condition"] == "service_healthy"
 

@@ -82,6 +82,7 @@ DEFAULTED_PREFIXES = {
     "MPPO_PAYMENT_AUTH_WARNING_SECONDS": "tuning",
     "MPPO_GROUP_HOST_GRACE": "business setting with a default",
     "MPPO_GROUP_REMINDER_LEAD": "business setting with a default",
+    "MPPO_GROUP_HOLD_MARGIN": "business setting with a default (an hour before a hold lapses)",
     "MPPO_GROUP_SCHEDULER_INTERVAL": "tuning",
     "MPPO_ORDER_": "saga tuning",
     "MPPO_MERCHANT_TIMEOUT": "tuning",
@@ -279,7 +280,9 @@ def test_envoy_finds_every_service_and_its_files(prod: list[Obj]) -> None:
         for item in volumes[name]["secret"].get("items", [])
     }
     services = {s["metadata"]["name"]: s for s in _of(prod, "Service")}
-    grpc_clusters = [c for c in clusters if c.get("health_checks")]
+    grpc_clusters = [
+        c for c in clusters if any("grpc_health_check" in h for h in c.get("health_checks", []))
+    ]
     assert len(grpc_clusters) == len(SERVICES)
     for cluster in grpc_clusters:
         (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
@@ -305,6 +308,86 @@ def test_envoy_finds_every_service_and_its_files(prod: list[Obj]) -> None:
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["http"] == listener_port[
         "port_value"
     ]
+
+
+def test_the_group_page_runs_beside_envoy_behind_its_cluster(
+    prod: list[Obj], mounted_gateway: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Envoy's /g/ route goes to its `group_page` cluster (group-page:8081): a Service over
+    the Python gateway that runs in every gateway pod, which would start with what it gets,
+    and which the network policies let Envoy reach and let reach Redis."""
+    envoy = yaml.safe_load((REPO / "gateway" / "envoy.yaml").read_text())
+    (cluster,) = [c for c in envoy["static_resources"]["clusters"] if c["name"] == "group_page"]
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    service = _find(prod, "Service", address["address"])
+    gateway = _find(prod, "Deployment", "gateway")
+    assert service["spec"]["selector"] == gateway["spec"]["selector"]["matchLabels"]
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == address["port_value"]
+    page = next(c for c in _pod(gateway)["containers"] if c["name"] == port["targetPort"])
+    assert page["command"] == ["python", "-m", "gateway"]
+    assert page["image"].startswith("mppo/service")
+    ports = {p["name"]: p["containerPort"] for p in page["ports"]}
+    env = {item["name"]: item.get("value") for item in page["env"]}
+    assert env["MPPO_GATEWAY_ADDR"] == f"0.0.0.0:{ports[port['targetPort']]}"
+    assert page["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # it would start: config of the Python gateway from the pod's environment and files
+    from gateway.config import GatewayConfig
+
+    values: dict[str, str] = {}
+    for source in page.get("envFrom", []):
+        values.update(_find(prod, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for item in page["env"]:
+        if "value" in item:
+            values[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            values[item["name"]] = PLACEHOLDERS[(ref["name"], ref["key"])]
+    mounts = {m["mountPath"]: m["name"] for m in page["volumeMounts"]}
+    volumes = {v["name"]: v for v in _pod(gateway)["volumes"]}
+    for name, value in list(values.items()):
+        if value.startswith("/etc/mppo/"):
+            folder, _, file = value.rpartition("/")
+            items = {i["path"]: i["key"] for i in volumes[mounts[folder]]["secret"]["items"]}
+            assert file in items, (name, value)
+            values[name] = str(mounted_gateway / items[file])
+    config = GatewayConfig.from_env(values)
+    assert config.environment == "prod"
+    assert config.trust is not None
+    assert config.trust.material is not None
+    assert config.signer is not None
+    assert config.trusted_proxies, "behind Envoy, the per-IP limit must meter the client"
+    # network: Envoy (edge pods) may reach it, it may reach Redis, and Redis lets it in
+    policies = {p["metadata"]["name"]: p["spec"] for p in _of(prod, "NetworkPolicy")}
+    edge = {"app.kubernetes.io/component": "edge"}
+
+    def admits(rules: list[Obj], peer: str, labels: dict[str, str], number: int) -> bool:
+        return any(
+            {"podSelector": {"matchLabels": labels}} in rule.get(peer, [])
+            and number in [p["port"] for p in rule["ports"]]
+            for rule in rules
+        )
+
+    assert admits(policies["gateway"]["ingress"], "from", edge, address["port_value"])
+    assert admits(policies["gateway"]["egress"], "to", edge, address["port_value"])
+    redis = {"app.kubernetes.io/name": "redis"}
+    assert admits(policies["gateway"]["egress"], "to", redis, 6379)
+    assert admits(policies["redis"]["ingress"], "from", edge, 6379)
+
+
+@pytest.fixture(scope="module")
+def mounted_gateway(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gateway's certificate and the user-token keys, under the Secrets' key names."""
+    root = tmp_path_factory.mktemp("gateway-secrets")
+    pki = root / "pki"
+    mint_dev_pki(pki, ["gateway"])
+    shutil.copy(pki / "gateway.pem", root / "tls.crt")
+    shutil.copy(pki / "gateway.key", root / "tls.key")
+    shutil.copy(pki / "ca.pem", root / "ca.crt")
+    shutil.copy(pki / "user-token.key", root / "user-token.key")
+    shutil.copy(pki / "user-token.pub", root / "user-token.pub")
+    return root
 
 
 # ---------------------------------------------------------------- environment and secrets

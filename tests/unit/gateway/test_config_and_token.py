@@ -125,3 +125,33 @@ def test_dev_up_runs_the_gateway_with_dev_keys() -> None:
     assert gateway.health_path == "/healthz"
     assert gateway.env["MPPO_JWT_JWKS"] == "dev"
     assert gateway.argv()[1:] == ["-m", "gateway"]
+
+
+def test_behind_envoy_the_per_ip_limit_meters_the_address_envoy_saw() -> None:
+    """The group page runs behind Envoy: from a trusted proxy, the client is the last
+    X-Forwarded-For hop that is not a proxy; what the client wrote itself is not believed."""
+    from ipaddress import ip_network
+
+    from gateway.app import client_address
+
+    proxies = (ip_network("10.0.0.0/8"),)
+    # Envoy (10.1.2.3) appended the address it saw; a client's own entry before it is ignored
+    assert client_address("10.1.2.3", ["6.6.6.6, 203.0.113.9"], proxies) == "203.0.113.9"
+    assert client_address("10.1.2.3", ["203.0.113.9", "10.9.9.9"], proxies) == "203.0.113.9"
+    # not from a proxy: the header is the client's own say, not believed
+    assert client_address("198.51.100.7", ["203.0.113.9"], proxies) == "198.51.100.7"
+    # no proxies configured, no header, or garbage: the peer
+    assert client_address("10.1.2.3", ["203.0.113.9"], ()) == "10.1.2.3"
+    assert client_address("10.1.2.3", [], proxies) == "10.1.2.3"
+    assert client_address("10.1.2.3", ["not-an-ip"], proxies) == "10.1.2.3"
+    env = {
+        "MPPO_ENV": "dev",
+        "MPPO_JWT_JWKS": "dev",
+        "MPPO_REDIS_URL": "redis://localhost:6379/0",
+        "MPPO_GRPC_PLAINTEXT": "1",
+        "MPPO_GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8, 172.16.0.0/12",
+    }
+    from gateway.config import GatewayConfig
+
+    config = GatewayConfig.from_env(env)
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "172.16.0.0/12"]
