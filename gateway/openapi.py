@@ -4,11 +4,16 @@ Schemas follow the proto3 JSON mapping (camelCase names, 64-bit integers as `typ
 with `format: int64`, enums by name, well-known types in their JSON form); descriptions are the
 proto comments. Typed-SDK friendly: each proto enum is one shared component whose description
 lists every value's comment; a message that only ever appears in responses lists as `required`
-the fields the gateway always prints (those without presence, and the resource a response
-carries, `resource_field`); every operation declares its
-error statuses (400, 401, 403, 404, 409, 429, 503) as google.rpc.Status. Operations have short
-camelCase ids (`createGroup`, `getPayment`) and one tag per service (`groups`, `payments`,
-...); every request body has an example (gateway/openapi_examples.py). Operations whose
+the fields the gateway always prints (those without presence, the resource a response
+carries, `resource_field`, and the message fields the services always set, `ALWAYS_SET`); a
+request message lists the fields its service refuses it without (`REQUIRED_REQUEST`, also
+making such a query parameter required), and a request body leaves out the fields its path
+binds. Every operation declares its error statuses (400, 401, 403, 404, 409, 429, 503) as
+google.rpc.Status, whose `code`, `message` and `details` are required and whose details are
+one of the error detail types the edge sends (`DETAIL_SCHEMAS`, told apart by `@type`).
+Operations have short camelCase ids (`createGroup`, `getPayment`; another binding of the same
+RPC adds what its path binds: `handleWebhookByProvider`) and one tag per service (`groups`,
+`payments`, ...); every request body has an example (gateway/openapi_examples.py). Operations whose
 service honours an idempotency key (descriptors.IDEMPOTENT_METHODS) declare the
 `Idempotency-Key` header, and their 200 the `Idempotent-Replayed` header; every response
 declares the RateLimit headers (X-RateLimit-Limit/-Remaining/-Reset) and X-Request-Id.

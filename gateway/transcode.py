@@ -13,6 +13,14 @@
   printed (Envoy's `always_print_primitive_fields`).
 - A JSON body must be UTF-8 and nested at most `MAX_JSON_DEPTH` arrays/objects deep; the depth
   is measured before parsing, so a 2,000-deep document is a 400, not a RecursionError.
+- Before json_format parses it, the JSON is checked against the descriptors
+  (`check_message_json`): a wrong type, an unknown field, an unknown enum name, an integer out
+  of range or a malformed timestamp is a BadRequestError naming the field as JSON with indexes
+  (`items[0].quantity`), in plain words, with a reason; the parser's own text is never sent.
+- A body field that a path variable also binds may be left out or equal the path's value;
+  another value is refused (`PATH_MISMATCH`) rather than silently overridden.
+- `page_size` beyond its field's range is read as the field's largest value (AIP-158: the
+  service coerces an oversize page size to its maximum).
 """
 
 from __future__ import annotations
