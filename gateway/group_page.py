@@ -7,6 +7,7 @@ Routes (registered by :func:`add_routes` before the REST catch-all):
 | `GET /g/{group_id}` | the page: static HTML, the same for everyone; no data in it |
 | `GET /g/assets/group-page.js`, `.css` | its script and style (`gateway/static/`) |
 | `GET /g/{group_id}/state` | JSON: what the member holding the `X-Mppo-Invite` token may see |
+| `POST /g/{group_id}/retry` | that member's declined payment retried: the state, new link |
 
 The capability is the member's invite token, the one the group service issued for the member's
 slot (192 random bits, `secrets.token_urlsafe(24)`). The invitation e-mail links to
@@ -20,7 +21,19 @@ what that member may see:
 - their own share, what they paid, their status and -- while the group is open and they owe
   -- their own payment link;
 - every member's display name and whether they have paid: no e-mails, phones, user ids,
-  amounts, links or tokens of anyone else.
+  amounts, links or tokens of anyone else;
+- once the group is closed, why (`closeReason`), and whether it ended before its deadline
+  because a card hold was about to lapse (`endedEarly`: the group's history has the hold
+  policy's OPEN→OPEN row, actor `system:holds`; docs/payment.md).
+
+A member whose payment was declined (PAYMENT_FAILED) is offered no Pay link (that checkout is
+closed) but `you.canRetry` while the group is OPEN: the page's "Try again" posts to
+`/g/{group_id}/retry` with the same header, and the gateway asks the group service, as
+itself, to RetryPayment for the member the token names — only that member, never one named by
+the request — and answers the fresh state with the new Pay link. The group service lets the
+gateway (and no other service) retry for a member (group_svc RETRY_FOR_MEMBER); a payment that
+is not a failed one is FAILED_PRECONDITION (HTTP 400, reason NOTHING_TO_RETRY), as for the REST
+call.
 
 A wrong group id, an unknown token and a malformed one get the same 404. Every answer carries a
 strict Content-Security-Policy (scripts, styles and fetches from this origin only; no inline
@@ -71,6 +84,10 @@ ASSETS = {
 _GROUP_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}\Z")
 _GET_GROUP = "GetGroup"
+_GET_HISTORY = "GetGroupHistory"
+_RETRY = "RetryPayment"
+#: the actor of the hold policy's history rows (group_svc: authorization_expiring)
+HOLD_ACTOR = "system:holds"
 
 GROUP_STATUS = {
     group_pb2.GROUP_STATUS_DRAFT: "DRAFT",
@@ -92,6 +109,8 @@ MEMBER_STATUS = {
 FINAL = frozenset({"CONFIRMED", "EXPIRED", "CANCELLED"})
 #: member states in which the member still owes their share
 OWES = frozenset({"AWAITING_PAYMENT", "PAYMENT_FAILED"})
+#: group states whose close reason the page shows
+CLOSED = frozenset({"EXPIRED", "CANCELLED"})
 
 
 class NoSuchPageError(Exception):
@@ -112,31 +131,44 @@ def _http_link(link: str) -> str:
     return link if link.startswith(("https://", "http://")) else ""
 
 
-def member_view(group: group_pb2.GroupOrder, invite_token: str, now: datetime) -> dict[str, Any]:
-    """What the member holding `invite_token` may see of `group`; NoSuchPageError when no
-    member holds it. Compares against every member in constant time per token."""
+def member_of(group: group_pb2.GroupOrder, invite_token: str) -> group_pb2.Member:
+    """The member holding `invite_token`; NoSuchPageError when none does. Compares against
+    every member (no early exit), each compare in constant time."""
     you: group_pb2.Member | None = None
     for member in group.members:
-        # every member is compared (no early exit), each compare in constant time
         if member.invite_token and secrets.compare_digest(
             member.invite_token.encode(), invite_token.encode()
         ):
             you = member
     if you is None:
         raise NoSuchPageError
+    return you
+
+
+def member_view(
+    group: group_pb2.GroupOrder,
+    invite_token: str,
+    now: datetime,
+    ended_early: bool = False,
+) -> dict[str, Any]:
+    """What the member holding `invite_token` may see of `group`; NoSuchPageError when no
+    member holds it. `ended_early`: the group closed before its deadline because a card hold
+    was about to lapse (the caller read the history)."""
+    you = member_of(group, invite_token)
     currency = group.total.currency_code
     status = GROUP_STATUS.get(group.status, "UNKNOWN")
     own_status = MEMBER_STATUS.get(you.status, "UNKNOWN")
-    payable = (
-        status == "OPEN"
-        and own_status in OWES
-        and you.amount_paid.amount_minor < (you.share.amount_minor)
-    )
+    owes = you.amount_paid.amount_minor < you.share.amount_minor
+    # a declined payment's checkout is closed: no Pay link then, "Try again" instead
+    payable = status == "OPEN" and own_status == "AWAITING_PAYMENT" and owes
+    retry = status == "OPEN" and own_status == "PAYMENT_FAILED" and owes
     return {
         "status": status,
         "final": status in FINAL,
         "deadline": _time(group.deadline),
         "graceDeadline": _time(group.grace_deadline),
+        "closeReason": group.close_reason if status in CLOSED else "",
+        "endedEarly": ended_early and status in CLOSED,
         "serverTime": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "items": [
             {
@@ -163,6 +195,7 @@ def member_view(group: group_pb2.GroupOrder, invite_token: str, now: datetime) -
             "share": _money(you.share.amount_minor, currency),
             "paid": _money(you.amount_paid.amount_minor, currency),
             "payLink": _http_link(you.payment_link) if payable else "",
+            "canRetry": retry,
         },
         "members": [
             {
@@ -182,11 +215,14 @@ class GroupPage:
     def __init__(self, gateway: Any) -> None:
         # gateway.app.Gateway (not imported: app.py imports this module)
         self._gateway = gateway
-        self._binding = next(
-            b
+        bindings = {
+            b.method.name: b
             for b in gateway.catalog.bindings
-            if b.service == "mppo.group.v1.GroupService" and b.method.name == _GET_GROUP
-        )
+            if b.service == "mppo.group.v1.GroupService"
+        }
+        self._binding = bindings[_GET_GROUP]
+        self._history = bindings[_GET_HISTORY]
+        self._retry = bindings[_RETRY]
 
     @staticmethod
     def _secure(response: web.StreamResponse) -> web.StreamResponse:
@@ -212,8 +248,19 @@ class GroupPage:
         response.headers["Cache-Control"] = "no-cache"
         return response
 
-    async def state(self, request: web.Request) -> web.StreamResponse:
-        """What the member holding the invite token may see, as JSON."""
+    @staticmethod
+    def _metadata(request: web.Request) -> list[tuple[str, str]]:
+        """The gateway calls the group service as itself (its certificate), for the member
+        the invite token names."""
+        return [
+            ("x-request-id", request["request_id"]),
+            ("traceparent", request["traceparent"]),
+            ("x-mppo-service", "gateway"),
+        ]
+
+    async def _admit(self, request: web.Request) -> tuple[str, str] | web.StreamResponse:
+        """The rate limit, then the group id and invite token of a well-formed request (or
+        the answer to give instead)."""
         gateway = self._gateway
         decision = await gateway.take(request, "ip", gateway.config.ip_limit)
         if not decision.allowed:
@@ -222,32 +269,114 @@ class GroupPage:
         token = request.headers.get(INVITE_HEADER, "")
         if not _GROUP_ID.match(group_id) or not _TOKEN.match(token):
             return self._not_found()
+        return group_id, token
+
+    def _unavailable(self, method: str, exc: grpc.aio.AioRpcError) -> web.StreamResponse:
+        logger.warning("group page: %s %s", method, exc.code().name)
+        return self._secure(
+            self._gateway.error(
+                code_pb2.UNAVAILABLE,
+                "the group service is unavailable",
+                headers={"Retry-After": "1"},
+                http=503,
+            )
+        )
+
+    async def _group(self, request: web.Request, group_id: str) -> group_pb2.GroupOrder:
+        """The group as the gateway sees it (raises the service's AioRpcError)."""
         message = group_service_pb2.GetGroupRequest(group_id=group_id)
-        metadata = [
-            ("x-request-id", request["request_id"]),
-            ("traceparent", request["traceparent"]),
-            ("x-mppo-service", "gateway"),
-        ]
+        reply = await self._gateway.upstreams.call(self._binding, message, self._metadata(request))
+        return group_service_pb2.GetGroupResponse.FromString(reply.SerializeToString()).group
+
+    async def _ended_early(self, request: web.Request, group: group_pb2.GroupOrder) -> bool:
+        """Whether a closed group ended before its deadline because a hold was about to lapse
+        (the hold policy's OPEN→OPEN row in its history); False when that cannot be read now."""
+        if GROUP_STATUS.get(group.status) not in CLOSED:
+            return False
+        message = group_service_pb2.GetGroupHistoryRequest(group_id=group.group_id)
         try:
-            reply = await gateway.upstreams.call(self._binding, message, metadata)
+            reply = await self._gateway.upstreams.call(
+                self._history, message, self._metadata(request)
+            )
+        except grpc.aio.AioRpcError as exc:
+            logger.warning("group page: GetGroupHistory %s", exc.code().name)
+            return False
+        history = group_service_pb2.GetGroupHistoryResponse.FromString(reply.SerializeToString())
+        return any(
+            change.actor == HOLD_ACTOR
+            and change.from_status == group_pb2.GROUP_STATUS_OPEN
+            and change.to_status == group_pb2.GROUP_STATUS_OPEN
+            for change in history.changes
+        )
+
+    async def _view(
+        self, request: web.Request, group: group_pb2.GroupOrder, token: str
+    ) -> web.StreamResponse:
+        try:
+            member_of(group, token)
+        except NoSuchPageError:
+            return self._not_found()
+        early = await self._ended_early(request, group)
+        return self._secure(web.json_response(member_view(group, token, datetime.now(UTC), early)))
+
+    async def state(self, request: web.Request) -> web.StreamResponse:
+        """What the member holding the invite token may see, as JSON."""
+        admitted = await self._admit(request)
+        if not isinstance(admitted, tuple):
+            return admitted
+        group_id, token = admitted
+        try:
+            group = await self._group(request, group_id)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 return self._not_found()
-            logger.warning("group page: GetGroup %s", exc.code().name)
-            return self._secure(
-                gateway.error(
-                    code_pb2.UNAVAILABLE,
-                    "the group service is unavailable",
-                    headers={"Retry-After": "1"},
-                    http=503,
-                )
-            )
-        group = group_service_pb2.GetGroupResponse.FromString(reply.SerializeToString()).group
+            return self._unavailable("GetGroup", exc)
+        return await self._view(request, group, token)
+
+    async def retry(self, request: web.Request) -> web.StreamResponse:
+        """A fresh payment attempt for the member holding the invite token, whose payment was
+        declined: RetryPayment for that member (never another), then the state with the new
+        link. FAILED_PRECONDITION (400) when there is nothing to retry (the group service's
+        refusal)."""
+        admitted = await self._admit(request)
+        if not isinstance(admitted, tuple):
+            return admitted
+        group_id, token = admitted
         try:
-            view = member_view(group, token, datetime.now(UTC))
+            group = await self._group(request, group_id)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return self._not_found()
+            return self._unavailable("GetGroup", exc)
+        try:
+            you = member_of(group, token)
         except NoSuchPageError:
             return self._not_found()
-        return self._secure(web.json_response(view))
+        message = group_service_pb2.RetryPaymentRequest(group_id=group_id, member_id=you.member_id)
+        try:
+            reply = await self._gateway.upstreams.call(
+                self._retry, message, self._metadata(request)
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return self._not_found()
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                return self._secure(
+                    self._gateway.error(
+                        code_pb2.FAILED_PRECONDITION,
+                        "there is no declined payment to try again",
+                        reason="NOTHING_TO_RETRY",
+                    )
+                )
+            if code == grpc.StatusCode.PERMISSION_DENIED:
+                logger.error("group page: the group service refused the gateway's retry")
+                return self._secure(
+                    self._gateway.error(code_pb2.INTERNAL, "the payment cannot be retried here")
+                )
+            return self._unavailable("RetryPayment", exc)
+        retried = group_service_pb2.RetryPaymentResponse.FromString(reply.SerializeToString())
+        return await self._view(request, retried.group, token)
 
     def _not_found(self) -> web.StreamResponse:
         return self._secure(
@@ -261,3 +390,4 @@ def add_routes(app: web.Application, gateway: Any) -> None:
     app.router.add_get("/g/assets/{name}", page.asset)
     app.router.add_get("/g/{group_id}", page.page)
     app.router.add_get("/g/{group_id}/state", page.state)
+    app.router.add_post("/g/{group_id}/retry", page.retry)

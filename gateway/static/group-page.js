@@ -17,8 +17,13 @@
     JOINED: "You have not paid yet.",
     AWAITING_PAYMENT: "You have not paid yet.",
     PAID: "You have paid. Thank you!",
-    PAYMENT_FAILED: "Your payment did not go through.",
+    PAYMENT_FAILED: "Your payment did not go through. You can try again with another card.",
     COVERED_BY_HOST: "The host covers your share.",
+  };
+  // a group that ended before its deadline because a card hold was about to lapse
+  const EARLY_TEXT = {
+    EXPIRED: "Ended early: a card hold would have lapsed before the order could be placed",
+    CANCELLED: "Cancelled",
   };
   const FINAL_TEXT = {
     CONFIRMED: "Everyone paid and the merchant accepted the order.",
@@ -54,7 +59,12 @@
   function render(view) {
     $("problem").hidden = true;
     const status = $("status");
-    text(status, STATUS_TEXT[view.status] || view.status);
+    const early = Boolean(view.endedEarly) && EARLY_TEXT[view.status];
+    text(status, early || STATUS_TEXT[view.status] || view.status);
+    const reason = $("close-reason");
+    const why = String(view.closeReason || "");
+    text(reason, why ? "Reason: " + why : "");
+    reason.hidden = !why;
     status.className = "status s-" + String(view.status).replace(/[^A-Z_]/g, "");
     finalState = Boolean(view.final);
     clockOffset = Date.parse(view.serverTime) - Date.now();
@@ -77,6 +87,9 @@
       pay.hidden = true;
       $("pay-hint").hidden = true;
     }
+    const retry = $("retry");
+    retry.hidden = !view.you.canRetry;
+    if (view.you.canRetry) retry.disabled = false;
     $("share-box").hidden = false;
 
     const members = $("members");
@@ -150,7 +163,40 @@
     timer = window.setTimeout(poll, delay);
   }
 
+  // "Try again" after a declined card: a fresh payment attempt for this member only (the
+  // invite token says who), answered with the state and the new Pay link
+  async function retryPayment() {
+    const button = $("retry");
+    button.disabled = true;
+    try {
+      const response = await fetch("/g/" + encodeURIComponent(groupId) + "/retry", {
+        method: "POST",
+        headers: { "X-Mppo-Invite": token, Accept: "application/json" },
+        cache: "no-store",
+        credentials: "omit",
+        referrerPolicy: "no-referrer",
+      });
+      if (response.ok) {
+        render(await response.json());
+        return;
+      }
+      if (response.status === 404) {
+        problem("This link is not valid. Open the link from your invitation e-mail again.");
+      } else if (response.status === 400) {
+        problem("There is no declined payment to try again; the page shows where things stand.");
+      } else {
+        problem("Cannot reach the server right now; please try again in a moment.");
+      }
+    } catch (err) {
+      problem("Cannot reach the server right now; please try again in a moment.");
+    }
+    button.disabled = false;
+    window.clearTimeout(timer);
+    poll();
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    $("retry").addEventListener("click", retryPayment);
     if (!token || !groupId) {
       text($("status"), "Link not valid");
       problem("This link is incomplete. Open the link from your invitation e-mail again.");

@@ -79,6 +79,10 @@ from mppo.platform.rpc_status import is_retryable
 
 logger = logging.getLogger(__name__)
 
+#: services that may retry a member's failed payment for that member: the gateway's group page,
+#: which found the member by their invite token (the capability of a member without a login)
+RETRY_FOR_MEMBER = frozenset({"gateway"})
+
 #: how often a change is re-planned when new unwanted payment links appear while the previous
 #: ones were being closed (each round closes what it found)
 MAX_CLOSE_ROUNDS = 3
@@ -519,8 +523,12 @@ class GroupHandlers:
         self, cmd: c.RetryPayment, uow: GroupUnitOfWork, finish: Finish | None = None
     ) -> Group:
         """Plan a fresh attempt for a member whose payment failed (the old link is closed
-        first), and request its intent (`finish` runs in the transaction that stores it)."""
-        require_user(cmd.caller)
+        first), and request its intent (`finish` runs in the transaction that stores it).
+        The member or the host asks; or the gateway's group page (`RETRY_FOR_MEMBER`), for
+        the member whose invite token it checked (a member who never logged in)."""
+        for_member = is_service(cmd.caller) and cmd.caller.service in RETRY_FOR_MEMBER
+        if not for_member:
+            require_user(cmd.caller)
 
         async def load(tx: GroupUnitOfWork) -> Group:
             group = await tx.groups.get(cmd.group_id, lock=True)
@@ -528,7 +536,7 @@ class GroupHandlers:
 
         def change(group: Group) -> str:
             member = group.member(cmd.member_id)
-            if cmd.caller.user_id not in (group.host_user_id, member.user_id):
+            if not for_member and cmd.caller.user_id not in (group.host_user_id, member.user_id):
                 raise PermissionDeniedError("only the member or the host can retry this payment")
             group.retry_payment(cmd.member_id, self._clock())
             return "payment link replaced by a new attempt"

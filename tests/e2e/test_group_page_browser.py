@@ -1,7 +1,9 @@
 """The members' group page in a real browser (Debian's chromium driven by Playwright,
 headless): a member follows the link in their invitation e-mail, sees the cart, their share and
 who has paid, pays on the provider's page the Pay button opens, and watches the group go to
-CONFIRMED once the others have paid; another watches a group with a short deadline EXPIRE.
+CONFIRMED once the others have paid; another watches a group with a short deadline EXPIRE; a
+third has their card declined, is offered "Try again" (not the closed checkout), gets a fresh
+payment link from the page and pays with it.
 
 The end states are screenshotted; with ``MPPO_UPDATE_SCREENSHOTS=1`` the test run writes them
 to ``docs/group-page-confirmed.png`` and ``docs/group-page-expired.png`` (the README shows them).
@@ -23,12 +25,14 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from tests.e2e.test_browser_checkout import CHROMIUM, CHROMIUM_ARGS
 from tests.support.e2e import (
+    CARD_DECLINE,
     CARD_SUCCESS,
     PIZZA,
     SODA,
     Api,
     GroupOrder,
     Person,
+    Reply,
     cart,
     create_body,
     eventually,
@@ -186,3 +190,165 @@ async def test_a_member_watches_an_unpaid_group_expire(
         await context.close()
     keep(shot, "group-page-expired.png")
     await order.wait("EXPIRED")
+
+
+def nothing_to_retry(reply: Reply) -> bool:
+    """FAILED_PRECONDITION (HTTP 400 as on the REST API), reason NOTHING_TO_RETRY."""
+    body = reply.body if isinstance(reply.body, dict) else {}
+    reasons = [d.get("reason") for d in body.get("details", [])]
+    return reply.status == 400 and body.get("code") == 9 and "NOTHING_TO_RETRY" in reasons
+
+
+async def pay_on_provider_page(page: Page, context: BrowserContext, card_number: str) -> str:
+    """Click the group page's Pay button, pay on the provider's page it opens with
+    `card_number`; the result heading."""
+    pay = page.get_by_role("button", name="Pay 8.50 USD")
+    async with context.expect_page() as opened:
+        await pay.click()
+    provider = await opened.value
+    await provider.wait_for_load_state()
+    await expect(provider.locator(".amount")).to_have_text("8.50 USD")
+    card = provider.locator("#card_number")
+    await card.fill("")
+    await card.type(card_number)
+    await provider.get_by_role("button", name=re.compile(r"^Pay 8\.50 USD$")).click()
+    heading = provider.get_by_role("heading", level=1)
+    await expect(heading).to_have_text(re.compile(r"^Payment (declined|authorized)"))
+    result = await heading.inner_text()
+    await provider.close()
+    return result
+
+
+async def test_a_declined_member_tries_again_from_the_group_page_and_pays(
+    api: Api, browser: Browser, tmp_path: Path
+) -> None:
+    guest = Person.new("Kim")
+    order = GroupOrder(api, Person.new("Lea"), [guest])
+    # 12.00 + 2 × 2.50 = 17.00, split 8.50 each
+    await order.create(create_body(order.host, cart((PIZZA, 1), (SODA, 2))))
+    await order.open()
+    link = await page_link_of(order, guest)
+    base, token = link.split("#")
+    retry_url = base + "/retry"
+    first_link = await order.link_of(guest)
+
+    # hostile input: a wrong, cut or missing token, or a malformed group id, finds nothing
+    for wrong in ("A" * len(token), token[:-1], "", "<script>"):
+        reply = await api.request("POST", retry_url, headers={"X-Mppo-Invite": wrong})
+        assert reply.status == 404, (wrong, reply.body)
+    bad_id = base.rsplit("/", 1)[0] + "/not-a-group/retry"
+    assert (await api.request("POST", bad_id, headers={"X-Mppo-Invite": token})).status == 404
+    # nothing declined yet: nothing to retry, for the member or the host
+    reply = await api.request("POST", retry_url, headers={"X-Mppo-Invite": token})
+    assert nothing_to_retry(reply), reply
+    assert await order.link_of(guest) == first_link
+
+    context = await browser.new_context(viewport={"width": 800, "height": 900})
+    try:
+        page = await open_page(context, link)
+        await expect(page.locator("#share")).to_have_text("8.50 USD")
+        retry = page.get_by_role("button", name="Try again")
+        await expect(retry).to_be_hidden()
+
+        # the card is declined: the page offers "Try again", not the closed checkout
+        assert await pay_on_provider_page(page, context, CARD_DECLINE) == "Payment declined."
+        await expect(page.locator("#you-status")).to_contain_text(
+            "did not go through", timeout=30_000
+        )
+        await expect(retry).to_be_visible()
+        await expect(page.get_by_role("button", name=re.compile("^Pay"))).to_have_count(0)
+        await order.wait_member(guest, "PAYMENT_FAILED")
+
+        # the host's invite token retries only the host's own payment: nothing to retry there
+        host_token = order.member(await order.get(), order.host)["inviteToken"]
+        assert host_token
+        assert host_token != token
+        reply = await api.request("POST", retry_url, headers={"X-Mppo-Invite": host_token})
+        assert nothing_to_retry(reply), reply
+        assert order.member(await order.get(), guest)["status"] == "MEMBER_STATUS_PAYMENT_FAILED"
+
+        shot = tmp_path / "declined.png"
+        await page.screenshot(path=str(shot), full_page=True)
+
+        await retry.click()
+        pay = page.get_by_role("button", name="Pay 8.50 USD")
+        await expect(pay).to_be_visible(timeout=30_000)
+        await expect(retry).to_be_hidden()
+        new_link = await order.link_of(guest)
+        assert new_link != first_link
+        assert await pay.get_attribute("href") == new_link
+        member = order.member(await order.get(guest.user), guest)
+        assert (member["status"], member["attempt"]) == ("MEMBER_STATUS_AWAITING_PAYMENT", 2)
+
+        # a second click's request (the button is gone; a replay) has nothing left to retry
+        reply = await api.request("POST", retry_url, headers={"X-Mppo-Invite": token})
+        assert nothing_to_retry(reply), reply
+
+        # the fresh link takes a good card
+        assert (await pay_on_provider_page(page, context, CARD_SUCCESS)).startswith(
+            "Payment authorized"
+        )
+        await expect(page.locator("#you-status")).to_contain_text("You have paid", timeout=30_000)
+        await order.wait_member(guest, "PAID")
+        state = (await api.request("GET", base + "/state", headers={"X-Mppo-Invite": token})).ok()
+        assert (state["you"]["status"], state["you"]["canRetry"]) == ("PAID", False)
+
+        await order.pay([order.host])
+        await expect(page.locator("#status")).to_have_text(
+            "Confirmed: the order is placed", timeout=60_000
+        )
+    finally:
+        await context.close()
+    keep(shot, "group-page-declined.png")
+    await order.wait("CONFIRMED")
+
+
+#: the sandbox's holds last 7 days; the group service is due MPPO_GROUP_HOLD_MARGIN_SECONDS
+#: (default 3600) before a hold lapses
+HOLD_SECONDS = 7 * 86400
+MARGIN_SECONDS = 3600
+
+
+async def test_the_page_says_a_lapsing_hold_ended_the_group_early(
+    api: Api, browser: Browser, tmp_path: Path
+) -> None:
+    guest = Person.new("Nia")
+    order = GroupOrder(api, Person.new("Max"), [guest])
+    # the deadline is two hours away; the host's hold will lapse in an hour and a minute
+    await order.create(create_body(order.host, cart((PIZZA, 1), (SODA, 2))))
+    await order.open()
+    link = await page_link_of(order, guest)
+    base, token = link.split("#")
+    clock = api.stack.sandbox + "/_sandbox/clock"
+    lapses_in = MARGIN_SECONDS + 60
+    (await api.request("POST", clock, json_body={"offset_seconds": lapses_in - HOLD_SECONDS})).ok()
+    try:
+        await order.pay([order.host])
+    finally:
+        (await api.request("POST", clock, json_body={"offset_seconds": 0})).ok()
+
+    context = await browser.new_context(viewport={"width": 800, "height": 900})
+    try:
+        page = await open_page(context, link)
+        await expect(page.locator("#share")).to_have_text("8.50 USD")
+        # the payment service learns the hold's lapse on its next re-read and warns; the group
+        # is due an hour (the margin) before the lapse, i.e. about a minute from now
+        await expect(page.locator("#status")).to_have_text(
+            "Ended early: a card hold would have lapsed before the order could be placed",
+            timeout=150_000,
+        )
+        await expect(page.locator("#close-reason")).to_contain_text(
+            "Reason: the hold of Max's share lapses at"
+        )
+        await expect(page.locator("#you-status")).to_contain_text("Nothing more will be charged")
+        await expect(page.get_by_role("button", name=re.compile("^Pay"))).to_have_count(0)
+        shot = tmp_path / "ended-early.png"
+        await page.screenshot(path=str(shot), full_page=True)
+    finally:
+        await context.close()
+    state = (await api.request("GET", base + "/state", headers={"X-Mppo-Invite": token})).ok()
+    assert (state["status"], state["endedEarly"]) == ("EXPIRED", True)
+    assert state["closeReason"].startswith("the hold of Max's share lapses at"), state
+    expired = await order.wait("EXPIRED")
+    assert expired["closeReason"] == state["closeReason"]
+    keep(shot, "group-page-ended-early.png")

@@ -72,7 +72,9 @@ def test_a_member_sees_their_share_and_link_and_only_the_others_names() -> None:
         "share": "5.00 USD",
         "paid": "0.00 USD",
         "payLink": "https://psp.example/gus",
+        "canRetry": False,
     }
+    assert (view["closeReason"], view["endedEarly"]) == ("", False)
     assert view["members"] == [
         {"name": "<b>host</b>", "paid": False, "you": False},
         {"name": "<b>gus</b>", "paid": False, "you": True},
@@ -115,3 +117,26 @@ def test_the_page_has_no_inline_code_and_writes_text_only() -> None:
     assert "script-src 'self'" in CSP
     assert "default-src 'none'" in CSP
     assert "'unsafe-inline'" not in CSP
+
+
+def test_a_declined_member_is_offered_a_retry_not_the_closed_checkout() -> None:
+    group = _group()
+    group.members[1].status = group_pb2.MEMBER_STATUS_PAYMENT_FAILED
+    view = member_view(group, TOKENS["gus"], NOW)
+    assert view["you"]["status"] == "PAYMENT_FAILED"
+    assert (view["you"]["payLink"], view["you"]["canRetry"]) == ("", True)
+    # only their own: the others are not offered anything
+    assert member_view(group, TOKENS["host"], NOW)["you"]["canRetry"] is False
+    group.status = group_pb2.GROUP_STATUS_EXPIRED
+    assert member_view(group, TOKENS["gus"], NOW)["you"]["canRetry"] is False
+
+
+def test_a_closed_group_says_why_and_whether_a_lapsing_hold_ended_it_early() -> None:
+    group = _group(group_pb2.GROUP_STATUS_EXPIRED)
+    group.close_reason = "the hold of <b>zed</b>'s share lapses at 2030-01-01 13:00 UTC"
+    early = member_view(group, TOKENS["gus"], NOW, ended_early=True)
+    assert (early["closeReason"], early["endedEarly"]) == (group.close_reason, True)
+    open_group = _group()
+    open_group.close_reason = "not shown while open"
+    view = member_view(open_group, TOKENS["gus"], NOW, ended_early=True)
+    assert (view["closeReason"], view["endedEarly"]) == ("", False)
