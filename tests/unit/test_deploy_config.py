@@ -81,6 +81,8 @@ WEBHOOK_PATH = "/payments/webhook"
 # The members' group page: the Python gateway (compose/Kubernetes service `group-page`, port
 # 8081) behind Envoy's `group_page` cluster.
 GROUP_PAGE_PREFIX = "/g/"
+#: the one POST under /g/ (the group page's "Try again"), exempt from the JWT by a regex rule
+GROUP_PAGE_RETRY = "^/g/[0-9a-f-]{36}/retry$"
 GROUP_PAGE_CLUSTER = "group_page"
 GROUP_PAGE_SERVICE = ("group-page", 8081)
 
@@ -332,16 +334,8 @@ def _sample_path(template: str) -> str:
 
 
 def _jwt_required(jwt: Any, verb: str, path: str) -> bool:
-    """Emulate jwt_authn's first-match rule selection (prefix or path + exact `:method`)."""
-    for rule in jwt.rules:
-        prefix, exact = str(rule.match.prefix or ""), str(rule.match.path or "")
-        assert bool(prefix) != bool(exact), f"JWT rule needs one of prefix/path: {rule}"
-        if not (path == exact if exact else path.startswith(prefix)):
-            continue
-        method = _method_header(rule.match)
-        if method is None or method == verb:
-            return rule.requires is not None
-    return False
+    """Whether jwt_authn asks a request for a JWT (its first matching rule requires one)."""
+    return _jwt_rule_for(jwt, verb, path).requires is not None
 
 
 def _secret_files(compose: JSON, service: str) -> dict[str, Path]:
@@ -715,8 +709,8 @@ def test_routes_cover_rest_prefixes_and_webhooks(bootstrap: Any) -> None:
 EDGE_ENDPOINTS = ("/healthz", "/openapi.json")
 
 
-def _group_page_paths() -> list[str]:
-    """A concrete path for every route the Python gateway's group page registers."""
+def _group_page_routes() -> list[tuple[str, str]]:
+    """(method, a concrete path) for every route the Python gateway's group page registers."""
     from types import SimpleNamespace
 
     from aiohttp import web
@@ -726,11 +720,39 @@ def _group_page_paths() -> list[str]:
     app = web.Application()
     group_page.add_routes(app, SimpleNamespace(catalog=Catalog.load(DESCRIPTORS_FILE)))
     sample = "3f2b8c1e-4d5a-4b6c-9d7e-0f1a2b3c4d5e"
-    paths = [
-        re.sub(r"\{[^}]+\}", sample, resource.canonical) for resource in app.router.resources()
+    routes = [
+        (route.method, re.sub(r"\{[^}]+\}", sample, route.resource.canonical))
+        for route in app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
     ]
-    assert paths, "the group page registers no route"
-    return paths
+    assert routes, "the group page registers no route"
+    return routes
+
+
+def _rule_where(match: Any) -> str:
+    """What a jwt_authn rule matches: its prefix, exact path or safe_regex."""
+    if match.prefix or match.path:
+        return str(match.prefix or match.path)
+    assert match.safe_regex is not None, f"unexpected rule match {match}"
+    return str(match.safe_regex.regex)
+
+
+def _jwt_rule_for(jwt: Any, verb: str, path: str) -> Any:
+    """The first jwt_authn rule that matches a request (prefix, exact path or safe_regex, and
+    an exact `:method` if the rule names one), as Envoy picks it."""
+    for rule in jwt.rules:
+        match = rule.match
+        if match.prefix:
+            hit = path.startswith(str(match.prefix))
+        elif match.path:
+            hit = path == str(match.path)
+        else:
+            assert match.safe_regex is not None, f"unexpected rule match {match}"
+            hit = re.fullmatch(str(match.safe_regex.regex), path) is not None
+        method = _method_header(match)
+        if hit and (method is None or method == verb):
+            return rule
+    raise AssertionError(f"no jwt_authn rule for {verb} {path}")
 
 
 def test_the_group_page_is_served_at_the_edge_by_the_python_gateway(
@@ -738,13 +760,20 @@ def test_the_group_page_is_served_at_the_edge_by_the_python_gateway(
 ) -> None:
     """Invitation e-mails link to MPPO_GROUP_PAGE_URL/g/<id>#<token>: every /g/ route of the
     Python gateway reaches it through Envoy, untokened (the invite token is the capability),
-    untranscoded, with no user identity, and only for GET."""
+    untranscoded, with no user identity, and only for the methods it serves (GET, and POST
+    for the page's retry)."""
     routes = _envoy_routes(bootstrap)
-    for path in _group_page_paths():
+    jwt = _http_filters(bootstrap)["envoy.filters.http.jwt_authn"]
+    for verb, path in _group_page_routes():
         assert path.startswith(GROUP_PAGE_PREFIX), path
-        first = _first_route(routes, "GET", path)
-        assert first is not None, f"Envoy has no route for {path}"
-        assert first.cluster == GROUP_PAGE_CLUSTER, (path, first)
+        first = _first_route(routes, verb, path)
+        assert first is not None, f"Envoy has no route for {verb} {path}"
+        assert first.cluster == GROUP_PAGE_CLUSTER, (verb, path, first)
+        # the member has an invite token, not an account: no JWT is asked for
+        assert _jwt_rule_for(jwt, verb, path).requires is None, (verb, path)
+    # ... but nothing else under /g/ skips the JWT: another method, or another POST path
+    for verb, path in (("POST", "/g/x/state"), ("DELETE", "/g/x"), ("POST", "/g/x/retry/more")):
+        assert _jwt_rule_for(jwt, verb, path).requires is not None, (verb, path)
     # /group (the REST API) is not swallowed by /g/, nor the other way round
     group_api = _first_route(routes, "GET", "/group/x1")
     assert group_api is not None
@@ -794,13 +823,29 @@ def test_jwt_rules_exempt_only_webhooks_and_the_edge_endpoints(bootstrap: Any) -
         assert provider.remote_jwks is not None, f"provider {name} has no remote JWKS"
         claims = {(c.header_name, c.claim_name) for c in provider.claim_to_headers}
         assert ("x-mppo-user-id", "sub") in claims
-    rules = [(str(r.match.prefix or r.match.path), r.requires) for r in jwt.rules]
+    rules = [(_rule_where(r.match), r.requires) for r in jwt.rules]
     unauthenticated = [prefix for prefix, requires in rules if requires is None]
-    assert unauthenticated == [WEBHOOK_PREFIX, WEBHOOK_PATH, GROUP_PAGE_PREFIX, *EDGE_ENDPOINTS]
+    assert unauthenticated == [
+        WEBHOOK_PREFIX,
+        WEBHOOK_PATH,
+        GROUP_PAGE_PREFIX,
+        GROUP_PAGE_RETRY,
+        *EDGE_ENDPOINTS,
+    ]
     routes = _envoy_routes(bootstrap)
     for rule in jwt.rules:
         if rule.requires is None:
-            where = str(rule.match.prefix or rule.match.path)
+            where = _rule_where(rule.match)
+            if where == GROUP_PAGE_RETRY:
+                # POST only, the page's retry of one member's payment (invite token checked
+                # by the group page's gateway)
+                assert _method_header(rule.match) == "POST", where
+                first = _first_route(
+                    routes, "POST", "/g/3f2b8c1e-4d5a-4b6c-9d7e-0f1a2b3c4d5e/retry"
+                )
+                assert first is not None, where
+                assert first.cluster == GROUP_PAGE_CLUSTER, first
+                continue
             if where in EDGE_ENDPOINTS:
                 # GET only, answered by Envoy itself: nothing reaches a service untokened
                 assert _method_header(rule.match) == "GET", where

@@ -323,7 +323,9 @@ class Member(_message.Message):
     invite_token: _builtins.str
     """Token the member presents to join the group; only shown to the host."""
     provider: _payment_pb2.Provider.ValueType
-    """The provider the member pays with; unspecified means the payment service's default."""
+    """The provider the member pays with: the one they (or the host for them) chose, else the
+    configured default (a member who chose none follows a change of the default).
+    """
     @_builtins.property
     def share_spec(self) -> Global___ShareSpec:
         """The member's split parameter."""

@@ -74,7 +74,7 @@ class _PaymentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Payment
     PAYMENT_STATUS_FAILED: _PaymentStatus.ValueType  # 7
     """The payment was declined or failed."""
     PAYMENT_STATUS_EXPIRED: _PaymentStatus.ValueType  # 8
-    """The intent lapsed before the payer paid."""
+    """The intent lapsed before the payer paid, or a hold lapsed at the provider uncaptured."""
 
 class PaymentStatus(_PaymentStatus, metaclass=_PaymentStatusEnumTypeWrapper):
     """PaymentStatus is the state of one payment; states only move forward."""
@@ -96,7 +96,7 @@ PAYMENT_STATUS_REFUNDED: PaymentStatus.ValueType  # 6
 PAYMENT_STATUS_FAILED: PaymentStatus.ValueType  # 7
 """The payment was declined or failed."""
 PAYMENT_STATUS_EXPIRED: PaymentStatus.ValueType  # 8
-"""The intent lapsed before the payer paid."""
+"""The intent lapsed before the payer paid, or a hold lapsed at the provider uncaptured."""
 Global___PaymentStatus: _TypeAlias = PaymentStatus  # noqa: Y015
 
 @_typing.final
