@@ -233,7 +233,8 @@ REQUIRED_REQUEST = frozenset(
 FIELD_NOTES: dict[str, str] = {
     "mppo.group.v1.CreateGroupRequest.deadline": "It must also lie within the shortest hold"
     " window of the payment providers in play (by default 7 days for Stripe and the sandbox,"
-    " 3 for Razorpay and PayPal; MPPO_HOLD_WINDOW_*_SECONDS), or the group is refused with"
+    " 3 for Razorpay and PayPal; MPPO_HOLD_WINDOW_*_SECONDS) less the hold margin (1 hour by"
+    " default) and, under HOST_PAYS_REMAINING, the host's grace, or the group is refused with"
     " reason DEADLINE_BEYOND_HOLD. The example's date is a placeholder: send one a few days"
     " from now.",
 }

@@ -498,22 +498,36 @@ class Group:
         return member
 
     def check_holds(
-        self, providers: ProviderChoice, now: datetime, field_name: str = "deadline"
+        self,
+        providers: ProviderChoice,
+        now: datetime,
+        field_name: str = "deadline",
+        *,
+        margin: timedelta = timedelta(0),
+        host_grace: timedelta = timedelta(0),
     ) -> None:
         """Refuse a deadline the holds of the providers in play cannot outlast: a share paid now
-        must still be held when the group completes at its deadline (InvalidArgumentError
-        naming `field_name`). Only DRAFT and OPEN groups are checked."""
+        must still be held, `margin` to spare (the hold policy's: `hold_lapsing`), when the
+        group completes: at its deadline, or the host's grace later under HOST_PAYS_REMAINING.
+        So no hold placed after creation ever makes a group end before its deadline
+        (InvalidArgumentError naming `field_name`). Only DRAFT and OPEN groups are checked."""
         if self.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
             return
         name, window = providers.shortest_window(m.provider for m in self.members)
-        if self.deadline - now > window:
-            hours = window.total_seconds() / 3600
+        after = margin
+        if self.fallback_policy is FallbackPolicy.HOST_PAYS_REMAINING:
+            after += host_grace
+        latest = window - after
+        if self.deadline - now > latest:
             raise InvalidArgumentError(
-                f"the deadline is further away than {name} holds a payment ({hours:g} hours)",
+                f"the deadline is further away than {name} holds a payment ({_span(window)}),"
+                f" less {_span(after)} for the group to complete",
                 [
                     FieldViolation(
                         field_name,
-                        f"at most {hours:g} hours from now: {name} holds a payment that long",
+                        f"at most {_span(max(latest, timedelta(0)))} from now: {name} holds a"
+                        f" payment {_span(window)}, and the group must complete {_span(after)}"
+                        " before a hold lapses",
                     )
                 ],
                 reason="DEADLINE_BEYOND_HOLD",
@@ -871,3 +885,15 @@ def check_member_list(
             seen_user.add(user_id)
     if bad:
         raise InvalidArgumentError("duplicate members", bad, reason="DUPLICATE_MEMBER")
+
+
+def _span(duration: timedelta) -> str:
+    """``timedelta(days=7)`` → ``7 days``; ``timedelta(minutes=70)`` → ``1 hour 10 minutes``
+    (whole seconds; ``0 seconds`` for nothing)."""
+    left = int(duration.total_seconds())
+    parts: list[str] = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count} {unit}{'s' if count != 1 else ''}")
+    return " ".join(parts) or "0 seconds"

@@ -341,8 +341,19 @@ class GroupHandlers:
             actor=cmd.caller.label,
             now=now,
         )
-        group.check_holds(self._providers, now)
+        self._check_holds(group, now)
         return group
+
+    def _check_holds(self, group: Group, now: datetime, field_name: str = "deadline") -> None:
+        """The group's deadline within its providers' hold windows, the hold policy's margin
+        and the host's grace to spare (`Group.check_holds`)."""
+        group.check_holds(
+            self._providers,
+            now,
+            field_name,
+            margin=self._hold_margin,
+            host_grace=self._host_grace,
+        )
 
     async def quote_cart(self, cmd: c.CreateGroup) -> c.CreateGroup:
         """The command with its cart priced by the merchant's catalogue (through the order
@@ -414,7 +425,7 @@ class GroupHandlers:
         group = await _load_for_host(uow, cmd.caller, cmd.group_id)
         self._check_new_members(cmd.members, "members")
         added = group.add_members(cmd.members, self._clock(), "members")
-        group.check_holds(self._providers, self._clock(), "members")
+        self._check_holds(group, self._clock(), "members")
         await uow.groups.save(group, new_members={m.member_id for m in added})
         self._invalidate_after_commit(uow, group)
         return group
@@ -471,7 +482,7 @@ class GroupHandlers:
             changes = resolve(member.provider) != resolve(cmd.provider)
             group.choose_provider(member, cmd.provider, changes)
             if changes:
-                group.check_holds(self._providers, now, "provider")
+                self._check_holds(group, now, "provider")
             return f"the member pays with {resolve(cmd.provider)} instead"
 
         group = await self._change_closing_checkouts(uow, cmd.group_id, load, change)

@@ -72,6 +72,32 @@ async def test_a_deadline_beyond_the_shortest_hold_in_play_is_refused(
     assert "razorpay" in violation.description
 
 
+async def test_the_deadline_leaves_the_hold_policy_its_margin_and_the_host_his_grace(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock
+) -> None:
+    # a share paid the moment the group is created lapses 7 days later; the group must complete
+    # the hold policy's margin (1 hour here) before that, or it would have to end early
+    margin, grace = MARGIN.total_seconds(), GRACE.total_seconds()
+    await create(handlers, uow, create_cmd(clock, deadline_in=7 * DAY - margin))
+    with pytest.raises(InvalidArgumentError) as refused:
+        await create(handlers, uow, create_cmd(clock, deadline_in=7 * DAY - margin + 1))
+    (violation,) = refused.value.violations
+    assert violation.field == "deadline"
+    assert violation.description == (
+        "at most 6 days 23 hours 50 minutes from now: sandbox holds a payment 7 days,"
+        " and the group must complete 10 minutes before a hold lapses"
+    )
+    # with HOST_PAYS_REMAINING the host's grace comes after the deadline: it must fit too
+    host_pays = FallbackPolicy.HOST_PAYS_REMAINING
+    await create(
+        handlers, uow, create_cmd(clock, policy=host_pays, deadline_in=7 * DAY - margin - grace)
+    )
+    with pytest.raises(InvalidArgumentError):
+        await create(
+            handlers, uow, create_cmd(clock, policy=host_pays, deadline_in=7 * DAY - margin)
+        )
+
+
 async def test_a_provider_that_is_not_configured_is_refused(
     handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock
 ) -> None:
