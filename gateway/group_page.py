@@ -319,8 +319,11 @@ class GroupPage:
         early = await self._ended_early(request, group)
         return self._secure(web.json_response(member_view(group, token, datetime.now(UTC), early)))
 
-    async def state(self, request: web.Request) -> web.StreamResponse:
-        """What the member holding the invite token may see, as JSON."""
+    async def _admitted_group(
+        self, request: web.Request
+    ) -> tuple[group_pb2.GroupOrder, str] | web.StreamResponse:
+        """The group and invite token of an admitted request, or the answer refusing it (404
+        for a group or token that does not exist, 503 when the group service cannot say)."""
         admitted = await self._admit(request)
         if not isinstance(admitted, tuple):
             return admitted
@@ -331,6 +334,14 @@ class GroupPage:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 return self._not_found()
             return self._unavailable("GetGroup", exc)
+        return group, token
+
+    async def state(self, request: web.Request) -> web.StreamResponse:
+        """What the member holding the invite token may see, as JSON."""
+        found = await self._admitted_group(request)
+        if not isinstance(found, tuple):
+            return found
+        group, token = found
         return await self._view(request, group, token)
 
     async def retry(self, request: web.Request) -> web.StreamResponse:
@@ -338,16 +349,11 @@ class GroupPage:
         declined: RetryPayment for that member (never another), then the state with the new
         link. FAILED_PRECONDITION (400) when there is nothing to retry (the group service's
         refusal)."""
-        admitted = await self._admit(request)
-        if not isinstance(admitted, tuple):
-            return admitted
-        group_id, token = admitted
-        try:
-            group = await self._group(request, group_id)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                return self._not_found()
-            return self._unavailable("GetGroup", exc)
+        found = await self._admitted_group(request)
+        if not isinstance(found, tuple):
+            return found
+        group, token = found
+        group_id = group.group_id
         try:
             you = member_of(group, token)
         except NoSuchPageError:

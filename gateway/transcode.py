@@ -48,21 +48,6 @@ _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 # What json_format may raise besides ParseError on hostile values (huge or odd numbers, ...).
 _PARSE_ERRORS = (json_format.ParseError, ValueError, TypeError, OverflowError, RecursionError)
-# Well-known types whose JSON form is a string or scalar, so a query parameter can hold them.
-_SCALAR_WKT = {
-    "google.protobuf.Timestamp",
-    "google.protobuf.Duration",
-    "google.protobuf.FieldMask",
-    "google.protobuf.StringValue",
-    "google.protobuf.BytesValue",
-    "google.protobuf.Int32Value",
-    "google.protobuf.Int64Value",
-    "google.protobuf.UInt32Value",
-    "google.protobuf.UInt64Value",
-    "google.protobuf.BoolValue",
-    "google.protobuf.FloatValue",
-    "google.protobuf.DoubleValue",
-}
 
 
 class BadRequestError(ValueError):
@@ -99,6 +84,13 @@ _WRAPPERS = {
     "google.protobuf.BoolValue",
     "google.protobuf.FloatValue",
     "google.protobuf.DoubleValue",
+}
+# Well-known types whose JSON form is a string or scalar, so a query parameter can hold them.
+_SCALAR_WKT = {
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
+    *_WRAPPERS,
 }
 _ANY_JSON = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
 _MAX_ENUM_NAMES = 12
