@@ -19,7 +19,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from gateway.descriptors import HttpBinding
 
 
-def _lookup(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
+def field_named(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
+    """The field of `descriptor` called `name`, by its proto name or its JSON name."""
     found = descriptor.fields_by_name.get(name)
     if found is not None:
         return found
@@ -55,7 +56,7 @@ def json_path(descriptor: Descriptor, path: str, keep: Iterable[str] = ()) -> st
         j = i
         while j < n and path[j] not in ".[":
             j += 1
-        fld = _lookup(current, path[i:j]) if current is not None else None
+        fld = field_named(current, path[i:j]) if current is not None else None
         if fld is None:
             out.append(path[i:])
             break

@@ -36,6 +36,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from gateway.descriptors import Catalog, HttpBinding
 from gateway.openapi_examples import EXAMPLES, WEBHOOK_EXAMPLE
+from gateway.ratelimit import LIMIT_HEADER, RATELIMIT_HEADERS, REMAINING_HEADER, RESET_HEADER
 from gateway.routing import Router
 from gateway.transcode import HTTP_BODY
 
@@ -257,16 +258,16 @@ IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 ENVOY_YAML = Path(__file__).resolve().parent / "envoy.yaml"
 
 _HEADERS: Json = {
-    "X-RateLimit-Limit": {
+    LIMIT_HEADER: {
         "description": "Requests a client may send in a burst (the token bucket's size).",
         "schema": {"type": "integer"},
     },
-    "X-RateLimit-Remaining": {
+    REMAINING_HEADER: {
         "description": "Requests left in the bucket now (absent when the limiter could not"
         " be asked and let the request through).",
         "schema": {"type": "integer"},
     },
-    "X-RateLimit-Reset": {
+    RESET_HEADER: {
         "description": "Seconds until the bucket is full again.",
         "schema": {"type": "integer"},
     },
@@ -296,7 +297,7 @@ _PARAMETERS: Json = {
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
     }
 }
-_ALWAYS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-Request-Id")
+_ALWAYS = (*RATELIMIT_HEADERS, "X-Request-Id")
 
 
 def _headers(*names: str) -> Json:

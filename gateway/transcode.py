@@ -38,6 +38,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.descriptors import Catalog, HttpBinding
+from gateway.field_names import field_named, json_path
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def check_message_json(descriptor: Descriptor, value: Any, where: str) -> None:
         return
     for key, item in value.items():
         here = f"{where}.{key}" if where else str(key)
-        fld = _field(descriptor, key) if isinstance(key, str) else None
+        fld = field_named(descriptor, key) if isinstance(key, str) else None
         if fld is None:
             raise BadRequestError(here, "unknown field", "UNKNOWN_FIELD")
         here = f"{where}.{fld.json_name}" if where else fld.json_name
@@ -232,13 +233,6 @@ def _parses(target: Timestamp | Duration, text: str) -> bool:
     return True
 
 
-def _field(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
-    found = descriptor.fields_by_name.get(name)
-    if found is not None:
-        return found
-    return next((f for f in descriptor.fields if f.json_name == name), None)
-
-
 def _resolve(descriptor: Descriptor, dotted: str) -> list[FieldDescriptor]:
     """The chain of fields a dotted path names (proto or JSON names), or BadRequestError."""
     chain: list[FieldDescriptor] = []
@@ -246,7 +240,7 @@ def _resolve(descriptor: Descriptor, dotted: str) -> list[FieldDescriptor]:
     for part in dotted.split("."):
         if current is None:
             raise BadRequestError(dotted, "is not a message field, cannot select into it")
-        fld = _field(current, part)
+        fld = field_named(current, part)
         if fld is None:
             raise BadRequestError(dotted, f"no such field in {descriptor.name}")
         chain.append(fld)
@@ -363,7 +357,7 @@ class Transcoder:
                 sent = _get_path(message, path)
                 if sent not in (None, "", _get_path(extra, path)):
                     raise BadRequestError(
-                        _json_names(descriptor, path),
+                        json_path(descriptor, path),
                         "contradicts the value in the path; leave it out of the body",
                         "PATH_MISMATCH",
                     )
@@ -465,25 +459,12 @@ def _get_path(message: Any, dotted: str) -> Any:
     *parents, last = dotted.split(".")
     node = message
     for part in parents:
-        fld = _field(node.DESCRIPTOR, part)
+        fld = field_named(node.DESCRIPTOR, part)
         if fld is None or not node.HasField(fld.name):
             return None
         node = getattr(node, fld.name)
-    fld = _field(node.DESCRIPTOR, last)
+    fld = field_named(node.DESCRIPTOR, last)
     return None if fld is None or fld.message_type is not None else getattr(node, fld.name)
-
-
-def _json_names(descriptor: Descriptor, dotted: str) -> str:
-    """A dotted proto path by JSON names."""
-    names: list[str] = []
-    current: Descriptor | None = descriptor
-    for part in dotted.split("."):
-        fld = _field(current, part) if current is not None else None
-        if fld is None:
-            return dotted
-        names.append(fld.json_name)
-        current = fld.message_type
-    return ".".join(names)
 
 
 def _clear_path(message: Any, dotted: str) -> None:
@@ -491,10 +472,10 @@ def _clear_path(message: Any, dotted: str) -> None:
     *parents, last = dotted.split(".")
     node = message
     for part in parents:
-        fld = _field(node.DESCRIPTOR, part)
+        fld = field_named(node.DESCRIPTOR, part)
         if fld is None or not node.HasField(fld.name):
             return
         node = getattr(node, fld.name)
-    fld = _field(node.DESCRIPTOR, last)
+    fld = field_named(node.DESCRIPTOR, last)
     if fld is not None:
         node.ClearField(fld.name)

@@ -62,16 +62,20 @@ class Upstreams:
             self._channels[area] = channel
         return channel
 
-    async def call(
-        self, binding: HttpBinding, request: Message, metadata: Sequence[tuple[str, str]]
-    ) -> Message:
-        """Call the binding's RPC; raises grpc.aio.AioRpcError with the service's status."""
+    def _rpc(self, binding: HttpBinding) -> grpc.aio.UnaryUnaryMultiCallable[Message, Message]:
+        """The binding's RPC on its service's channel, answering its output message."""
         response_class = self.catalog.message_class(binding.method.output_type)
-        rpc = self._channel(binding.area).unary_unary(
+        return self._channel(binding.area).unary_unary(
             binding.grpc_path,
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_class.FromString,
         )
+
+    async def call(
+        self, binding: HttpBinding, request: Message, metadata: Sequence[tuple[str, str]]
+    ) -> Message:
+        """Call the binding's RPC; raises grpc.aio.AioRpcError with the service's status."""
+        rpc = self._rpc(binding)
         response: Message = await rpc(request, metadata=tuple(metadata), timeout=self.timeout)
         return response
 
@@ -80,13 +84,7 @@ class Upstreams:
     ) -> tuple[Message, dict[str, str]]:
         """`call`, also returning the service's response headers (initial metadata, keys
         lower-case; e.g. `idempotent-replayed`)."""
-        response_class = self.catalog.message_class(binding.method.output_type)
-        rpc = self._channel(binding.area).unary_unary(
-            binding.grpc_path,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_class.FromString,
-        )
-        call = rpc(request, metadata=tuple(metadata), timeout=self.timeout)
+        call = self._rpc(binding)(request, metadata=tuple(metadata), timeout=self.timeout)
         response: Message = await call
         headers = {
             str(key).lower(): value

@@ -514,9 +514,7 @@ class Group:
         if self.status not in (GroupStatus.DRAFT, GroupStatus.OPEN):
             return
         name, window = providers.shortest_window(m.provider for m in self.members)
-        after = margin
-        if self.fallback_policy is FallbackPolicy.HOST_PAYS_REMAINING:
-            after += host_grace
+        after = self._needs_after_due(margin, host_grace)
         latest = window - after
         if self.deadline - now > latest:
             raise InvalidArgumentError(
@@ -532,6 +530,18 @@ class Group:
                 ],
                 reason="DEADLINE_BEYOND_HOLD",
             )
+
+    def _needs_after_due(self, margin: timedelta, host_grace: timedelta) -> timedelta:
+        """How long after it is due (its deadline, or the host's grace deadline once the host
+        covers the rest) the group may still need a hold: `margin` for the order to capture,
+        and under HOST_PAYS_REMAINING before the fallback applied also the host's grace (the
+        host pays after the deadline)."""
+        if (
+            self.grace_deadline is None
+            and self.fallback_policy is FallbackPolicy.HOST_PAYS_REMAINING
+        ):
+            return margin + host_grace
+        return margin
 
     def choose_provider(self, member: Member, provider: str, changes: bool) -> bool:
         """The member pays with `provider` from now on (`changes`: it is not the provider of
@@ -600,14 +610,8 @@ class Group:
             self.transition(GroupStatus.PENDING, f"{why}: all shares secured", actor, now)
             self.events += [ev.FullyPaid(), ev.Finalized()]
             return True
-        safe = lapses_at - margin
-        if self.grace_deadline is not None:
-            current, latest = self.grace_deadline, safe
-        elif self.fallback_policy is FallbackPolicy.HOST_PAYS_REMAINING:
-            current, latest = self.deadline, safe - host_grace
-        else:
-            current, latest = self.deadline, safe
-        due = max(now, latest)
+        current = self.deadline if self.grace_deadline is None else self.grace_deadline
+        due = max(now, lapses_at - self._needs_after_due(margin, host_grace))
         if current <= due:
             return False  # the group completes in time (or is due already)
         self.due_reason = why

@@ -260,6 +260,15 @@ Listener = Callable[[ManagedProcess, str], None]
 """Told about every restart: the process and one line saying what happened."""
 
 
+def _announce(proc: ManagedProcess, level: int, message: str, listener: Listener | None) -> None:
+    """What the supervisor did to `proc`: in our log at `level`, in the process's own log,
+    and to `listener`."""
+    _log.log(level, "%s", message)
+    _append_log(proc.log_path, f"supervisor: {message}")
+    if listener is not None:
+        listener(proc, message)
+
+
 class Supervisor:
     """Starts processes one by one, waits for each to be ready, keeps them up
     (:meth:`keep_up`), stops them in reverse order."""
@@ -370,10 +379,7 @@ class Supervisor:
                 f"{len(proc.exits)} times within {policy.window:.0f}s: left down "
                 f"(log: {proc.log_path})"
             )
-            _log.error("%s", message)
-            _append_log(proc.log_path, f"supervisor: {message}")
-            if listener is not None:
-                listener(proc, message)
+            _announce(proc, logging.ERROR, message, listener)
             return
         delay = policy.delay(len(proc.exits))
         proc.state = RESTARTING
@@ -382,10 +388,7 @@ class Supervisor:
             f"{len(proc.exits)}/{policy.max_restarts} within {policy.window:.0f}s "
             f"in {delay:.1f}s"
         )
-        _log.warning("%s", message)
-        _append_log(proc.log_path, f"supervisor: {message}")
-        if listener is not None:
-            listener(proc, message)
+        _announce(proc, logging.WARNING, message, listener)
         self._restarting[proc.name] = asyncio.ensure_future(
             self._respawn_after(proc, delay, listener)
         )

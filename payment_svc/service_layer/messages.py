@@ -46,11 +46,8 @@ def money(amount_minor: int, currency_code: str) -> Money:
     return Money(amount_minor=amount_minor, currency_code=currency_code)
 
 
-def to_proto(
-    payment: Payment, created: datetime | None = None, updated: datetime | None = None
-) -> payment_pb2.Payment:
-    """The Payment message; its create/update times are the payments row's (`created` /
-    `updated` override them)."""
+def to_proto(payment: Payment) -> payment_pb2.Payment:
+    """The Payment message; its create/update times are the payments row's."""
     message = payment_pb2.Payment(
         payment_id=payment.payment_id,
         group_id=payment.group_id,
@@ -67,8 +64,8 @@ def to_proto(
     )
     for name, moment in (
         ("authorization_expire_time", payment.authorization_expires_at),
-        ("create_time", created or payment.created_at),
-        ("update_time", updated or payment.updated_at),
+        ("create_time", payment.created_at),
+        ("update_time", payment.updated_at),
     ):
         stamp = _ts(moment)
         if stamp is not None:
