@@ -488,7 +488,7 @@ async def demo(targets: DemoTargets, out: TextIO, *, wait_seconds: float = 60.0)
             result = await run_checkout(client)
             out.write(f"group {result.group_id}: opened, every member paid; waiting for order\n")
             status = await _wait_final(client, result, tap, wait_seconds)
-            await asyncio.sleep(0.5)  # let the last events (notifications) land
+            await _wait_final_notice(client, result, status, NOTICE_WAIT_SECONDS)
             await _write_timeline(out, client, http, result, tap, started)
         except CheckoutError as exc:
             out.write(f"mppo demo failed: {exc}\n")
@@ -498,6 +498,36 @@ async def demo(targets: DemoTargets, out: TextIO, *, wait_seconds: float = 60.0)
                 await tap.stop()
     out.write(f"\nresult: {status} in {time.time() - started:.2f} s\n")
     return 0 if status == "GROUP_STATUS_CONFIRMED" else 1
+
+
+NOTICE_WAIT_SECONDS = 10.0
+_FINAL_NOTICE = {
+    "GROUP_STATUS_CONFIRMED": "NOTIFICATION_KIND_GROUP_CONFIRMED",
+    "GROUP_STATUS_EXPIRED": "NOTIFICATION_KIND_GROUP_EXPIRED",
+    "GROUP_STATUS_CANCELLED": "NOTIFICATION_KIND_GROUP_CANCELLED",
+}
+
+
+async def _wait_final_notice(
+    client: GatewayClient, result: CheckoutResult, status: str, within: float
+) -> bool:
+    """Wait until the notice of the group's end is recorded (it follows the group's event).
+
+    The notification service hears of the end after the group has moved, so the timeline
+    would otherwise race it. True when the notice was seen within ``within`` seconds.
+    """
+    kind = _FINAL_NOTICE.get(status)
+    if kind is None:
+        return False
+    deadline = time.monotonic() + within
+    path = f"/notifications?groupId={result.group_id}"
+    while True:
+        notes = (await client.call("notes", "GET", path, result.host)).get("notifications", [])
+        if any(note.get("kind") == kind for note in notes):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
 
 
 async def _wait_final(
