@@ -3,8 +3,8 @@
 Rendering happens at delivery time from the notification's stored, non-personal facts
 (``params``) plus the recipient's display name, which is fetched for the delivery and never
 stored or logged here. Amounts are integer minor units formatted with their ISO 4217 exponent
-(the one table, :mod:`mppo.platform.money`), written code first as our e-mails always have
-been: ``USD 12.34``.
+(the one table, :mod:`mppo.platform.money`), written as the group page writes them:
+``12.34 USD``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ class EmailContent:
 
 
 def format_money(amount_minor: int | str, currency: str) -> str:
-    """``1050, "USD"`` → ``"USD 10.50"``: the one ISO 4217 table, integer arithmetic only."""
-    code = currency.strip().upper()
-    amount = format_minor(int(amount_minor), code).rsplit(" ", 1)[0]
-    return f"{code} {amount}"
+    """``1050, "USD"`` → ``"10.50 USD"``, as the group page writes it: the one ISO 4217 table,
+    integer arithmetic only."""
+    return format_minor(int(amount_minor), currency.strip().upper())
 
 
 def format_time(rfc3339: str) -> str:

@@ -347,7 +347,7 @@ async def test_invitation_delivered_three_times_is_one_email_per_member_with_its
         assert mail["rcpt_to"] == [emails[name]]
         assert f"https://pay.test/checkout/{member_id}" in mail["body"]
         assert mail["body"].startswith(f"Hi {name},")
-        assert "USD 10.00" in mail["subject"]
+        assert "10.00 USD" in mail["subject"]
         assert "2030-01-02 03:04 UTC" in mail["body"]
         others = [m for m in members.values() if m != member_id]
         assert not any(f"/checkout/{o}" in mail["body"] for o in others)
@@ -392,7 +392,7 @@ async def test_webhook_is_signed_and_retried_once_after_a_500(stack: Stack) -> N
     assert doc["data"]["amount_minor"] == "2000"
     assert not EMAIL_RE.search(hooks[-1].body.decode())  # no personal data in webhooks
     [mail] = await stack.mails(emails["Payer"])
-    assert "USD 20.00" in mail["subject"]
+    assert "20.00 USD" in mail["subject"]
     assert await stack.mails(emails["Host"]) == []
 
 
@@ -449,8 +449,8 @@ async def test_cancellation_says_released_refunded_or_not_charged_per_member(
     assert all(n.status == SENT for n in listed)
     expected = {
         "Host": "You were not charged.",
-        "Held": "The hold on your payment of USD 13.33 has been released.",
-        "Captured": "Your payment of USD 13.33 has been refunded.",
+        "Held": "The hold on your payment of 13.33 USD has been released.",
+        "Captured": "Your payment of 13.33 USD has been refunded.",
     }
     for name, sentence in expected.items():
         mails = [m for m in await stack.mails(emails[name]) if "cancelled" in m["subject"]]
@@ -470,7 +470,7 @@ async def test_expiry_without_settlement_facts_says_release_is_under_way(stack: 
     await stack.publish(group_id, ge.GroupExpired(group_id=group_id, reason="deadline passed"))
     await stack.settled(group_id, count=2 + 4)
     [host_mail] = [m for m in await stack.mails(emails["Host"]) if "expired" in m["subject"]]
-    assert "The hold on your payment of USD 20.00 is being released." in host_mail["body"]
+    assert "The hold on your payment of 20.00 USD is being released." in host_mail["body"]
     [late_mail] = await stack.mails(emails["Late"])
     assert "You were not charged." in late_mail["body"]
 
@@ -495,7 +495,7 @@ async def test_reminder_fallback_and_confirmation_reach_the_right_people(stack: 
     host = {m["subject"]: m["body"] for m in await stack.mails(emails["Host"])}
     quick = {m["subject"]: m["body"] for m in await stack.mails(emails["Quick"])}
     assert any("https://pay.test/r/slow" in b for s, b in slow.items() if "Reminder" in s)
-    assert any("https://pay.test/fallback/host" in b and "USD 13.34" in s for s, b in host.items())
+    assert any("https://pay.test/fallback/host" in b and "13.34 USD" in s for s, b in host.items())
     for got in (slow, host, quick):
         assert any("order-42" in b for s, b in got.items() if "confirmed" in s)
     assert len(slow) == 2

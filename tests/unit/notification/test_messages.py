@@ -16,11 +16,11 @@ LINK = "https://pay.example/checkout/cs_123"
 @pytest.mark.parametrize(
     ("minor", "currency", "text"),
     [
-        (1050, "USD", "USD 10.50"),
-        (5, "EUR", "EUR 0.05"),
-        (1000, "JPY", "JPY 1000"),
-        (1234, "KWD", "KWD 1.234"),
-        (-250, "inr", "INR -2.50"),
+        (1050, "USD", "10.50 USD"),
+        (5, "EUR", "0.05 EUR"),
+        (1000, "JPY", "1000 JPY"),
+        (1234, "KWD", "1.234 KWD"),
+        (-250, "inr", "-2.50 INR"),
     ],
 )
 def test_money_uses_the_iso_4217_exponent(minor: int, currency: str, text: str) -> None:
@@ -40,10 +40,10 @@ def test_invitation_carries_share_total_deadline_and_payment_link() -> None:
         },
         "Alice",
     )
-    assert "USD 25.00" in mail.subject
+    assert "25.00 USD" in mail.subject
     assert mail.body.startswith("Hi Alice,")
     assert LINK in mail.body
-    assert "USD 100.00" in mail.body
+    assert "100.00 USD" in mail.body
     assert "2030-01-02 03:04 UTC" in mail.body
 
 
@@ -57,7 +57,7 @@ def test_reminder_and_host_fallback_carry_their_links() -> None:
         "Host",
     )
     assert LINK + "x" in fallback.body
-    assert "EUR 7.00" in fallback.subject
+    assert "7.00 EUR" in fallback.subject
 
 
 def test_payment_received_and_confirmed() -> None:
@@ -67,7 +67,7 @@ def test_payment_received_and_confirmed() -> None:
         "",
     )
     assert paid.body.startswith("Hello,")
-    assert "USD 19.99" in paid.subject
+    assert "19.99 USD" in paid.subject
     assert "Members still to pay: 2." in paid.body
     confirmed = render_email(Kind.GROUP_CONFIRMED, {"order_id": "ord-9"}, "C")
     assert "confirmed" in confirmed.subject
@@ -78,8 +78,8 @@ def test_payment_received_and_confirmed() -> None:
     ("outcome", "sentence"),
     [
         (Outcome.NOTHING_CHARGED, "You were not charged."),
-        (Outcome.HOLD_RELEASED, "The hold on your payment of USD 12.00 has been released."),
-        (Outcome.REFUNDED, "Your payment of USD 12.00 has been refunded."),
+        (Outcome.HOLD_RELEASED, "The hold on your payment of 12.00 USD has been released."),
+        (Outcome.REFUNDED, "Your payment of 12.00 USD has been refunded."),
         (Outcome.HOLD_RELEASE_PENDING, "is being released"),
         (Outcome.REFUND_PENDING, "is being refunded"),
     ],

@@ -155,7 +155,7 @@ async def test_expiry_notices_wait_for_the_payment_facts_then_say_what_happened(
     h.uow.notifications.make_due()
     await h.sender.work()
     [mail] = h.mailer.sent
-    assert "The hold on your payment of USD 15.00 has been released." in mail.content.body
+    assert "The hold on your payment of 15.00 USD has been released." in mail.content.body
     assert "Reason: deadline passed." in mail.content.body
 
 
