@@ -215,7 +215,6 @@ REQUIRED_REQUEST = frozenset(
                 "items",
                 "split_mode",
                 "fallback_policy",
-                "deadline",
                 "host",
             )
         ),
@@ -236,8 +235,8 @@ FIELD_NOTES: dict[str, str] = {
     " window of the payment providers in play (by default 7 days for Stripe and the sandbox,"
     " 3 for Razorpay and PayPal; MPPO_HOLD_WINDOW_*_SECONDS) less the hold margin (1 hour by"
     " default) and, under HOST_PAYS_REMAINING, the host's grace, or the group is refused with"
-    " reason DEADLINE_BEYOND_HOLD. The example's date is a placeholder: send one a few days"
-    " from now.",
+    " reason DEADLINE_BEYOND_HOLD. The example leaves it out (the default applies), so it can"
+    " be sent as it stands.",
 }
 
 

@@ -5,10 +5,9 @@ that every public body has one) and is accepted by the real services
 (tests/e2e/test_typed_sdk.py posts each: the one that creates something
 succeeds, the ones naming a group that does not exist are answered 404, never 400). Ids are
 shaped like the ones the services issue; carts use the sandbox merchant's catalogue. The
-createGroup deadline is a fixed placeholder (the document must be the same bytes on every
-edge and every day): a real deadline lies within the shortest hold window of the providers in
-play (7 days for Stripe and the sandbox), which the `deadline` field's description says; the
-E2E test replaces it with one an hour ahead before posting.
+createGroup example sets no deadline (the service's default, 24 hours after creation, applies):
+the document is the same bytes on every edge and every day, so a fixed date would soon lie in
+the past or beyond the hold window, and the example is meant to be sent as it stands.
 """
 
 from __future__ import annotations
@@ -50,7 +49,6 @@ EXAMPLES: dict[str, Any] = {
         "tipMinor": "0",
         "splitMode": "SPLIT_MODE_EQUAL",
         "fallbackPolicy": "FALLBACK_POLICY_CANCEL",
-        "deadline": "2030-01-15T18:00:00Z",
         "host": HOST,
         "members": GUESTS[:1],
     },

@@ -49,6 +49,7 @@ class Core:
             host_grace=self.settings.host_grace,
             reminder_lead=self.settings.reminder_lead,
             hold_margin=self.settings.hold_margin,
+            default_deadline=self.settings.default_deadline,
             cache=self.cache,
             clock=utcnow,
             providers=ProviderChoice.from_env(),

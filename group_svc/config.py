@@ -27,6 +27,7 @@ class GroupSettings:
     | MPPO_GROUP_HOST_GRACE_SECONDS | host's grace after HOST_PAYS_REMAINING | 900 |
     | MPPO_GROUP_HOLD_MARGIN_SECONDS | a group is due this long before a hold lapses (note) | 3600 |
     | MPPO_GROUP_REMINDER_LEAD_SECONDS | group.reminder_due this long before the deadline | 3600 |
+    | MPPO_GROUP_DEFAULT_DEADLINE_SECONDS | deadline of a group created without one | 86400 |
     | MPPO_GROUP_SCHEDULER | run the expiry scheduler in the service (`on`/`off`) | on |
     | MPPO_GROUP_SCHEDULER_INTERVAL | seconds between scheduler rounds | 1.0 |
     | MPPO_GROUP_SCHEDULER_ADDR | health address of the standalone scheduler | free port |
@@ -47,6 +48,7 @@ class GroupSettings:
     order_addr: str = "127.0.0.1:50053"
     order_timeout: float = 10.0
     hold_margin: timedelta = timedelta(hours=1)
+    default_deadline: timedelta = timedelta(hours=24)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GroupSettings:
@@ -59,6 +61,7 @@ class GroupSettings:
             host_grace=read.seconds("MPPO_GROUP_HOST_GRACE_SECONDS", 900),
             reminder_lead=read.seconds("MPPO_GROUP_REMINDER_LEAD_SECONDS", 3600),
             hold_margin=read.seconds("MPPO_GROUP_HOLD_MARGIN_SECONDS", 3600),
+            default_deadline=read.seconds("MPPO_GROUP_DEFAULT_DEADLINE_SECONDS", 86400, minimum=60),
             scheduler_enabled=read.switch("MPPO_GROUP_SCHEDULER", True),
             scheduler_interval=read.number("MPPO_GROUP_SCHEDULER_INTERVAL", 1.0, minimum=0.01),
             scheduler_addr=read.addr("MPPO_GROUP_SCHEDULER_ADDR"),

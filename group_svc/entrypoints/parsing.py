@@ -104,10 +104,8 @@ def create_group(
     fallback = FALLBACK_FROM_PROTO.get(request.fallback_policy)
     if fallback is None:
         bad.append(FieldViolation("fallback_policy", "required"))
-    if not request.HasField("deadline"):
-        bad.append(FieldViolation("deadline", "required"))
-        deadline = now
-    else:
+    deadline: datetime | None = None  # unset: the service's default span from now
+    if request.HasField("deadline"):
         deadline = from_timestamp(request.deadline)
         if deadline <= now:
             bad.append(FieldViolation("deadline", "must be in the future"))

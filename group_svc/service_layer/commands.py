@@ -52,7 +52,8 @@ class CreateGroup:
     tip_minor: int
     split_mode: SplitMode
     fallback_policy: FallbackPolicy
-    deadline: datetime
+    #: None: the handlers' default span from now (MPPO_GROUP_DEFAULT_DEADLINE_SECONDS)
+    deadline: datetime | None
     host: NewMember
     members: list[NewMember]
     quote: CartQuote | None = None

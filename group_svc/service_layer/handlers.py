@@ -200,6 +200,7 @@ class GroupHandlers:
         clock: Callable[[], datetime] = utcnow,
         providers: ProviderChoice | None = None,
         hold_margin: timedelta = timedelta(hours=1),
+        default_deadline: timedelta = timedelta(hours=24),
     ) -> None:
         self._providers = providers or ProviderChoice(configured=PROVIDERS, default="sandbox")
         #: wakes the expiry scheduler (bootstrap sets it) when a group became due early
@@ -210,6 +211,8 @@ class GroupHandlers:
         self._reminder_lead = reminder_lead
         #: a group due early because a hold lapses is due this long before the lapse
         self._hold_margin = hold_margin
+        #: a group created without a deadline must be paid for this long after creation
+        self._default_deadline = default_deadline
         self._cache = cache
         self._clock = clock
 
@@ -335,7 +338,7 @@ class GroupHandlers:
             tip_minor=cmd.tip_minor,
             split_mode=cmd.split_mode,
             fallback_policy=cmd.fallback_policy,
-            deadline=cmd.deadline,
+            deadline=cmd.deadline or now + self._default_deadline,
             host=cmd.host,
             members=cmd.members,
             actor=cmd.caller.label,

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,19 +160,6 @@ def test_a_generated_client_drives_a_checkout_under_mypy_strict(
     assert len(order["shares"]) == 3
 
 
-def _fresh_times(value: Any) -> Any:
-    """The example with every timestamp moved to an hour from now (a deadline must lie ahead
-    and within the hold window; the document's examples are fixed texts)."""
-    if isinstance(value, dict):
-        return {k: _fresh_times(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fresh_times(v) for v in value]
-    if isinstance(value, str) and len(value) == 20 and value[10] == "T" and value[-1] == "Z":
-        soon = datetime.now(UTC) + timedelta(hours=1)
-        return soon.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return value
-
-
 def test_every_request_body_example_is_accepted_by_the_real_services(
     stack: Stack, document: Json
 ) -> None:
@@ -189,13 +176,19 @@ def test_every_request_body_example_is_accepted_by_the_real_services(
                 content = op.get("requestBody", {}).get("content", {})
                 if "application/json" not in content:
                     continue  # webhooks: raw provider bodies, authenticated by signature
-                example = _fresh_times(content["application/json"]["example"])
+                example = content["application/json"]["example"]  # as it stands
                 url = path
                 for param in op["parameters"]:
                     if param.get("in") == "path":
                         url = url.replace("{" + param["name"] + "}", str(uuid.uuid4()))
                 reply = http.request(verb.upper(), url, json=example)
                 answered[op["operationId"]] = reply.status_code
+                if op["operationId"] == "createGroup" and reply.status_code == 200:
+                    made = reply.json()["group"]
+                    span = datetime.fromisoformat(made["deadline"]) - datetime.fromisoformat(
+                        made["createTime"]
+                    )
+                    assert span == timedelta(hours=24), span  # no deadline: the default
                 assert reply.status_code in (200, 404), (verb, path, reply.text)
         hidden = http.post("/payments/intents", json={"groupId": str(uuid.uuid4())})
         assert hidden.status_code == 404, hidden.text
@@ -208,9 +201,7 @@ def test_opening_and_finalizing_are_replayed_from_the_service(stack: Stack) -> N
     """The group changes that call the payment service between their own transactions store
     their answer too: a replay is that answer, marked, with no second effect."""
     auth = {"Authorization": f"Bearer {stack.token(f'replay-{uuid.uuid4().hex[:8]}')}"}
-    create = _fresh_times(
-        document_example(stack, "/group", "post") | {"members": []}  # the host alone
-    )
+    create = document_example(stack, "/group", "post") | {"members": []}  # the host alone
     with httpx.Client(base_url=stack.gateway, headers=auth, timeout=30) as http:
         created = http.post("/group", json=create)
         assert created.status_code == 200, created.text
@@ -246,7 +237,7 @@ def test_retrying_a_payment_is_replayed_from_the_service(stack: Stack) -> None:
     fresh link; the replay is that same link, marked, and no third attempt exists."""
     user = f"retry-{uuid.uuid4().hex[:8]}"
     auth = {"Authorization": f"Bearer {stack.token(user)}"}
-    create = _fresh_times(document_example(stack, "/group", "post") | {"members": []})
+    create = document_example(stack, "/group", "post") | {"members": []}
     with httpx.Client(base_url=stack.gateway, headers=auth, timeout=30) as http:
         created = http.post("/group", json=create)
         assert created.status_code == 200, created.text

@@ -59,7 +59,9 @@ class CreateGroupRequest(_message.Message):
 
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
-        """When members must have paid by; in the future."""
+        """When members must have paid by; in the future. Optional: unset, it is 24 hours after
+        creation (the service's MPPO_GROUP_DEFAULT_DEADLINE_SECONDS).
+        """
 
     @_builtins.property
     def host(self) -> _group_pb2.MemberInput:

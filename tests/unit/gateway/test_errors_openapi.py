@@ -142,9 +142,8 @@ def test_openapi_covers_public_bindings_and_resolves(
             "items",
             "splitMode",
             "fallbackPolicy",
-            "deadline",
             "host",
-        }
+        }  # the deadline is optional: 24 hours after creation by default
         assert "DEADLINE_BEYOND_HOLD" in create["properties"]["deadline"]["description"]
         assert schemas["mppo.group.v1.JoinGroupRequest"]["required"] == ["inviteToken"]
         # fields the path binds are not in the body (AddMembers, Join, Open, ...)

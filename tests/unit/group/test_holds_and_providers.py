@@ -8,7 +8,7 @@ than now), its history saying why; one lapsing after changes nothing."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,14 +16,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from group_svc.adapters.proto_mapping import group_to_proto
 from group_svc.domain.lifecycle import GroupStatus
 from group_svc.domain.model import FallbackPolicy, MemberStatus
+from group_svc.entrypoints import parsing
 from group_svc.service_layer import commands as c
 from group_svc.service_layer.handlers import GroupHandlers
+from mppo.common.v1 import cart_pb2
+from mppo.group.v1 import group_pb2, group_service_pb2
 from mppo.payment.v1 import payment_events_pb2, payment_pb2
 from mppo.platform.errors import InvalidArgumentError
 from mppo.platform.providers import ProviderChoice
 from tests.unit.group.fakes import Clock, FakeOrders, FakePayments, FakeUnitOfWork
 from tests.unit.group.test_group_handlers import (
     GUEST,
+    HOST,
     clock,
     create,
     create_cmd,
@@ -351,3 +355,50 @@ async def test_a_member_without_a_provider_is_shown_paying_with_the_default(
     assert [m.provider for m in group.members] == ["", "paypal", ""]
     other = ProviderChoice(configured=("stripe", "paypal"), default="stripe")
     assert group_to_proto(group, other.default).members[0].provider == payment_pb2.PROVIDER_STRIPE
+
+
+async def test_a_group_created_without_a_deadline_gets_the_default_within_the_holds(
+    payments: FakePayments, orders: FakeOrders, uow: FakeUnitOfWork, clock: Clock
+) -> None:
+    def with_default(span: timedelta) -> GroupHandlers:
+        return GroupHandlers(
+            payments=payments,
+            orders=orders,
+            host_grace=GRACE,
+            reminder_lead=timedelta(seconds=30),
+            clock=clock,
+            hold_margin=MARGIN,
+            default_deadline=span,
+        )
+
+    made = await create(
+        with_default(timedelta(hours=24)), uow, replace(create_cmd(clock), deadline=None)
+    )
+    assert made.deadline == made.created_at + timedelta(hours=24)
+    # the default is held to the same hold windows as a deadline the host names
+    with pytest.raises(InvalidArgumentError) as refused:
+        await create(
+            with_default(timedelta(days=8)), uow, replace(create_cmd(clock), deadline=None)
+        )
+    assert [v.field for v in refused.value.violations] == ["deadline"]
+
+
+def test_the_deadline_is_optional_and_must_lie_ahead_when_given() -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    request = group_service_pb2.CreateGroupRequest(
+        merchant_id="m",
+        currency_code="USD",
+        items=[cart_pb2.LineItem(line_id="l1", sku="s", name="n", quantity=1, unit_price_minor=5)],
+        split_mode=group_pb2.SPLIT_MODE_EQUAL,
+        fallback_policy=group_pb2.FALLBACK_POLICY_CANCEL,
+        host=group_pb2.MemberInput(display_name="Hana"),
+    )
+    assert parsing.create_group(request, HOST, now).deadline is None
+    request.deadline.FromDatetime(now + timedelta(hours=2))
+    assert parsing.create_group(request, HOST, now).deadline == now + timedelta(hours=2)
+    request.deadline.FromDatetime(now - timedelta(seconds=1))
+    with pytest.raises(InvalidArgumentError) as refused:
+        parsing.create_group(request, HOST, now)
+    assert [(v.field, v.description) for v in refused.value.violations] == [
+        ("deadline", "must be in the future")
+    ]
