@@ -16,8 +16,6 @@ so the same key can be sent again.
 # ruff: noqa: N802 (method names are the gRPC RPC names)
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -217,13 +215,14 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
             status = STATUS_FROM_PROTO.get(request.status)
             if status is None:
                 raise InvalidArgumentError("bad status", [FieldViolation("status", "unknown")])
-        after = _decode_token(request.page_token) if request.page_token else None
+        query = paging.query_of(request, caller.label)
+        after = _group_position(request.page_token, query) if request.page_token else None
         async with self._uow() as uow:
             page = await self._h.list_groups(c.ListGroups(caller, size, status, after), uow)
         token = ""
         if page.next_after is not None:
             created, group_id = page.next_after
-            token = base64.urlsafe_b64encode(f"{created.isoformat()}|{group_id}".encode()).decode()
+            token = paging.encode_token(query, created.isoformat(), group_id)
         return pb.ListGroupsResponse(
             groups=[self._view(g, caller) for g in page.groups], next_page_token=token
         )
@@ -388,19 +387,18 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
     ) -> pb.GetGroupHistoryResponse:
         caller = caller_from(_metadata(context))
         size = paging.page_size(request.page_size)
+        listing = paging.query_of(request, caller.label)
         after = 0
         if request.page_token:
-            key = paging.decode_token(request.page_token, 1)[0]
+            key = paging.decode_token(request.page_token, listing, 1)[0]
             if not key.isdigit():
-                raise InvalidArgumentError(
-                    "bad page token", [FieldViolation("page_token", "use a token from a response")]
-                )
+                raise _bad_token()
             after = int(key)
         query = c.GetGroupHistory(caller, request.group_id, size, after)
         async with self._uow() as uow:
             rows, more = await self._h.group_history(query, uow)
         return pb.GetGroupHistoryResponse(
-            next_page_token=paging.encode_token(str(more)) if more else "",
+            next_page_token=paging.encode_token(listing, str(more)) if more else "",
             changes=[
                 group_pb2.StatusChange(
                     from_status=(
@@ -443,11 +441,21 @@ def _metadata(context: Ctx) -> tuple[tuple[str, Any], ...]:
     return tuple(context.invocation_metadata() or ())
 
 
-def _decode_token(token: str) -> tuple[datetime, str]:
+def _bad_token() -> InvalidArgumentError:
+    return InvalidArgumentError(
+        "bad page token",
+        [FieldViolation("page_token", "use a token from a response")],
+        reason="PAGE_TOKEN_INVALID",
+    )
+
+
+def _group_position(token: str, query: str) -> tuple[datetime, str]:
+    """The (created, group id) position a ListGroups token continues from."""
+    created, group_id = paging.decode_token(token, query, 2)
     try:
-        created, _, group_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), group_id
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidArgumentError(
-            "bad page token", [FieldViolation("page_token", "use a token from a response")]
-        ) from None
+        when = datetime.fromisoformat(created)
+    except ValueError:
+        raise _bad_token() from None
+    if when.tzinfo is None:
+        raise _bad_token()
+    return when, group_id

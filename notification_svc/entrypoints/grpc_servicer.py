@@ -82,17 +82,21 @@ class NotificationServiceServicer(notification_service_pb2_grpc.NotificationServ
         self, request: pb.ListNotificationsRequest, context: Context
     ) -> pb.ListNotificationsResponse:
         """A group's notifications, oldest first, optionally by member, kind and channel."""
+        caller = caller_from(context.invocation_metadata())
+        query = paging.query_of(request, caller.label)
         command = ListNotifications(
-            caller=caller_from(context.invocation_metadata()),
+            caller=caller,
             group_id=request.group_id,
             member_id=request.member_id,
             kind=next((k for k, v in _KINDS.items() if v == request.kind), None),
             channel=next((c for c, v in _CHANNELS.items() if v == request.channel), None),
             page_size=paging.page_size(request.page_size),
-            after=paging.decode_token(request.page_token, 1)[0] if request.page_token else "",
+            after=(
+                paging.decode_token(request.page_token, query, 1)[0] if request.page_token else ""
+            ),
         )
         found, more = await self._list(command, self._uow())
         return pb.ListNotificationsResponse(
             notifications=[to_proto(n) for n in found],
-            next_page_token=paging.encode_token(more) if more else "",
+            next_page_token=paging.encode_token(query, more) if more else "",
         )

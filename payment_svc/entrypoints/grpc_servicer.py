@@ -135,13 +135,15 @@ class PaymentServiceServicer(payment_service_pb2_grpc.PaymentServiceServicer):
             raise InvalidArgumentError(
                 "group_id is required", [FieldViolation("group_id", "required")]
             )
-        after = paging.decode_token(request.page_token, 1)[0] if request.page_token else ""
+        caller = _caller(context)
+        query = paging.query_of(request, caller.label)
+        after = paging.decode_token(request.page_token, query, 1)[0] if request.page_token else ""
         size = paging.page_size(request.page_size)
-        cmd = commands.ListPayments(_caller(context), request.group_id, size, after)
+        cmd = commands.ListPayments(caller, request.group_id, size, after)
         found, more = await self._handlers.list_payments(cmd, self._uow())
         return pb.ListPaymentsResponse(
             payments=[to_proto(p) for p in found],
-            next_page_token=paging.encode_token(more) if more else "",
+            next_page_token=paging.encode_token(query, more) if more else "",
         )
 
     async def HandleWebhook(  # noqa: N802

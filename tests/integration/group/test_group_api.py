@@ -4,6 +4,7 @@ service failure half-way."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import asyncpg
@@ -233,3 +234,75 @@ async def test_a_member_who_names_no_provider_reports_the_default_they_pay_with(
     )
     assert [m.provider for m in seen.group.members] == [payment_pb2.PROVIDER_SANDBOX] * 3
     assert payment_pb2.PROVIDER_UNSPECIFIED not in [m.provider for m in seen.group.members]
+
+
+async def test_page_tokens_continue_only_the_listing_they_came_from(stack: Stack) -> None:
+    """AIP-158: a token sent with other parameters (another group, another filter, another
+    caller) is INVALID_ARGUMENT, not a page of some other listing."""
+    stub = stack.stub()
+    host = user_md(f"host-{uuid.uuid4().hex[:6]}")
+    made = [(await stub.CreateGroup(create_request(), metadata=host)).group for _ in range(3)]
+    ids: list[str] = []
+    token = ""
+    for _ in range(4):
+        page = await stub.ListGroups(
+            gs.ListGroupsRequest(page_size=2, page_token=token), metadata=host
+        )
+        ids += [g.group_id for g in page.groups]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(ids) == sorted(g.group_id for g in made)  # each once, none lost
+    first = await stub.ListGroups(gs.ListGroupsRequest(page_size=1), metadata=host)
+    assert first.next_page_token
+    someone_else = user_md(f"host-{uuid.uuid4().hex[:6]}")
+    refused: list[tuple[Any, Any, Any]] = [
+        (
+            stub.ListGroups,
+            gs.ListGroupsRequest(
+                page_size=1, page_token=first.next_page_token, status=group_pb2.GROUP_STATUS_OPEN
+            ),
+            host,
+        ),
+        (stub.ListGroups, gs.ListGroupsRequest(page_token=first.next_page_token), someone_else),
+    ]
+    # a history token belongs to its group (positions are row numbers shared by all groups)
+    opened = [await open_group(stack) for _ in range(2)]
+    owner = user_md(opened[0].host_user_id)
+    history = await stub.GetGroupHistory(
+        gs.GetGroupHistoryRequest(group_id=opened[0].group_id, page_size=1), metadata=owner
+    )
+    assert history.next_page_token
+    refused += [
+        (
+            stub.GetGroupHistory,
+            gs.GetGroupHistoryRequest(
+                group_id=opened[1].group_id, page_token=history.next_page_token
+            ),
+            user_md(opened[1].host_user_id),
+        ),
+        # and a group listing's token is no history token
+        (
+            stub.GetGroupHistory,
+            gs.GetGroupHistoryRequest(
+                group_id=opened[0].group_id, page_token=first.next_page_token
+            ),
+            owner,
+        ),
+    ]
+    for call, request, md in refused:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(request, metadata=md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        assert violations(err.value) == {"page_token"}
+    # the same parameters with another page size continue the listing
+    rest = await stub.GetGroupHistory(
+        gs.GetGroupHistoryRequest(
+            group_id=opened[0].group_id, page_size=50, page_token=history.next_page_token
+        ),
+        metadata=owner,
+    )
+    assert [c.to_status for c in [*history.changes, *rest.changes]] == [
+        group_pb2.GROUP_STATUS_DRAFT,
+        group_pb2.GROUP_STATUS_OPEN,
+    ]

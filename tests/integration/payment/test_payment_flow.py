@@ -96,14 +96,23 @@ async def test_payments_list_in_pages_of_page_size(stack: PaymentStack) -> None:
     )
     assert [p.payment_id for p in whole.payments] == made
     assert whole.next_page_token == ""
-    for bad in ({"page_size": -1}, {"page_token": "not-a-token"}):
+    first = await stack.stub.ListPayments(
+        payment_service_pb2.ListPaymentsRequest(group_id=label_id("g-pages"), page_size=2),
+        metadata=METADATA,
+        timeout=10,
+    )
+    for group, bad in (
+        ("g-pages", {"page_size": -1}),
+        ("g-pages", {"page_token": "not-a-token"}),
+        ("g-other", {"page_token": first.next_page_token}),  # a token continues its own group
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await stack.stub.ListPayments(
-                payment_service_pb2.ListPaymentsRequest(group_id=label_id("g-pages"), **bad),
+                payment_service_pb2.ListPaymentsRequest(group_id=label_id(group), **bad),
                 metadata=METADATA,
                 timeout=10,
             )
-        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
 
 
 async def test_concurrent_creates_make_one_payment(stack: PaymentStack) -> None:
