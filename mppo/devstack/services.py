@@ -119,6 +119,17 @@ class ServiceDef:
 DEFAULT_SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef.grpc("group", "group_svc", 50051, database="group_db"),
     ServiceDef.http("sandbox", "payment_svc.sandbox", 8090, health_path="/healthz"),
+    # PayPal and Razorpay as members may choose them, through their real adapters (dev only)
+    ServiceDef(
+        "paypal", (PYTHON, "-m", "payment_svc.simulators", "paypal"), 8092, "http", scalable=False
+    ),
+    ServiceDef(
+        "razorpay",
+        (PYTHON, "-m", "payment_svc.simulators", "razorpay"),
+        8093,
+        "http",
+        scalable=False,
+    ),
     ServiceDef.grpc("payment", "payment_svc", 50052, database="payment_db"),
     ServiceDef.http("merchant", "order_svc.sandbox_merchant", 8091, health_path="/healthz"),
     ServiceDef.grpc("order", "order_svc", 50053, database="order_db"),
@@ -127,10 +138,9 @@ DEFAULT_SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef.http("smtp-sink", "notification_svc.smtp_sink", 8026),
     ServiceDef.grpc("notification", "notification_svc", 50054, database="notification_db"),
     ServiceDef("gateway", (PYTHON, "-m", "gateway"), 8080, "http", env={"MPPO_JWT_JWKS": "dev"}),
-    # later: ServiceDef.http("stripe-sandbox", "...", 8090), ...("razorpay-sandbox", ..., 8091)
 )
-"""One of each process; the sandbox provider, the sandbox merchant and the SMTP sink are
-stand-ins for outside parties and never replicated."""
+"""One of each process; the sandbox provider, the PayPal and Razorpay simulators, the sandbox
+merchant and the SMTP sink are stand-ins for outside parties and never replicated."""
 
 GROUP_SCHEDULER = ServiceDef(
     "group-scheduler",

@@ -19,13 +19,14 @@ import atexit
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -355,6 +356,7 @@ class _Stack:
             common["MPPO_NATS_STREAM_REPLICAS"] = "3"
         if is_development(common):
             common |= _dev_identity_provider(self.state_dir)
+            common |= dev_simulated_providers(config.services, announced)
         db_urls: dict[str, str] = {}
         for svc in config.services:
             if svc.database:
@@ -481,6 +483,44 @@ def _answer(request: Path, results: dict[str, str]) -> None:
     tmp = answer.with_suffix(".tmp")
     tmp.write_text(json.dumps({"results": results}))
     os.replace(tmp, answer)
+
+
+#: the provider simulators `dev up` may run, in the order the payment service offers them
+SIMULATED_PROVIDERS = ("paypal", "razorpay")
+
+
+def dev_simulated_providers(
+    services: Sequence[ServiceDef], announced: Mapping[str, str]
+) -> dict[str, str]:
+    """What makes the payment service offer the provider simulators among `services`
+    (``payment_svc.simulators``) beside the sandbox: each provider's credentials, fresh for
+    this run and shared by the simulator and the payment service through the variables the
+    payment service reads for the real provider, its API base, and MPPO_PAYMENT_PROVIDERS (read
+    by the payment and group services). Empty when no simulator runs."""
+    running = [svc.name for svc in services if svc.name in SIMULATED_PROVIDERS]
+    if not running:
+        return {}
+
+    def fresh() -> str:
+        return secrets.token_urlsafe(18)
+
+    env = {"MPPO_PAYMENT_PROVIDERS": ",".join(["sandbox", *running])}
+    if "paypal" in running:
+        env |= {
+            "MPPO_PAYPAL_CLIENT_ID": f"dev-{fresh()}",
+            "MPPO_PAYPAL_CLIENT_SECRET": fresh(),
+            "MPPO_PAYPAL_WEBHOOK_ID": f"WH-DEV-{fresh()}",
+            "MPPO_PAYPAL_SIMULATOR_SIGNING_SECRET": fresh(),
+            "MPPO_PAYPAL_API_BASE": f"http://{announced['paypal']}",
+        }
+    if "razorpay" in running:
+        env |= {
+            "MPPO_RAZORPAY_KEY_ID": f"rzp_test_{fresh()}",
+            "MPPO_RAZORPAY_KEY_SECRET": fresh(),
+            "MPPO_RAZORPAY_WEBHOOK_SECRET": fresh(),
+            "MPPO_RAZORPAY_API_BASE": f"http://{announced['razorpay']}",
+        }
+    return env
 
 
 def _dev_identity_provider(state_dir: Path) -> dict[str, str]:

@@ -35,8 +35,8 @@ from mppo.devstack.process import pid_alive
 from mppo.devstack.services import DEFAULT_SERVICES, ServiceDef
 from mppo.devstack.stack import isolated_up_args
 from mppo.platform.money import from_decimal_string
-from tests.support.fake_paypal import FakePayPal
-from tests.support.fake_razorpay import FakeRazorpay
+from payment_svc.simulators.paypal import PayPalSimulator
+from payment_svc.simulators.razorpay import RazorpaySimulator
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -397,7 +397,7 @@ class Api:
         )
         return int(reply.ok()["released"])
 
-    # ---- the local PayPal and Razorpay (tests/support/fake_paypal.py, fake_razorpay.py) -
+    # ---- the local PayPal and Razorpay (payment_svc/simulators/paypal.py, razorpay.py) -
 
     async def pay_paypal(self, link: str) -> Json:
         """Open PayPal's approve page (``/checkoutnow?token=<order id>``) and approve."""
@@ -676,8 +676,8 @@ class ProviderMoney:
 class ProviderFakes:
     """The local PayPal and Razorpay a stack's payment service talks to (in this process)."""
 
-    paypal: FakePayPal
-    razorpay: FakeRazorpay
+    paypal: PayPalSimulator
+    razorpay: RazorpaySimulator
 
     def env(self) -> dict[str, dict[str, str]]:
         """Per-service environment (``start_stack(env=...)``) offering members the sandbox,
@@ -725,7 +725,7 @@ async def sandbox_money(api: Api, group_id: str) -> ProviderMoney:
     )
 
 
-def paypal_money(fake: FakePayPal, payment_ids: set[str]) -> ProviderMoney:
+def paypal_money(fake: PayPalSimulator, payment_ids: set[str]) -> ProviderMoney:
     """The fake PayPal's orders for our payments (``custom_id`` is our payment id)."""
     book = ProviderMoney("paypal")
     for order in fake.orders.values():
@@ -755,7 +755,7 @@ def paypal_money(fake: FakePayPal, payment_ids: set[str]) -> ProviderMoney:
     return book
 
 
-def razorpay_money(fake: FakeRazorpay, payment_ids: set[str]) -> ProviderMoney:
+def razorpay_money(fake: RazorpaySimulator, payment_ids: set[str]) -> ProviderMoney:
     """The fake Razorpay's payments on our links (``reference_id`` is our payment id)."""
     book = ProviderMoney("razorpay")
     for link in fake.links.values():

@@ -84,6 +84,7 @@ DEFAULTED_PREFIXES = {
     "MPPO_GROUP_REMINDER_LEAD": "business setting with a default",
     "MPPO_GROUP_HOLD_MARGIN": "business setting with a default (an hour before a hold lapses)",
     "MPPO_GROUP_SCHEDULER_INTERVAL": "tuning",
+    "MPPO_GROUP_DEFAULT_DEADLINE": "business setting with a default (24 hours)",
     "MPPO_ORDER_": "saga tuning",
     "MPPO_MERCHANT_TIMEOUT": "tuning",
     "MPPO_MERCHANT_ATTEMPTS": "tuning",

@@ -114,6 +114,8 @@ def test_replicas_of_every_scalable_service_and_one_of_each_stand_in() -> None:
         "group": 2,
         "group-scheduler": 2,
         "sandbox": 1,
+        "paypal": 1,
+        "razorpay": 1,
         "payment": 2,
         "merchant": 1,
         "order": 2,

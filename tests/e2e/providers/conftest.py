@@ -1,7 +1,7 @@
 """A whole system whose members may pay with three providers: ``mppo dev up`` of every
 default service, the payment service offering the sandbox (Stripe's API, its real adapter),
 PayPal and Razorpay, the latter two through their real adapters pointed at the local fakes
-(tests/support/fake_paypal.py, fake_razorpay.py) that run in this test process, sign their
+(payment_svc/simulators/paypal.py, fake_razorpay.py) that run in this test process, sign their
 webhooks as the real providers do and send them to the gateway's webhook routes. Shared by
 this package's tests; ``mppo dev down`` after its last one."""
 
@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
+from payment_svc.simulators.paypal import PayPalSimulator
+from payment_svc.simulators.razorpay import RazorpaySimulator
 from tests.support.e2e import ProviderFakes, Stack, start_stack, until_down
-from tests.support.fake_paypal import FakePayPal
-from tests.support.fake_razorpay import FakeRazorpay
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def fakes() -> AsyncIterator[ProviderFakes]:
     """The local PayPal and Razorpay, serving from the tests' event loop."""
-    paypal, razorpay = FakePayPal(), FakeRazorpay()
+    paypal, razorpay = PayPalSimulator(), RazorpaySimulator()
     await paypal.start()
     await razorpay.start()
     try:

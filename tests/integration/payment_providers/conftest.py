@@ -13,8 +13,8 @@ import pytest_asyncio
 from mppo.platform.backoff import RetryPolicy
 from payment_svc.adapters.providers.paypal import PayPalProvider
 from payment_svc.adapters.providers.razorpay import RazorpayProvider
-from tests.support.fake_paypal import FakePayPal
-from tests.support.fake_razorpay import FakeRazorpay
+from payment_svc.simulators.paypal import PayPalSimulator
+from payment_svc.simulators.razorpay import RazorpaySimulator
 
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.02, max_delay=0.1)
 TIMEOUT_S = 0.6
@@ -22,8 +22,8 @@ HANG_S = 1.5
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def fake_razorpay() -> AsyncIterator[FakeRazorpay]:
-    fake = FakeRazorpay(hang_s=HANG_S)
+async def fake_razorpay() -> AsyncIterator[RazorpaySimulator]:
+    fake = RazorpaySimulator(hang_s=HANG_S)
     await fake.start()
     try:
         yield fake
@@ -32,7 +32,7 @@ async def fake_razorpay() -> AsyncIterator[FakeRazorpay]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def razorpay_provider(fake_razorpay: FakeRazorpay) -> RazorpayProvider:
+async def razorpay_provider(fake_razorpay: RazorpaySimulator) -> RazorpayProvider:
     return RazorpayProvider(
         key_id=fake_razorpay.key_id,
         key_secret=fake_razorpay.key_secret,
@@ -44,8 +44,8 @@ async def razorpay_provider(fake_razorpay: FakeRazorpay) -> RazorpayProvider:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def fake_paypal() -> AsyncIterator[FakePayPal]:
-    fake = FakePayPal(hang_s=HANG_S)
+async def fake_paypal() -> AsyncIterator[PayPalSimulator]:
+    fake = PayPalSimulator(hang_s=HANG_S)
     await fake.start()
     try:
         yield fake
@@ -54,7 +54,7 @@ async def fake_paypal() -> AsyncIterator[FakePayPal]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def paypal_provider(fake_paypal: FakePayPal) -> AsyncIterator[PayPalProvider]:
+async def paypal_provider(fake_paypal: PayPalSimulator) -> AsyncIterator[PayPalProvider]:
     provider = PayPalProvider(
         client_id=fake_paypal.client_id,
         client_secret=fake_paypal.client_secret,

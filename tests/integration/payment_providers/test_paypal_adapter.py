@@ -18,8 +18,8 @@ from payment_svc.adapters.providers.base import (
     WebhookVerificationError,
 )
 from payment_svc.adapters.providers.paypal import PayPalProvider
+from payment_svc.simulators.paypal import PayPalSimulator, SignedWebhook
 from tests.integration.payment_providers.conftest import FAST_RETRY, TIMEOUT_S
-from tests.support.fake_paypal import FakePayPal, SignedWebhook
 
 
 def _checkout(amount: int = 10_50, currency: str = "USD") -> CheckoutRequest:
@@ -51,7 +51,7 @@ def _as_request(webhook: SignedWebhook) -> WebhookRequest:
 
 
 async def test_checkout_approve_authorize_capture_refund(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     request = _checkout(amount=10_50)
     result = await paypal_provider.create_checkout(request)
@@ -98,7 +98,7 @@ async def test_checkout_approve_authorize_capture_refund(
 
 
 async def test_void_releases_an_authorization(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     never_paid = await paypal_provider.create_checkout(_checkout())
     assert (await paypal_provider.void(never_paid.provider_payment_id, "v-0")).status is (
@@ -122,7 +122,7 @@ async def test_void_releases_an_authorization(
 
 
 async def test_capture_declined_and_authorization_denied_are_failures(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     denied = await paypal_provider.create_checkout(_checkout())
     fake_paypal.approve(denied.provider_payment_id)
@@ -140,7 +140,7 @@ async def test_capture_declined_and_authorization_denied_are_failures(
 
 
 async def test_zero_decimal_currency_goes_out_as_whole_units(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     result = await paypal_provider.create_checkout(_checkout(amount=1050, currency="JPY"))
     amount = fake_paypal.orders[result.provider_payment_id]["purchase_units"][0]["amount"]
@@ -151,7 +151,7 @@ async def test_zero_decimal_currency_goes_out_as_whole_units(
 
 
 async def test_create_after_a_500_reuses_the_request_id_and_makes_one_order(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     request = _checkout()
     fake_paypal.fail_next(2, "500", match="POST /v2/checkout/orders")
@@ -163,7 +163,7 @@ async def test_create_after_a_500_reuses_the_request_id_and_makes_one_order(
 
 
 async def test_capture_whose_answer_is_lost_captures_once(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     result = await paypal_provider.create_checkout(_checkout())
     fake_paypal.approve(result.provider_payment_id)
@@ -178,7 +178,7 @@ async def test_capture_whose_answer_is_lost_captures_once(
 
 
 async def test_unprocessable_is_not_retried_and_expired_token_is_renewed(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     result = await paypal_provider.create_checkout(_checkout())
     fake_paypal.approve(result.provider_payment_id)
@@ -199,7 +199,7 @@ async def test_unprocessable_is_not_retried_and_expired_token_is_renewed(
 
 
 async def test_persistent_outage_gives_up_with_a_retryable_error(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     fake_paypal.fail_next(10, "500")
     with pytest.raises(ProviderError) as down:
@@ -209,7 +209,7 @@ async def test_persistent_outage_gives_up_with_a_retryable_error(
 
 
 async def test_every_fake_webhook_verifies_and_maps(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     first, second = _checkout(amount=20_00), _checkout(amount=7_00)
     result = await paypal_provider.create_checkout(first)
@@ -253,7 +253,9 @@ async def test_every_fake_webhook_verifies_and_maps(
     assert last["transmission_id"] == fake_paypal.webhooks[-1].headers["paypal-transmission-id"]
 
 
-async def test_webhook_rejections(paypal_provider: PayPalProvider, fake_paypal: FakePayPal) -> None:
+async def test_webhook_rejections(
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
+) -> None:
     result = await paypal_provider.create_checkout(_checkout())
     fake_paypal.approve(result.provider_payment_id)
     genuine = fake_paypal.last_webhook("CHECKOUT.ORDER.APPROVED")
@@ -292,7 +294,7 @@ async def test_webhook_rejections(paypal_provider: PayPalProvider, fake_paypal: 
 
 
 async def test_checkout_ids_are_the_order_and_its_authorizations_and_captures(
-    paypal_provider: PayPalProvider, fake_paypal: FakePayPal
+    paypal_provider: PayPalProvider, fake_paypal: PayPalSimulator
 ) -> None:
     """What the payment service asks before it accepts an id first seen in a webhook (a
     refund names only its capture)."""

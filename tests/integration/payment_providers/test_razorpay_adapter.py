@@ -16,7 +16,7 @@ from payment_svc.adapters.providers.base import (
     WebhookVerificationError,
 )
 from payment_svc.adapters.providers.razorpay import RazorpayProvider
-from tests.support.fake_razorpay import FakeRazorpay, SignedWebhook
+from payment_svc.simulators.razorpay import RazorpaySimulator, SignedWebhook
 
 
 def _checkout(amount: int = 150_00, currency: str = "INR") -> CheckoutRequest:
@@ -49,7 +49,7 @@ def _as_request(webhook: SignedWebhook) -> WebhookRequest:
 
 
 async def test_checkout_pay_refund_partially_then_fully(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     request = _checkout(amount=150_00)
     result = await razorpay_provider.create_checkout(request)
@@ -83,7 +83,7 @@ async def test_checkout_pay_refund_partially_then_fully(
 
 
 async def test_authorized_payment_is_captured_on_command(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     result = await razorpay_provider.create_checkout(_checkout(amount=99_99))
     await _pay_on_hosted_page(result.payment_link, result.provider_payment_id, "authorized")
@@ -103,7 +103,7 @@ async def test_authorized_payment_is_captured_on_command(
 
 
 async def test_void_cancels_an_unpaid_link_and_refuses_a_captured_one(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     unpaid = await razorpay_provider.create_checkout(_checkout())
     voided = await razorpay_provider.void(unpaid.provider_payment_id, "void-1")
@@ -122,7 +122,7 @@ async def test_void_cancels_an_unpaid_link_and_refuses_a_captured_one(
 
 
 async def test_failed_attempt_leaves_the_link_payable(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     result = await razorpay_provider.create_checkout(_checkout())
     await _pay_on_hosted_page(result.payment_link, result.provider_payment_id, "failed")
@@ -139,7 +139,7 @@ async def test_failed_attempt_leaves_the_link_payable(
 
 
 async def test_create_retries_a_500_with_the_same_reference_and_makes_one_link(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     request = _checkout()
     fake_razorpay.fail_next(2, "500", match="POST /v1/payment_links")
@@ -151,7 +151,7 @@ async def test_create_retries_a_500_with_the_same_reference_and_makes_one_link(
 
 
 async def test_create_whose_answer_is_lost_finds_the_link_instead_of_making_another(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     request = _checkout()
     fake_razorpay.fail_next(1, "lost", match="POST /v1/payment_links")
@@ -163,7 +163,7 @@ async def test_create_whose_answer_is_lost_finds_the_link_instead_of_making_anot
 
 
 async def test_refund_whose_answer_is_lost_is_not_repeated(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     result = await razorpay_provider.create_checkout(_checkout(amount=200_00))
     fake_razorpay.pay(result.provider_payment_id, "captured")
@@ -176,7 +176,7 @@ async def test_refund_whose_answer_is_lost_is_not_repeated(
 
 
 async def test_429_and_timeouts_are_retried_but_a_400_is_not(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     fake_razorpay.fail_next(1, "429", match="POST /v1/payment_links")
     fake_razorpay.fail_next(1, "timeout", match="POST /v1/payment_links")
@@ -193,7 +193,7 @@ async def test_429_and_timeouts_are_retried_but_a_400_is_not(
 
 
 async def test_persistent_5xx_gives_up_with_a_retryable_error(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     fake_razorpay.fail_next(10, "500")
     with pytest.raises(ProviderError) as down:
@@ -203,7 +203,7 @@ async def test_persistent_5xx_gives_up_with_a_retryable_error(
 
 
 async def test_webhooks_from_the_fake_verify_and_map(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     checkout = _checkout(amount=120_00)
     result = await razorpay_provider.create_checkout(checkout)
@@ -239,7 +239,7 @@ async def test_webhooks_from_the_fake_verify_and_map(
 
 
 async def test_webhook_rejections(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     result = await razorpay_provider.create_checkout(_checkout())
     fake_razorpay.pay(result.provider_payment_id, "captured")
@@ -261,7 +261,7 @@ async def test_webhook_rejections(
 
 
 async def test_checkout_ids_are_the_link_and_the_payments_made_on_it(
-    razorpay_provider: RazorpayProvider, fake_razorpay: FakeRazorpay
+    razorpay_provider: RazorpayProvider, fake_razorpay: RazorpaySimulator
 ) -> None:
     """What the payment service asks before it accepts a `pay_…` id first seen in a webhook."""
     result = await razorpay_provider.create_checkout(_checkout())

@@ -12,7 +12,7 @@ from payment_svc.adapters.providers.base import (
     WebhookVerificationError,
 )
 from payment_svc.adapters.providers.razorpay import RazorpayProvider
-from tests.support.fake_razorpay import sign
+from payment_svc.simulators.razorpay import sign
 
 SECRET = "unit-webhook-secret"
 PROVIDER = RazorpayProvider(

@@ -1,6 +1,6 @@
-"""A small local PayPal for tests: OAuth2 client credentials, Orders v2 (intent AUTHORIZE),
-authorizations, captures, refunds and verify-webhook-signature, with PayPal's documented
-payload shapes.
+"""A small local PayPal for tests and `mppo dev up`: OAuth2 client credentials, Orders v2
+(intent AUTHORIZE), authorizations, captures, refunds and verify-webhook-signature, with
+PayPal's documented payload shapes.
 
 It runs as an aiohttp server on a free port. Access tokens expire after `token_lifetime_s`.
 `PayPal-Request-Id` works as PayPal documents it: a repeated id on the same call returns the
@@ -34,7 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from mppo.platform.money import from_decimal_string, to_decimal_string
-from tests.support.fake_provider import FakeProviderServer
+from payment_svc.simulators.server import SimulatorServer
 
 Json = dict[str, Any]
 _ID = string.ascii_uppercase + string.digits
@@ -83,7 +83,7 @@ class SignedWebhook:
     delivered: list[int] = field(default_factory=list)
 
 
-class FakePayPal(FakeProviderServer):
+class PayPalSimulator(SimulatorServer):
     """Local PayPal REST API; `await start()` returns the base URL."""
 
     def __init__(

@@ -1,5 +1,8 @@
-"""What the local provider fakes (Razorpay, PayPal) share: an aiohttp server on a free port,
-recorded API calls, injectable faults, and background webhook deliveries."""
+"""What the local provider simulators (Razorpay, PayPal) share: an aiohttp server on a free port
+(or the one given), recorded API calls, injectable faults, background webhook deliveries and
+`GET /healthz`. The tests drive them in-process; `mppo dev up` runs each as a process
+(`python -m payment_svc.simulators paypal|razorpay`) so that members of a local system can pay
+with PayPal or Razorpay through their real adapters."""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ class _Recorded(Protocol):
     path: str
 
 
-class FakeProviderServer:
-    """Base of a fake: subclasses add their routes in `_routes` and their API middleware."""
+class SimulatorServer:
+    """Base of a simulator: subclasses add their routes in `_routes` and their API middleware."""
 
     def __init__(self) -> None:
         self.requests: list[Any] = []
@@ -33,20 +36,24 @@ class FakeProviderServer:
     async def _api_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         raise NotImplementedError
 
-    async def start(self) -> str:
-        """Serve on a free loopback port; returns the base URL."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on `host`:`port` (0: a free loopback port); returns the base URL."""
 
         @web.middleware
         async def api(request: web.Request, handler: Any) -> web.StreamResponse:
             return await self._api_middleware(request, handler)
 
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
         app = web.Application(middlewares=[api])
+        app.router.add_get("/healthz", healthz)
         self._routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, handler_cancellation=True)
         await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.base_url = f"http://127.0.0.1:{port}"
+        port = port or free_port()
+        await web.TCPSite(self._runner, host, port).start()
+        self.base_url = f"http://{host}:{port}"
         return self.base_url
 
     async def stop(self) -> None:

@@ -1,5 +1,5 @@
-"""A small local Razorpay for tests: the Payment Links, Payments and Refunds endpoints our
-adapter calls, with Razorpay's documented payload shapes and webhook signature scheme.
+"""A small local Razorpay for tests and `mppo dev up`: the Payment Links, Payments and Refunds
+endpoints our adapter calls, with Razorpay's documented payload shapes and webhook signature scheme.
 
 It runs as an aiohttp server on a free port. State: payment links, payments, refunds. A payer
 "pays" through the hosted page's form (`POST /_fake/pay/{link_id}`, outcome `captured`,
@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.support.fake_provider import FakeProviderServer
+from payment_svc.simulators.server import SimulatorServer
 
 Json = dict[str, Any]
 _ALPHABET = string.ascii_letters + string.digits
@@ -71,7 +71,7 @@ class SignedWebhook:
     delivered: list[int] = field(default_factory=list)
 
 
-class FakeRazorpay(FakeProviderServer):
+class RazorpaySimulator(SimulatorServer):
     """Local Razorpay; `await start()` returns the base URL (`http://127.0.0.1:PORT`)."""
 
     def __init__(
