@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -492,20 +491,7 @@ class PayPalSimulator(SimulatorServer):
         }
         webhook = self.signed(event)
         self.webhooks.append(webhook)
-        if self.deliver_to:
-            task = asyncio.get_running_loop().create_task(self._deliver(webhook, self.deliver_to))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, webhook: SignedWebhook, url: str, attempts: int = 4) -> None:
-        async with aiohttp.ClientSession() as session:
-            for attempt in range(attempts):
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.post(url, data=webhook.body, headers=webhook.headers) as r:
-                        webhook.delivered.append(r.status)
-                        if 200 <= r.status < 300:
-                            return
-                await asyncio.sleep(0.2 * 2**attempt)
+        self._send(webhook)
 
     def last_webhook(self, event_type: str) -> SignedWebhook:
         return next(w for w in reversed(self.webhooks) if w.event_type == event_type)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import html
@@ -27,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from payment_svc.simulators.server import SimulatorServer
@@ -419,20 +417,7 @@ class RazorpaySimulator(SimulatorServer):
             entities["refund"] = refund
         webhook = self.signed(event, **entities)
         self.webhooks.append(webhook)
-        if self.deliver_to:
-            task = asyncio.get_running_loop().create_task(self._deliver(webhook, self.deliver_to))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, webhook: SignedWebhook, url: str, attempts: int = 4) -> None:
-        async with aiohttp.ClientSession() as session:
-            for attempt in range(attempts):
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.post(url, data=webhook.body, headers=webhook.headers) as r:
-                        webhook.delivered.append(r.status)
-                        if 200 <= r.status < 300:
-                            return
-                await asyncio.sleep(0.2 * 2**attempt)
+        self._send(webhook)
 
     def last_webhook(self, event: str) -> SignedWebhook:
         return next(w for w in reversed(self.webhooks) if w.event == event)

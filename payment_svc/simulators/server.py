@@ -7,8 +7,10 @@ with PayPal or Razorpay through their real adapters."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web
 
 from mppo.devstack.probes import free_port
@@ -17,6 +19,14 @@ from mppo.devstack.probes import free_port
 class _Recorded(Protocol):
     method: str
     path: str
+
+
+class Delivery(Protocol):
+    """A signed webhook as a simulator posts it: headers, raw body, the statuses it got."""
+
+    headers: dict[str, str]
+    body: bytes
+    delivered: list[int]
 
 
 class SimulatorServer:
@@ -76,6 +86,26 @@ class SimulatorServer:
                 del self._faults[index]
                 return mode
         return None
+
+    def _send(self, webhook: Delivery) -> None:
+        """Post `webhook` to `deliver_to` in the background, when set."""
+        if not self.deliver_to:
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver(webhook, self.deliver_to))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _deliver(webhook: Delivery, url: str, attempts: int = 4) -> None:
+        """Post until a 2xx answer, `attempts` times at most, backing off from 0.2 s."""
+        async with aiohttp.ClientSession() as session:
+            for attempt in range(attempts):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.post(url, data=webhook.body, headers=webhook.headers) as r:
+                        webhook.delivered.append(r.status)
+                        if 200 <= r.status < 300:
+                            return
+                await asyncio.sleep(0.2 * 2**attempt)
 
     def api_calls(self, method: str, path_prefix: str) -> list[Any]:
         """The recorded calls of `method` under `path_prefix`."""
