@@ -45,8 +45,12 @@ __all__ = ["clock", "orders", "payments", "uow"]  # the fixtures, shared
 DAY = 86400.0
 
 
-@pytest.fixture
-def handlers(clock: Clock, payments: FakePayments, orders: FakeOrders) -> GroupHandlers:
+def make_handlers(
+    clock: Clock,
+    payments: FakePayments,
+    orders: FakeOrders,
+    default_deadline: timedelta = timedelta(hours=24),
+) -> GroupHandlers:
     return GroupHandlers(
         payments=payments,
         orders=orders,
@@ -55,7 +59,13 @@ def handlers(clock: Clock, payments: FakePayments, orders: FakeOrders) -> GroupH
         clock=clock,
         hold_margin=MARGIN,
         providers=ProviderChoice(configured=("sandbox", "paypal", "razorpay"), default="sandbox"),
+        default_deadline=default_deadline,
     )
+
+
+@pytest.fixture
+def handlers(clock: Clock, payments: FakePayments, orders: FakeOrders) -> GroupHandlers:
+    return make_handlers(clock, payments, orders)
 
 
 async def test_a_deadline_beyond_the_shortest_hold_in_play_is_refused(
@@ -361,15 +371,7 @@ async def test_a_group_created_without_a_deadline_gets_the_default_within_the_ho
     payments: FakePayments, orders: FakeOrders, uow: FakeUnitOfWork, clock: Clock
 ) -> None:
     def with_default(span: timedelta) -> GroupHandlers:
-        return GroupHandlers(
-            payments=payments,
-            orders=orders,
-            host_grace=GRACE,
-            reminder_lead=timedelta(seconds=30),
-            clock=clock,
-            hold_margin=MARGIN,
-            default_deadline=span,
-        )
+        return make_handlers(clock, payments, orders, default_deadline=span)
 
     made = await create(
         with_default(timedelta(hours=24)), uow, replace(create_cmd(clock), deadline=None)
