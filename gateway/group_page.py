@@ -22,9 +22,15 @@ what that member may see:
   -- their own payment link;
 - every member's display name and whether they have paid: no e-mails, phones, user ids,
   amounts, links or tokens of anyone else;
-- once the group is closed, why (`closeReason`), and whether it ended before its deadline
-  because a card hold was about to lapse (`endedEarly`: the group's history has the hold
-  policy's OPEN→OPEN row, actor `system:holds`; docs/payment.md).
+- once the group ended without an order (EXPIRED or CANCELLED), why, in words meant for
+  members (`endCause`, `endTitle`, `endMessage`; `ENDINGS`), and that nobody is charged
+  (`moneyReturned`: every hold released, every capture refunded; `you.returned`: what the
+  member had paid, now returned). The cause comes from the group's structured state — its
+  status, the actor of the history row that closed it (the services' own
+  `system:<component>` actors, or the host's `user:<id>`) and the hold policy's OPEN→OPEN row
+  (`endedEarly`) — never from the group's `close_reason`, which is written for the host and
+  operators (it may name payments and provider codes of other members). Only the reason the
+  host typed when cancelling is shown as it is (`hostReason`, text for the whole group).
 
 A member whose payment was declined (PAYMENT_FAILED) is offered no Pay link (that checkout is
 closed) but `you.canRetry` while the group is OPEN: the page's "Try again" posts to
@@ -35,7 +41,8 @@ gateway (and no other service) retry for a member (group_svc RETRY_FOR_MEMBER); 
 is not a failed one is FAILED_PRECONDITION (HTTP 400, reason NOTHING_TO_RETRY), as for the REST
 call.
 
-A wrong group id, an unknown token and a malformed one get the same 404. Every answer carries a
+A wrong group id, an unknown token and a malformed one get the same 404; a method a route does
+not serve gets 405 with `Allow`, as on the REST routes. Every answer carries a
 strict Content-Security-Policy (scripts, styles and fetches from this origin only; no inline
 script or style, no frames, no forms, no base URI), `Referrer-Policy: no-referrer`, `nosniff`,
 `X-Frame-Options: DENY` and `Cache-Control: no-store`; the script writes text with
@@ -48,6 +55,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,8 +95,16 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}\Z")
 _GET_GROUP = "GetGroup"
 _GET_HISTORY = "GetGroupHistory"
 _RETRY = "RetryPayment"
-#: the actor of the hold policy's history rows (group_svc: authorization_expiring)
+#: the actors of the group service's own history rows (group_svc/domain/lifecycle.py): the hold
+#: policy bringing the deadline forward (an OPEN→OPEN row), and the order service's outcome
 HOLD_ACTOR = "system:holds"
+ORDERS_ACTOR = "system:orders"
+#: the close reason of a host's cancel without a reason of their own (group_svc handlers)
+DEFAULT_CANCEL_REASON = "cancelled by the host"
+#: the most of the host's cancel reason the page shows
+MAX_HOST_REASON = 500
+#: the most history pages read to tell why a group ended (a group has a handful of rows)
+MAX_HISTORY_PAGES = 5
 
 GROUP_STATUS = {
     group_pb2.GROUP_STATUS_DRAFT: "DRAFT",
@@ -111,6 +128,100 @@ FINAL = frozenset({"CONFIRMED", "EXPIRED", "CANCELLED"})
 OWES = frozenset({"AWAITING_PAYMENT", "PAYMENT_FAILED"})
 #: group states whose close reason the page shows
 CLOSED = frozenset({"EXPIRED", "CANCELLED"})
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the page tells members why their group ended without an order."""
+
+    title: str  # the status line
+    message: str  # the explanation under it
+
+
+#: every way a group ends without an order, as members read it: no ids, codes, or anyone's
+#: payment details (the cause is the group's, not a member's)
+ENDINGS = {
+    "ORDER_FAILED": Ending(
+        "Cancelled: the order could not be placed",
+        "The order could not be completed with the merchant, so the group order was cancelled.",
+    ),
+    "HOST_CANCELLED": Ending(
+        "Cancelled by the host",
+        "The host cancelled the group order.",
+    ),
+    "CANCELLED": Ending("Cancelled", "The group order was cancelled."),
+    "DEADLINE_PASSED": Ending(
+        "Expired: the deadline passed before everyone paid",
+        "The deadline passed before every share was paid, so the order was not placed.",
+    ),
+    "NOT_OPENED": Ending(
+        "Expired: the group was never opened for payment",
+        "The deadline passed before the host opened the group for payment.",
+    ),
+    "HOST_ENDED": Ending(
+        "Ended by the host before everyone paid",
+        "The host ended the group before every share was paid, so the order was not placed.",
+    ),
+    "HOST_DID_NOT_PAY": Ending(
+        "Expired: the rest was not paid in time",
+        "The host took over the unpaid shares but did not pay them in time, so the order was "
+        "not placed.",
+    ),
+    "HOLD_WOULD_LAPSE": Ending(
+        "Ended early: a card hold would have lapsed before the order could be placed",
+        "A payment can only be held on a card for a limited time. The group could not be "
+        "completed before one would have lapsed, so it ended before its deadline.",
+    ),
+    "EXPIRED": Ending("Expired", "The group ended before every share was paid."),
+}
+#: what happened to the money of a group that ended without an order
+MONEY_RETURNED = (
+    "Nobody is charged for this order: every hold on a card is released and any payment "
+    "already taken is refunded."
+)
+
+
+def end_cause(group: group_pb2.GroupOrder, changes: Iterable[group_pb2.StatusChange]) -> str:
+    """Why `group` ended without an order (a key of ENDINGS; "" while it has not), from its
+    status and its history `changes` (empty when the history could not be read): who made the
+    closing move, from which state, and whether the hold policy brought the deadline forward.
+    Never from the free-text close reason."""
+    status = GROUP_STATUS.get(group.status)
+    if status not in CLOSED:
+        return ""
+    rows = list(changes)
+    closing = next((c for c in reversed(rows) if c.to_status == group.status), None)
+    if closing is None:  # the history could not be read: the status alone
+        return "EXPIRED" if status == "EXPIRED" else "CANCELLED"
+    by_host = closing.actor == f"user:{group.host_user_id}"
+    if status == "CANCELLED":
+        if closing.actor == ORDERS_ACTOR:
+            return "ORDER_FAILED"
+        return "HOST_CANCELLED" if by_host else "CANCELLED"
+    if closing.from_status == group_pb2.GROUP_STATUS_DRAFT:
+        return "NOT_OPENED"
+    if by_host:
+        return "HOST_ENDED"
+    if any(
+        c.actor == HOLD_ACTOR
+        and c.from_status == group_pb2.GROUP_STATUS_OPEN
+        and c.to_status == group_pb2.GROUP_STATUS_OPEN
+        for c in rows
+    ):
+        return "HOLD_WOULD_LAPSE"
+    if group.HasField("grace_deadline"):
+        return "HOST_DID_NOT_PAY"
+    return "DEADLINE_PASSED"
+
+
+def host_reason(group: group_pb2.GroupOrder, cause: str) -> str:
+    """The reason the host typed when cancelling (text for the whole group), or ""."""
+    if cause != "HOST_CANCELLED":
+        return ""
+    reason = group.close_reason.strip()
+    if reason == DEFAULT_CANCEL_REASON:
+        return ""
+    return reason[:MAX_HOST_REASON]
 
 
 class NoSuchPageError(Exception):
@@ -149,11 +260,11 @@ def member_view(
     group: group_pb2.GroupOrder,
     invite_token: str,
     now: datetime,
-    ended_early: bool = False,
+    changes: Iterable[group_pb2.StatusChange] = (),
 ) -> dict[str, Any]:
     """What the member holding `invite_token` may see of `group`; NoSuchPageError when no
-    member holds it. `ended_early`: the group closed before its deadline because a card hold
-    was about to lapse (the caller read the history)."""
+    member holds it. `changes`: the group's history, read by the caller once the group has
+    ended (it tells why; `end_cause`)."""
     you = member_of(group, invite_token)
     currency = group.total.currency_code
     status = GROUP_STATUS.get(group.status, "UNKNOWN")
@@ -162,13 +273,21 @@ def member_view(
     # a declined payment's checkout is closed: no Pay link then, "Try again" instead
     payable = status == "OPEN" and own_status == "AWAITING_PAYMENT" and owes
     retry = status == "OPEN" and own_status == "PAYMENT_FAILED" and owes
+    cause = end_cause(group, changes)
+    ending = ENDINGS.get(cause)
+    returned = status in CLOSED
     return {
         "status": status,
         "final": status in FINAL,
         "deadline": _time(group.deadline),
         "graceDeadline": _time(group.grace_deadline),
-        "closeReason": group.close_reason if status in CLOSED else "",
-        "endedEarly": ended_early and status in CLOSED,
+        "endCause": cause,
+        "endTitle": ending.title if ending else "",
+        "endMessage": ending.message if ending else "",
+        "hostReason": host_reason(group, cause),
+        "endedEarly": cause == "HOLD_WOULD_LAPSE",
+        "moneyReturned": returned,
+        "moneyNote": MONEY_RETURNED if returned else "",
         "serverTime": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "items": [
             {
@@ -196,6 +315,12 @@ def member_view(
             "paid": _money(you.amount_paid.amount_minor, currency),
             "payLink": _http_link(you.payment_link) if payable else "",
             "canRetry": retry,
+            # what they had paid, given back (the hold released or the capture refunded)
+            "returned": (
+                _money(you.amount_paid.amount_minor, currency)
+                if returned and you.amount_paid.amount_minor > 0
+                else ""
+            ),
         },
         "members": [
             {
@@ -288,26 +413,33 @@ class GroupPage:
         reply = await self._gateway.upstreams.call(self._binding, message, self._metadata(request))
         return group_service_pb2.GetGroupResponse.FromString(reply.SerializeToString()).group
 
-    async def _ended_early(self, request: web.Request, group: group_pb2.GroupOrder) -> bool:
-        """Whether a closed group ended before its deadline because a hold was about to lapse
-        (the hold policy's OPEN→OPEN row in its history); False when that cannot be read now."""
+    async def _changes(
+        self, request: web.Request, group: group_pb2.GroupOrder
+    ) -> list[group_pb2.StatusChange]:
+        """The history of a group that ended without an order (it tells why: `end_cause`);
+        nothing for any other group, nor when it cannot be read now (the page then says less)."""
         if GROUP_STATUS.get(group.status) not in CLOSED:
-            return False
-        message = group_service_pb2.GetGroupHistoryRequest(group_id=group.group_id)
-        try:
-            reply = await self._gateway.upstreams.call(
-                self._history, message, self._metadata(request)
+            return []
+        changes: list[group_pb2.StatusChange] = []
+        token = ""
+        for _ in range(MAX_HISTORY_PAGES):
+            message = group_service_pb2.GetGroupHistoryRequest(
+                group_id=group.group_id, page_token=token
             )
-        except grpc.aio.AioRpcError as exc:
-            logger.warning("group page: GetGroupHistory %s", exc.code().name)
-            return False
-        history = group_service_pb2.GetGroupHistoryResponse.FromString(reply.SerializeToString())
-        return any(
-            change.actor == HOLD_ACTOR
-            and change.from_status == group_pb2.GROUP_STATUS_OPEN
-            and change.to_status == group_pb2.GROUP_STATUS_OPEN
-            for change in history.changes
-        )
+            try:
+                reply = await self._gateway.upstreams.call(
+                    self._history, message, self._metadata(request)
+                )
+            except grpc.aio.AioRpcError as exc:
+                logger.warning("group page: GetGroupHistory %s", exc.code().name)
+                return []
+            page = group_service_pb2.GetGroupHistoryResponse.FromString(reply.SerializeToString())
+            changes.extend(page.changes)
+            token = page.next_page_token
+            if not token:
+                return changes
+        logger.warning("group page: the history is longer than %d pages", MAX_HISTORY_PAGES)
+        return []
 
     async def _view(
         self, request: web.Request, group: group_pb2.GroupOrder, token: str
@@ -316,8 +448,10 @@ class GroupPage:
             member_of(group, token)
         except NoSuchPageError:
             return self._not_found()
-        early = await self._ended_early(request, group)
-        return self._secure(web.json_response(member_view(group, token, datetime.now(UTC), early)))
+        changes = await self._changes(request, group)
+        return self._secure(
+            web.json_response(member_view(group, token, datetime.now(UTC), changes))
+        )
 
     async def _admitted_group(
         self, request: web.Request
@@ -390,10 +524,42 @@ class GroupPage:
         )
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _methods(gateway: Any, handlers: dict[str, Handler]) -> Handler:
+    """One route's handler: each method it serves to its handler (GET serves HEAD too); any
+    other method 405 with `Allow`, as the gateway answers a REST route's wrong method."""
+    served = dict(handlers)
+    if "GET" in served:
+        served.setdefault("HEAD", served["GET"])
+    allow = ", ".join(sorted(served))
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        handler = served.get(request.method)
+        if handler is not None:
+            return await handler(request)
+        return GroupPage._secure(
+            gateway.error(
+                code_pb2.UNIMPLEMENTED,
+                f"method {request.method} not allowed on {request.path}",
+                headers={"Allow": allow},
+                http=405,
+            )
+        )
+
+    return route
+
+
 def add_routes(app: web.Application, gateway: Any) -> None:
-    """The page's routes; call before the REST catch-all is added."""
+    """The page's routes, every method of each (a method a route does not serve gets 405);
+    call before the REST catch-all is added."""
     page = GroupPage(gateway)
-    app.router.add_get("/g/assets/{name}", page.asset)
-    app.router.add_get("/g/{group_id}", page.page)
-    app.router.add_get("/g/{group_id}/state", page.state)
-    app.router.add_post("/g/{group_id}/retry", page.retry)
+    routes: dict[str, dict[str, Handler]] = {
+        "/g/assets/{name}": {"GET": page.asset},
+        "/g/{group_id}": {"GET": page.page},
+        "/g/{group_id}/state": {"GET": page.state},
+        "/g/{group_id}/retry": {"POST": page.retry},
+    }
+    for path, handlers in routes.items():
+        app.router.add_route("*", path, _methods(gateway, handlers))

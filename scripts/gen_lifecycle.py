@@ -4,7 +4,8 @@ python scripts/gen_lifecycle.py          # write docs/lifecycle.md
 python scripts/gen_lifecycle.py --check  # fail if the committed file differs (stale)
 
 The diagrams come from the transition tables the services enforce (group_svc/domain/lifecycle.py
-``TRANSITIONS``, payment_svc/domain/model.py ``NEXT``, order_svc/domain/model.py ``_FORWARD``);
+``TRANSITIONS``, group_svc/domain/model.py ``MEMBER_TRANSITIONS``, payment_svc/domain/model.py
+``NEXT``, order_svc/domain/model.py ``_FORWARD``);
 what each state means comes from the comment on its value in proto/ (the same text the OpenAPI
 document gives REST clients). A state the code knows but the proto does not describe stops the
 generator, so neither side can drift from the document.
@@ -23,7 +24,7 @@ from typing import TypeVar
 
 from group_svc.domain.lifecycle import TRANSITIONS as GROUP_TRANSITIONS
 from group_svc.domain.lifecycle import GroupStatus
-from group_svc.domain.model import MemberStatus
+from group_svc.domain.model import MEMBER_STARTS, MEMBER_TRANSITIONS, MemberStatus
 from order_svc.domain import model as order_model
 from payment_svc.domain.model import NEXT as PAYMENT_NEXT
 from payment_svc.domain.model import PaymentStatus
@@ -68,6 +69,8 @@ class Machine:
     edges: Mapping[str, Iterable[str]] | None  # None: the code keeps no table
     rule: str  # where the edges live and what happens to a move outside them
     notes: str = ""
+    #: the states a record starts in (None: every state no other state leads to)
+    starts: Sequence[str] | None = None
 
     def meanings(self) -> dict[str, str]:
         """Each state → its proto comment; LookupError when one is missing."""
@@ -89,8 +92,9 @@ class Machine:
         order = {state: i for i, state in enumerate(self.states)}
         edges = {s: sorted(self.edges.get(s, ()), key=order.__getitem__) for s in self.states}
         reached = {t for s, targets in edges.items() for t in targets if t != s}
+        starts = set(self.starts) if self.starts is not None else set(self.states) - reached
         lines = ["```mermaid", "stateDiagram-v2"]
-        lines += [f"    [*] --> {s}" for s in self.states if s not in reached]
+        lines += [f"    [*] --> {s}" for s in self.states if s in starts]
         lines += [f"    {s} --> {t}" for s in self.states for t in edges[s]]
         lines += [f"    {s} --> [*]" for s in self.states if not edges[s]]
         lines.append("```")
@@ -172,17 +176,26 @@ MACHINES: tuple[Callable[[], Machine], ...] = (
         enum="MemberStatus",
         prefix="MEMBER_STATUS_",
         states=_members(MemberStatus),
-        edges=None,
+        edges=_names(MEMBER_TRANSITIONS),
+        starts=sorted(s.name for s in MEMBER_STARTS),
         rule=(
-            "The group aggregate (`group_svc/domain/model.py`) moves a member's status as a "
-            "side effect of the group's own moves, so it has no table of its own and no "
-            "diagram: a guest is INVITED until they join with their invite token (the host is "
-            "JOINED from the start); opening the group makes every member who owes a share "
-            "AWAITING_PAYMENT, joined or not; their payment secured makes them PAID, declined "
-            "PAYMENT_FAILED, and `retry-payment` (or choosing another provider) makes them "
-            "AWAITING_PAYMENT again. With `HOST_PAYS_REMAINING` at the deadline, a member who "
-            "paid nothing becomes COVERED_BY_HOST, one who paid part keeps that part as their "
-            "share (PAID), and the host is AWAITING_PAYMENT for the rest."
+            "Drawn from `MEMBER_TRANSITIONS` in `group_svc/domain/model.py`: the group moves "
+            "its members as a side effect of its own moves, each through `Member.move_to`, "
+            "which refuses any other move with `INTERNAL` (a bug, never a client's mistake). "
+            "A guest starts INVITED, the host JOINED."
+        ),
+        notes=(
+            "What moves a member: a guest joins with their invite token (INVITED → JOINED); "
+            "opening the group makes every member who owes a share AWAITING_PAYMENT, joined or "
+            "not; their payment secured makes them PAID, declined PAYMENT_FAILED, and "
+            "`retry-payment` (or choosing another provider) makes them AWAITING_PAYMENT again. "
+            "With `HOST_PAYS_REMAINING` when the group is due, a member who paid nothing "
+            "becomes COVERED_BY_HOST, one who paid part keeps that part as their share (PAID), "
+            "and the host is AWAITING_PAYMENT for the rest — whatever the host's own status "
+            "was (JOINED with no share of their own, PAID, PAYMENT_FAILED). A member's status "
+            "stays as it was when the group ends: after EXPIRED or CANCELLED a PAID member's "
+            "money is returned (the hold voided or the capture refunded; their payments say "
+            "which)."
         ),
     ),
     lambda: Machine(

@@ -20,15 +20,8 @@
     PAYMENT_FAILED: "Your payment did not go through. You can try again with another card.",
     COVERED_BY_HOST: "The host covers your share.",
   };
-  // a group that ended before its deadline because a card hold was about to lapse
-  const EARLY_TEXT = {
-    EXPIRED: "Ended early: a card hold would have lapsed before the order could be placed",
-    CANCELLED: "Cancelled",
-  };
   const FINAL_TEXT = {
     CONFIRMED: "Everyone paid and the merchant accepted the order.",
-    EXPIRED: "Nothing more will be charged; any hold on your card is released.",
-    CANCELLED: "Nothing more will be charged; any hold on your card is released.",
   };
 
   const $ = (id) => document.getElementById(id);
@@ -50,6 +43,13 @@
     return el;
   }
 
+  // show `value` as the text of `el`, or hide `el` when there is none
+  function shown(el, value) {
+    const words = value == null ? "" : String(value);
+    text(el, words);
+    el.hidden = !words;
+  }
+
   function problem(message) {
     const box = $("problem");
     text(box, message);
@@ -59,12 +59,12 @@
   function render(view) {
     $("problem").hidden = true;
     const status = $("status");
-    const early = Boolean(view.endedEarly) && EARLY_TEXT[view.status];
-    text(status, early || STATUS_TEXT[view.status] || view.status);
-    const reason = $("close-reason");
-    const why = String(view.closeReason || "");
-    text(reason, why ? "Reason: " + why : "");
-    reason.hidden = !why;
+    // a group that ended without an order: why, as the server words it for members
+    text(status, view.endTitle || STATUS_TEXT[view.status] || view.status);
+    shown($("close-reason"), view.endMessage);
+    const hostReason = String(view.hostReason || "");
+    shown($("host-reason"), hostReason ? "The host wrote: “" + hostReason + "”" : "");
+    shown($("money-note"), view.moneyNote);
     status.className = "status s-" + String(view.status).replace(/[^A-Z_]/g, "");
     finalState = Boolean(view.final);
     clockOffset = Date.parse(view.serverTime) - Date.now();
@@ -72,8 +72,18 @@
 
     text($("you-name"), view.you.name);
     text($("share"), view.you.share);
-    const lines = [YOU_TEXT[view.you.status] || ""];
-    if (finalState && FINAL_TEXT[view.status]) lines.push(FINAL_TEXT[view.status]);
+    const lines = [];
+    if (view.moneyReturned) {
+      // what the member had paid is given back; nothing more is asked of anyone
+      lines.push(
+        view.you.returned
+          ? "You paid " + view.you.returned + "; it is returned to you (the hold on your card is released, or the payment refunded)."
+          : "You are not charged.",
+      );
+    } else {
+      lines.push(YOU_TEXT[view.you.status] || "");
+      if (finalState && FINAL_TEXT[view.status]) lines.push(FINAL_TEXT[view.status]);
+    }
     text($("you-status"), lines.join(" "));
     const pay = $("pay");
     const link = String(view.you.payLink || "");
@@ -97,7 +107,11 @@
     for (const m of view.members) {
       const li = element("li", m.paid ? "member paid" : "member");
       const name = element("span", "name", m.name + (m.you ? " (you)" : ""));
-      li.append(name, element("span", m.paid ? "badge paid" : "badge", m.paid ? "Paid" : "Not paid yet"));
+      let badge = element("span", "badge", "Not paid yet");
+      if (m.paid && view.moneyReturned) badge = element("span", "badge returned", "Paid — returned");
+      else if (m.paid) badge = element("span", "badge paid", "Paid");
+      else if (view.moneyReturned) badge = element("span", "badge", "Not paid");
+      li.append(name, badge);
       members.append(li);
     }
     $("members-box").hidden = false;

@@ -1,6 +1,7 @@
 """The group state machine: which status may follow which (docs/lifecycle.md is drawn from it).
 
     DRAFT ──► OPEN ──► PENDING ──► CONFIRMED
+      │        │ ↺ OPEN (the hold policy brings the deadline forward: a history row only)
       │        │          │
       │        ├──► EXPIRED (deadline passed; the fallback did not rescue it)
       ├──► EXPIRED (deadline passed before the host opened the group)
@@ -30,7 +31,11 @@ class GroupStatus(StrEnum):
 
 TRANSITIONS: Mapping[GroupStatus, frozenset[GroupStatus]] = {
     GroupStatus.DRAFT: frozenset({GroupStatus.OPEN, GroupStatus.EXPIRED, GroupStatus.CANCELLED}),
-    GroupStatus.OPEN: frozenset({GroupStatus.PENDING, GroupStatus.EXPIRED, GroupStatus.CANCELLED}),
+    # OPEN → OPEN: the hold policy brings the deadline forward (`Group.hold_lapsing`, a history
+    # row by system:holds); the group stays OPEN
+    GroupStatus.OPEN: frozenset(
+        {GroupStatus.OPEN, GroupStatus.PENDING, GroupStatus.EXPIRED, GroupStatus.CANCELLED}
+    ),
     GroupStatus.PENDING: frozenset({GroupStatus.CONFIRMED, GroupStatus.CANCELLED}),
     GroupStatus.CONFIRMED: frozenset(),
     GroupStatus.EXPIRED: frozenset(),
@@ -38,6 +43,13 @@ TRANSITIONS: Mapping[GroupStatus, frozenset[GroupStatus]] = {
 }
 
 TERMINAL: frozenset[GroupStatus] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+#: the actors of the history rows the services write themselves (a user's row names
+#: ``user:<id>``, a service's ``service:<name>``); the members' group page tells why a group
+#: ended from them (gateway/group_page.py)
+ORDERS_ACTOR = "system:orders"
+PAYMENTS_ACTOR = "system:payments"
+HOLDS_ACTOR = "system:holds"
 
 
 def can_transition(source: GroupStatus, target: GroupStatus) -> bool:

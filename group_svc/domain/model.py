@@ -3,24 +3,31 @@
 Pure Python. The service layer loads a `Group` (under a row lock), calls one method and saves
 it; the methods record what happened in `group.events` (domain/events.py), which the unit of
 work publishes on commit. Every status change goes through `Group.transition`, which checks the
-state machine and records a history entry.
+state machine and records a history entry; every member status change through
+`Member.move_to`, which checks `MEMBER_TRANSITIONS`.
 """
 
 from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from group_svc.domain import events as ev
-from group_svc.domain.lifecycle import GroupStatus, check_transition
+from group_svc.domain.lifecycle import (
+    ORDERS_ACTOR,
+    PAYMENTS_ACTOR,
+    GroupStatus,
+    check_transition,
+)
 from group_svc.domain.split import Line, ShareSpec, SplitMode, compute_shares
 from mppo.platform.errors import (
     FailedPreconditionError,
     FieldViolation,
+    InternalError,
     InvalidArgumentError,
     NotFoundError,
 )
@@ -47,6 +54,32 @@ class MemberStatus(StrEnum):
     PAID = "PAID"
     PAYMENT_FAILED = "PAYMENT_FAILED"
     COVERED_BY_HOST = "COVERED_BY_HOST"
+
+
+#: the statuses a member starts in: a guest INVITED (added by the host), the host JOINED
+MEMBER_STARTS: frozenset[MemberStatus] = frozenset({MemberStatus.INVITED, MemberStatus.JOINED})
+
+#: which member status may follow which (docs/lifecycle.md is drawn from it); `Member.move_to`
+#: refuses anything else. The group moves its members as a side effect of its own moves:
+MEMBER_TRANSITIONS: Mapping[MemberStatus, frozenset[MemberStatus]] = {
+    # joining with the invite token; the group opened with a share the guest owes
+    MemberStatus.INVITED: frozenset({MemberStatus.JOINED, MemberStatus.AWAITING_PAYMENT}),
+    # the group opened with a share they owe; the host (share 0) takes over the rest
+    MemberStatus.JOINED: frozenset({MemberStatus.AWAITING_PAYMENT}),
+    # paid (or the fallback keeps what they paid as their share), declined, or the fallback
+    # moves their share to the host
+    MemberStatus.AWAITING_PAYMENT: frozenset(
+        {MemberStatus.PAID, MemberStatus.PAYMENT_FAILED, MemberStatus.COVERED_BY_HOST}
+    ),
+    # a new attempt (retry, another provider, the host's fallback attempt); or the fallback
+    # as for AWAITING_PAYMENT
+    MemberStatus.PAYMENT_FAILED: frozenset(
+        {MemberStatus.AWAITING_PAYMENT, MemberStatus.PAID, MemberStatus.COVERED_BY_HOST}
+    ),
+    # the host who had paid their own share owes the rest the fallback moved to them
+    MemberStatus.PAID: frozenset({MemberStatus.AWAITING_PAYMENT}),
+    MemberStatus.COVERED_BY_HOST: frozenset(),
+}
 
 
 class FallbackPolicy(StrEnum):
@@ -124,6 +157,17 @@ class Member:
     def secured(self) -> bool:
         """The member owes nothing more."""
         return self.paid_minor >= self.share_minor
+
+    def move_to(self, target: MemberStatus) -> None:
+        """Set the member's status along `MEMBER_TRANSITIONS` (staying in the same status is
+        no move); InternalError for a move outside the table (a bug: nothing is changed)."""
+        if target is self.status:
+            return
+        if target not in MEMBER_TRANSITIONS[self.status]:
+            raise InternalError(
+                f"member {self.member_id}: status {self.status} cannot become {target}"
+            )
+        self.status = target
 
 
 @dataclass
@@ -448,7 +492,9 @@ class Group:
     def update_split(
         self, mode: SplitMode, specs: dict[str, ShareSpec], labels: dict[str, str], now: datetime
     ) -> None:
-        """Change the split mode and parameters (DRAFT only)."""
+        """Change the split mode and parameters (DRAFT only). `labels` name each member's
+        entry in the request (``shares[i]``): an unknown member is reported on the entry's
+        ``member_id``, a bad split parameter on its ``share_spec``."""
         self._require_editable()
         unknown = [
             member_id for member_id in specs if member_id not in {m.member_id for m in self.members}
@@ -456,7 +502,10 @@ class Group:
         if unknown:
             raise InvalidArgumentError(
                 "unknown members in the split",
-                [FieldViolation(labels[u], f"member {u} is not in the group") for u in unknown],
+                [
+                    FieldViolation(f"{labels[u]}.member_id", "not a member of the group")
+                    for u in unknown
+                ],
             )
         if mode is not SplitMode.EQUAL:
             missing = [m for m in self.members if m.member_id not in specs]
@@ -468,7 +517,12 @@ class Group:
         for m in self.members:
             m.share_spec = specs.get(m.member_id, ShareSpec())
         self.split_mode = mode
-        self.recompute_shares([labels.get(m.member_id, "shares") for m in self.members])
+        self.recompute_shares(
+            [
+                f"{labels[m.member_id]}.share_spec" if m.member_id in labels else "shares"
+                for m in self.members
+            ]
+        )
         self.updated_at = now
 
     def join(self, invite_token: str, user_id: str, now: datetime) -> Member:
@@ -493,7 +547,7 @@ class Group:
         if member.joined_at is None:
             member.joined_at = now
         if member.status is MemberStatus.INVITED:
-            member.status = MemberStatus.JOINED
+            member.move_to(MemberStatus.JOINED)
         self.updated_at = now
         return member
 
@@ -566,7 +620,7 @@ class Group:
             return False
         self._new_attempt(member, member.share_minor - member.paid_minor)
         if self.status is GroupStatus.OPEN:
-            member.status = MemberStatus.AWAITING_PAYMENT
+            member.move_to(MemberStatus.AWAITING_PAYMENT)
         return True
 
     def hold_lapsing(
@@ -622,14 +676,12 @@ class Group:
                 f"the group is due at {due.strftime('%Y-%m-%d %H:%M:%S')} UTC instead of "
                 f"{current.strftime('%Y-%m-%d %H:%M:%S')} UTC"
             )
-        self.new_history.append(
-            HistoryEntry(GroupStatus.OPEN, GroupStatus.OPEN, f"{why}: {when}", actor, now)
-        )
+        # OPEN → OPEN (lifecycle.TRANSITIONS): the group stays open, its history says why
+        self.transition(GroupStatus.OPEN, f"{why}: {when}", actor, now)
         if self.grace_deadline is not None:
             self.grace_deadline = due
         else:
             self.deadline = due
-        self.updated_at = now
         return True
 
     def freeze(self, now: datetime) -> None:
@@ -674,7 +726,7 @@ class Group:
         self.transition(GroupStatus.OPEN, "shares frozen, payment links sent", actor, now)
         for m in self.members:
             if m.required:
-                m.status = MemberStatus.AWAITING_PAYMENT
+                m.move_to(MemberStatus.AWAITING_PAYMENT)
         self.events.append(ev.Opened())
         return True
 
@@ -689,7 +741,7 @@ class Group:
                 reason="NOTHING_TO_RETRY",
             )
         attempt = self._new_attempt(member, member.share_minor - member.paid_minor)
-        member.status = MemberStatus.AWAITING_PAYMENT
+        member.move_to(MemberStatus.AWAITING_PAYMENT)
         self.updated_at = now
         return attempt
 
@@ -739,7 +791,7 @@ class Group:
         attempt.status = AttemptStatus.SUCCEEDED
         member.paid_minor += amount_minor
         if member.secured:
-            member.status = MemberStatus.PAID
+            member.move_to(MemberStatus.PAID)
             member.paid_at = now
         self.updated_at = now
         self.events.append(
@@ -764,7 +816,7 @@ class Group:
             and self.status is GroupStatus.OPEN
             and not member.secured
         ):
-            member.status = MemberStatus.PAYMENT_FAILED
+            member.move_to(MemberStatus.PAYMENT_FAILED)
         self.updated_at = now
         return current
 
@@ -772,7 +824,7 @@ class Group:
         """OPEN → PENDING when every required share is secured."""
         if self.status is not GroupStatus.OPEN or not self.fully_paid:
             return False
-        self.transition(GroupStatus.PENDING, "all shares secured", "system:payments", now)
+        self.transition(GroupStatus.PENDING, "all shares secured", PAYMENTS_ACTOR, now)
         self.events += [ev.FullyPaid(), ev.Finalized()]
         return True
 
@@ -802,7 +854,7 @@ class Group:
             uncovered += m.share_minor - m.paid_minor
             m.share_minor = m.paid_minor
             m.required = m.paid_minor > 0
-            m.status = MemberStatus.COVERED_BY_HOST if m.paid_minor == 0 else MemberStatus.PAID
+            m.move_to(MemberStatus.COVERED_BY_HOST if m.paid_minor == 0 else MemberStatus.PAID)
             current = self.current_attempt(m)
             if current is not None and current.status is AttemptStatus.REQUESTED:
                 current.status = AttemptStatus.SUPERSEDED
@@ -812,7 +864,7 @@ class Group:
         keep = uncovered == 0 and current is not None and current.status is AttemptStatus.REQUESTED
         if not keep:
             self._new_attempt(host, host.share_minor - host.paid_minor)
-        host.status = MemberStatus.AWAITING_PAYMENT
+        host.move_to(MemberStatus.AWAITING_PAYMENT)
         self.fallback_at = now
         self.grace_deadline = now + grace
         self.updated_at = now
@@ -832,7 +884,7 @@ class Group:
 
     def confirm(self, order_id: str, now: datetime) -> None:
         """PENDING → CONFIRMED."""
-        self.transition(GroupStatus.CONFIRMED, "order confirmed", "system:orders", now)
+        self.transition(GroupStatus.CONFIRMED, "order confirmed", ORDERS_ACTOR, now)
         self.order_id = order_id
         self.events.append(ev.Confirmed(order_id))
 

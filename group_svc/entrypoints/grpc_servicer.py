@@ -31,12 +31,10 @@ from group_svc.adapters.proto_mapping import (
     group_to_proto,
     provider_name,
     redact,
-    spec_from_proto,
     timestamp,
 )
 from group_svc.domain.lifecycle import GroupStatus
 from group_svc.domain.model import Group
-from group_svc.domain.split import ShareSpec
 from group_svc.entrypoints import parsing
 from group_svc.service_layer import commands as c
 from group_svc.service_layer.handlers import Finish, GroupHandlers, is_service, require_user
@@ -252,7 +250,8 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         self, request: pb.RemoveMemberRequest, context: Ctx
     ) -> pb.RemoveMemberResponse:
         caller = caller_from(_metadata(context))
-        cmd = c.RemoveMember(caller, request.group_id, request.member_id)
+        member_id = parsing.required_id(request.member_id, "member_id")
+        cmd = c.RemoveMember(caller, request.group_id, member_id)
 
         async def work(uow: GroupUnitOfWork) -> pb.RemoveMemberResponse:
             group = await self._h.remove_member(cmd, uow)
@@ -300,17 +299,7 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         self, request: pb.UpdateSplitRequest, context: Ctx
     ) -> pb.UpdateSplitResponse:
         caller = caller_from(_metadata(context))
-        bad: list[FieldViolation] = []
-        mode = parsing.split_mode(request.split_mode, bad)
-        specs: dict[str, ShareSpec] = {}
-        labels: dict[str, str] = {}
-        for i, share in enumerate(request.shares):
-            if share.member_id in specs:
-                bad.append(FieldViolation(f"shares[{i}].member_id", "duplicate member"))
-            specs[share.member_id] = spec_from_proto(share.share_spec)
-            labels[share.member_id] = f"shares[{i}].share_spec"
-        if bad:
-            raise InvalidArgumentError("invalid split", bad)
+        mode, specs, labels = parsing.update_split(request)
         cmd = c.UpdateSplit(caller, request.group_id, mode, specs, labels, request.expected_version)
 
         async def work(uow: GroupUnitOfWork) -> pb.UpdateSplitResponse:
@@ -339,7 +328,8 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         self, request: pb.RetryPaymentRequest, context: Ctx
     ) -> pb.RetryPaymentResponse:
         caller = caller_from(_metadata(context))
-        cmd = c.RetryPayment(caller, request.group_id, request.member_id)
+        member_id = parsing.required_id(request.member_id, "member_id")
+        cmd = c.RetryPayment(caller, request.group_id, member_id)
         with bind_ids(group_id=request.group_id, member_id=request.member_id):
             view = await self._finishing(
                 context,

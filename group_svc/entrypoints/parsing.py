@@ -14,7 +14,7 @@ from group_svc.adapters.proto_mapping import (
     spec_from_proto,
 )
 from group_svc.domain.model import MAX_MEMBERS, CartLine, FallbackPolicy, NewMember
-from group_svc.domain.split import SplitMode
+from group_svc.domain.split import ShareSpec, SplitMode
 from group_svc.service_layer.commands import CreateGroup
 from mppo.group.v1 import group_pb2, group_service_pb2
 from mppo.platform.errors import FieldViolation, InvalidArgumentError
@@ -62,6 +62,40 @@ def split_mode(value: group_pb2.SplitMode.ValueType, bad: list[FieldViolation]) 
     return mode
 
 
+def update_split(
+    request: group_service_pb2.UpdateSplitRequest,
+) -> tuple[SplitMode, dict[str, ShareSpec], dict[str, str]]:
+    """An UpdateSplitRequest's mode, each member's split parameter by member id, and the
+    request entry naming each member (``shares[i]``, for the domain's violations)."""
+    bad: list[FieldViolation] = []
+    mode = split_mode(request.split_mode, bad)
+    specs: dict[str, ShareSpec] = {}
+    labels: dict[str, str] = {}
+    for i, share in enumerate(request.shares):
+        label = f"shares[{i}]"
+        member_id = share.member_id.strip()
+        if not member_id:
+            bad.append(FieldViolation(f"{label}.member_id", "required"))
+            continue
+        if member_id in specs:
+            bad.append(FieldViolation(f"{label}.member_id", "duplicate member"))
+            continue
+        specs[member_id] = spec_from_proto(share.share_spec)
+        labels[member_id] = label
+    if bad:
+        raise InvalidArgumentError("invalid split", bad)
+    return mode, specs, labels
+
+
+def required_id(value: str, field_name: str) -> str:
+    """`value` stripped; INVALID_ARGUMENT naming `field_name` ("required") when blank."""
+    if not value.strip():
+        raise InvalidArgumentError(
+            f"{field_name} required", [FieldViolation(field_name, "required")]
+        )
+    return value.strip()
+
+
 def create_group(
     request: group_service_pb2.CreateGroupRequest, caller: Caller, now: datetime
 ) -> CreateGroup:
@@ -69,10 +103,13 @@ def create_group(
     bad: list[FieldViolation] = []
     if not request.merchant_id.strip():
         bad.append(FieldViolation("merchant_id", "required"))
-    try:
-        exponent(request.currency_code, "currency_code")
-    except InvalidArgumentError as exc:
-        bad.extend(exc.violations)
+    if not request.currency_code.strip():
+        bad.append(FieldViolation("currency_code", "required"))
+    else:
+        try:
+            exponent(request.currency_code, "currency_code")
+        except InvalidArgumentError as exc:
+            bad.extend(exc.violations)
     if not request.items:
         bad.append(FieldViolation("items", "the cart is empty; at least one line"))
     if len(request.items) > MAX_LINES:
@@ -86,6 +123,8 @@ def create_group(
         elif line.line_id in seen:
             bad.append(FieldViolation(f"{label}.line_id", "duplicate line id"))
         seen.add(line.line_id)
+        if not line.sku.strip():
+            bad.append(FieldViolation(f"{label}.sku", "required"))
         if not 1 <= line.quantity <= MAX_QUANTITY:
             bad.append(FieldViolation(f"{label}.quantity", f"1 to {MAX_QUANTITY}"))
         if line.unit_price_minor <= 0:

@@ -108,7 +108,7 @@ class UpdateSplit:
     group_id: str
     mode: SplitMode
     specs: dict[str, ShareSpec]
-    #: request field of each member's share parameter, for violations
+    #: the request entry of each member (``shares[i]``), for violations
     labels: dict[str, str]
     expected_version: int = 0
 

@@ -52,7 +52,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from group_svc.adapters.repository import Duties
-from group_svc.domain.lifecycle import GroupStatus
+from group_svc.domain.lifecycle import HOLDS_ACTOR, ORDERS_ACTOR, GroupStatus
 from group_svc.domain.model import FallbackOutcome, Group, Member, NewMember, PaymentOutcome
 from group_svc.observability import checkout_finished
 from group_svc.service_layer import commands as c
@@ -82,6 +82,10 @@ logger = logging.getLogger(__name__)
 #: services that may retry a member's failed payment for that member: the gateway's group page,
 #: which found the member by their invite token (the capability of a member without a login)
 RETRY_FOR_MEMBER = frozenset({"gateway"})
+
+#: the close reason of a group the host cancelled without giving one (the members' group page
+#: shows the host's own reason, not this)
+DEFAULT_CANCEL_REASON = "cancelled by the host"
 
 #: how often a change is re-planned when new unwanted payment links appear while the previous
 #: ones were being closed (each round closes what it found)
@@ -571,7 +575,7 @@ class GroupHandlers:
                     "the order is being placed; it can no longer be cancelled",
                     reason="GROUP_PENDING",
                 )
-            reason = cmd.reason.strip() or "cancelled by the host"
+            reason = cmd.reason.strip() or DEFAULT_CANCEL_REASON
             group.cancel(reason, cmd.caller.label, self._clock())
             return f"group cancelled: {reason}"
 
@@ -827,7 +831,7 @@ class GroupHandlers:
             changed = group.hold_lapsing(
                 msg.payment_id,
                 lapses_at,
-                "system:holds",
+                HOLDS_ACTOR,
                 now,
                 margin=self._hold_margin,
                 host_grace=self._host_grace,
@@ -879,7 +883,7 @@ class GroupHandlers:
                 return
             group.order_id = msg.order_id
             now = self._clock()
-            group.cancel(f"order failed: {msg.detail or 'not placed'}", "system:orders", now)
+            group.cancel(f"order failed: {msg.detail or 'not placed'}", ORDERS_ACTOR, now)
             await uow.groups.save(group)
             _observe_checkout(uow, "failed", group.created_at, now)
 

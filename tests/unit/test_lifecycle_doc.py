@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from group_svc.domain.lifecycle import TRANSITIONS, GroupStatus
-from group_svc.domain.model import MemberStatus
+from group_svc.domain.model import MEMBER_TRANSITIONS, MemberStatus
 from order_svc.domain import model as order_model
 from payment_svc.domain.model import NEXT, PaymentStatus
 
@@ -77,11 +77,15 @@ def test_the_check_fails_on_a_stale_document(tmp_path: Path) -> None:
 
 def test_each_diagram_is_exactly_the_code_s_transition_table() -> None:
     assert diagram_edges("Group") == table_edges(TRANSITIONS)
+    # a member starts INVITED (a guest) or JOINED (the host), though JOINED is also reached
+    assert diagram_edges("Member") == table_edges(MEMBER_TRANSITIONS) | {("[*]", "JOINED")}
     assert diagram_edges("Payment") == table_edges(NEXT)
     assert diagram_edges("Order") == table_edges(order_model._FORWARD)
     # spot checks against the tables as a reader knows them
     assert ("[*]", "DRAFT") in diagram_edges("Group")
     assert ("PENDING", "EXPIRED") not in diagram_edges("Group")
+    assert ("OPEN", "OPEN") in diagram_edges("Group")  # the hold policy's deadline row
+    assert ("PAID", "AWAITING_PAYMENT") in diagram_edges("Member")  # the host's fallback
     assert ("AUTHORIZED", "CAPTURED") in diagram_edges("Payment")
     assert ("COMPENSATING", "FAILED") in diagram_edges("Order")
 

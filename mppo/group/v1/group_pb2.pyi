@@ -166,7 +166,10 @@ class _MemberStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemberSt
     MEMBER_STATUS_AWAITING_PAYMENT: _MemberStatus.ValueType  # 3
     """A payment intent exists and the member has not paid yet."""
     MEMBER_STATUS_PAID: _MemberStatus.ValueType  # 4
-    """The member's share is secured (authorized, or captured where the provider can't hold)."""
+    """The member's share is secured (authorized, or captured where the provider can't hold). It
+    stays PAID when the group then ends EXPIRED or CANCELLED: the money is returned then (the
+    hold voided, the capture refunded; the member's payments say which).
+    """
     MEMBER_STATUS_PAYMENT_FAILED: _MemberStatus.ValueType  # 5
     """The last payment attempt failed; the member may try again with a fresh attempt."""
     MEMBER_STATUS_COVERED_BY_HOST: _MemberStatus.ValueType  # 6
@@ -184,7 +187,10 @@ MEMBER_STATUS_JOINED: MemberStatus.ValueType  # 2
 MEMBER_STATUS_AWAITING_PAYMENT: MemberStatus.ValueType  # 3
 """A payment intent exists and the member has not paid yet."""
 MEMBER_STATUS_PAID: MemberStatus.ValueType  # 4
-"""The member's share is secured (authorized, or captured where the provider can't hold)."""
+"""The member's share is secured (authorized, or captured where the provider can't hold). It
+stays PAID when the group then ends EXPIRED or CANCELLED: the money is returned then (the
+hold voided, the capture refunded; the member's payments say which).
+"""
 MEMBER_STATUS_PAYMENT_FAILED: MemberStatus.ValueType  # 5
 """The last payment attempt failed; the member may try again with a fresh attempt."""
 MEMBER_STATUS_COVERED_BY_HOST: MemberStatus.ValueType  # 6
@@ -309,7 +315,10 @@ class Member(_message.Message):
     role: Global___MemberRole.ValueType
     """Host or guest."""
     status: Global___MemberStatus.ValueType
-    """Invitation and payment state."""
+    """Invitation and payment state. Once the group ends it stays as it was then: after EXPIRED
+    or CANCELLED, PAID means the member had paid and that money is returned (holds voided,
+    captures refunded; see the payments, `GET /payments?group_id=`, for each one's state).
+    """
     required: _builtins.bool
     """Whether the group needs this share before the order can be placed."""
     payment_id: _builtins.str
@@ -336,7 +345,10 @@ class Member(_message.Message):
 
     @_builtins.property
     def amount_paid(self) -> _money_pb2.Money:
-        """The amount secured so far."""
+        """The amount this member's payments secured for the group. Not reduced when the money goes
+        back: after the group ends EXPIRED or CANCELLED it is what had been secured, all of it
+        returned (holds voided, captures refunded; the payments say which).
+        """
 
     @_builtins.property
     def joined_at(self) -> _timestamp_pb2.Timestamp:
@@ -422,7 +434,11 @@ class GroupOrder(_message.Message):
     order_id: _builtins.str
     """The order placed for this group, once there is one."""
     close_reason: _builtins.str
-    """Why the group ended EXPIRED or CANCELLED."""
+    """Why the group ended EXPIRED or CANCELLED, as the services recorded it for the host and
+    operators (it may name payments and the provider's codes, e.g. why the order failed). The
+    members' group page does not show it: it tells members why in its own words, from the
+    status and the history's actors, and shows only a reason the host typed when cancelling.
+    """
     version: _builtins.int
     """Optimistic concurrency version, incremented on every change."""
     @_builtins.property
@@ -443,7 +459,12 @@ class GroupOrder(_message.Message):
 
     @_builtins.property
     def amount_secured(self) -> _money_pb2.Money:
-        """Sum of the secured shares."""
+        """Sum of the payments secured for the group (authorized, or captured where the provider
+        can't hold). Not reduced when the money goes back: after the group ends EXPIRED or
+        CANCELLED it is what had been secured, all of it returned (holds voided, captures
+        refunded; see the payments, `GET /payments?group_id=`, for each one's state). Only a
+        CONFIRMED group keeps it.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -507,7 +528,12 @@ class StatusChange(_message.Message):
     reason: _builtins.str
     """Why it happened, e.g. "all shares secured" or "deadline passed"."""
     actor: _builtins.str
-    """Who caused it: a user id, or "system:<component>"."""
+    """Who caused it: "user:<user id>" (the host, for their own moves), "service:<name>", or the
+    group service itself, "system:<component>": "system:payments" (every share secured),
+    "system:orders" (the order's outcome), "system:scheduler" (the deadline, the host's
+    grace), "system:holds" (an OPEN → OPEN row: a card hold would lapse, so the deadline
+    was brought forward).
+    """
     @_builtins.property
     def change_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""

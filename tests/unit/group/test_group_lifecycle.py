@@ -7,9 +7,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from group_svc.domain.lifecycle import TERMINAL, GroupStatus, can_transition, check_transition
+from group_svc.domain.lifecycle import (
+    HOLDS_ACTOR,
+    TERMINAL,
+    GroupStatus,
+    can_transition,
+    check_transition,
+)
 from group_svc.domain.model import (
     MAX_MEMBERS,
+    MEMBER_STARTS,
+    MEMBER_TRANSITIONS,
     AttemptStatus,
     CartLine,
     FallbackOutcome,
@@ -23,13 +31,19 @@ from group_svc.domain.model import (
     check_member_list,
 )
 from group_svc.domain.split import ShareSpec, SplitMode
-from mppo.platform.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from mppo.platform.errors import (
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 
 S = GroupStatus
 LEGAL = {
     (S.DRAFT, S.OPEN),
     (S.DRAFT, S.EXPIRED),
     (S.DRAFT, S.CANCELLED),
+    (S.OPEN, S.OPEN),  # the hold policy brings the deadline forward
     (S.OPEN, S.PENDING),
     (S.OPEN, S.EXPIRED),
     (S.OPEN, S.CANCELLED),
@@ -305,3 +319,115 @@ def test_member_list_rules() -> None:
     with pytest.raises(InvalidArgumentError) as err:
         check_member_list([(f"{i}@x", "") for i in range(MAX_MEMBERS + 1)])
     assert err.value.reason == "TOO_MANY_MEMBERS"
+
+
+def test_member_moves_follow_the_table_and_a_move_outside_it_is_an_internal_error() -> None:
+    member = Member("m", 1, Role.GUEST, "G", "g@x", "", "", ShareSpec(), MemberStatus.INVITED, "t")
+    for target in (MemberStatus.JOINED, MemberStatus.AWAITING_PAYMENT, MemberStatus.PAID):
+        member.move_to(target)
+        assert member.status is target
+    member.move_to(MemberStatus.PAID)  # staying is no move
+    with pytest.raises(InternalError):
+        member.move_to(MemberStatus.INVITED)
+    assert member.status is MemberStatus.PAID  # a refused move changes nothing
+    covered = Member(
+        "c", 2, Role.GUEST, "C", "c@x", "", "", ShareSpec(), MemberStatus.COVERED_BY_HOST, "t"
+    )
+    for target in MemberStatus:
+        if target is not MemberStatus.COVERED_BY_HOST:
+            with pytest.raises(InternalError):
+                covered.move_to(target)
+    assert {s for s, nxt in MEMBER_TRANSITIONS.items() if not nxt} == {MemberStatus.COVERED_BY_HOST}
+
+
+def test_the_fallback_moves_a_host_who_had_paid_back_to_awaiting_payment() -> None:
+    group = make_group(3, 300, FallbackPolicy.HOST_PAYS_REMAINING)
+    open_group(group)
+    host, g1, g2 = group.members
+    assert pay(group, host) is PaymentOutcome.ACCEPTED
+    assert host.status is MemberStatus.PAID
+    first = group.current_attempt(g1)
+    assert first is not None
+    assert group.payment_failed(first.payment_id, g1.member_id, first.attempt, NOW)
+    group.apply_fallback("system:scheduler", "deadline", timedelta(minutes=5), NOW)
+    assert (host.status, g1.status, g2.status) == (
+        MemberStatus.AWAITING_PAYMENT,  # PAID → AWAITING_PAYMENT for the rest
+        MemberStatus.COVERED_BY_HOST,  # PAYMENT_FAILED → COVERED_BY_HOST
+        MemberStatus.COVERED_BY_HOST,  # AWAITING_PAYMENT → COVERED_BY_HOST
+    )
+    assert {m.status for m in group.members} <= set(MEMBER_TRANSITIONS)
+
+
+def test_a_host_with_no_share_of_their_own_takes_the_rest_over_from_joined() -> None:
+    group = make_group(2, 100, FallbackPolicy.HOST_PAYS_REMAINING)
+    host, guest = group.members
+    labels = {host.member_id: "shares[0]", guest.member_id: "shares[1]"}
+    specs = {
+        host.member_id: ShareSpec(amount_minor=0),
+        guest.member_id: ShareSpec(amount_minor=100),
+    }
+    group.update_split(SplitMode.CUSTOM, specs, labels, NOW)
+    open_group(group)
+    assert (host.status, guest.status) == (MemberStatus.JOINED, MemberStatus.AWAITING_PAYMENT)
+    group.apply_fallback("system:scheduler", "deadline", timedelta(minutes=5), NOW)
+    assert (host.status, guest.status) == (
+        MemberStatus.AWAITING_PAYMENT,
+        MemberStatus.COVERED_BY_HOST,
+    )
+
+
+def test_members_start_invited_or_joined() -> None:
+    group = make_group(3, 300)
+    assert [m.status for m in group.members] == [
+        MemberStatus.JOINED,
+        MemberStatus.INVITED,
+        MemberStatus.INVITED,
+    ]
+    assert {m.status for m in group.members} <= MEMBER_STARTS
+
+
+def test_the_hold_policy_s_open_to_open_row_goes_through_the_state_machine() -> None:
+    group = make_group(2, 100)
+    open_group(group)
+    host = group.members[0]
+    assert pay(group, host) is PaymentOutcome.ACCEPTED
+    attempt = group.current_attempt(host)
+    assert attempt is not None
+    lapses = NOW + timedelta(minutes=30)
+    assert group.hold_lapsing(
+        attempt.payment_id,
+        lapses,
+        HOLDS_ACTOR,
+        NOW,
+        margin=timedelta(minutes=10),
+        host_grace=timedelta(0),
+    )
+    row = group.new_history[-1]
+    assert (row.from_status, row.to_status, row.actor) == (S.OPEN, S.OPEN, HOLDS_ACTOR)
+    assert group.deadline == lapses - timedelta(minutes=10)
+
+
+def test_a_split_naming_an_unknown_member_is_reported_on_its_member_id() -> None:
+    group = make_group(2, 100)
+    host = group.members[0]
+    with pytest.raises(InvalidArgumentError) as err:
+        group.update_split(
+            SplitMode.CUSTOM,
+            {host.member_id: ShareSpec(amount_minor=100), "zz": ShareSpec(amount_minor=0)},
+            {host.member_id: "shares[0]", "zz": "shares[1]"},
+            NOW,
+        )
+    assert [(v.field, v.description) for v in err.value.violations] == [
+        ("shares[1].member_id", "not a member of the group")
+    ]
+    with pytest.raises(InvalidArgumentError) as bad:
+        group.update_split(
+            SplitMode.CUSTOM,
+            {host.member_id: ShareSpec(amount_minor=-1), group.members[1].member_id: ShareSpec()},
+            {host.member_id: "shares[1]", group.members[1].member_id: "shares[0]"},
+            NOW,
+        )
+    assert {v.field for v in bad.value.violations} == {
+        "shares[1].share_spec.amount_minor",
+        "shares[0].share_spec.amount_minor",
+    }
