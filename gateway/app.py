@@ -12,12 +12,14 @@ is a 503 with `Retry-After`. Whatever else goes wrong inside the gateway is a JS
 HTML page or a dropped connection.
 
 Every response carries the RateLimit headers of the tightest bucket the request was checked
-against (`X-RateLimit-Limit/-Remaining/-Reset`, as Envoy's local rate limit sends them); the
-gateway's own endpoints read the client address's bucket without taking from it. Field
-violations in an error, the gateway's and the services', name fields as the REST client sent
-them (`field_names.RestFieldNames`). A 200 the service answered with the stored response of an
-earlier call with the same Idempotency-Key (its `idempotent-replayed` response metadata) says
-`Idempotent-Replayed: true`.
+against (`X-RateLimit-Limit/-Remaining/-Reset`, as Envoy's local rate limit sends them, the same
+un-prefixed, and the current IETF draft's `RateLimit-Policy` and `RateLimit`;
+gateway.ratelimit); the gateway's own endpoints read the client address's bucket without
+taking from it. Every error body carries a google.rpc.ErrorInfo with a reason
+(`_status_response`). Field violations in an error, the gateway's and the services', name
+fields as the REST client sent them (`field_names.RestFieldNames`). A 200 the service answered
+with the stored response of an earlier call with the same Idempotency-Key (its
+`idempotent-replayed` response metadata) says `Idempotent-Replayed: true`.
 
 gRPC metadata sent upstream: `x-mppo-user-token` (a short-lived token the gateway signs for
 the JWT's `sub`; `x-mppo-user-id` only in plaintext development mode; never a client header),
@@ -56,6 +58,7 @@ from gateway.errors import (
     rename_fields,
     status_from_rpc_error,
     status_json,
+    with_error_info,
 )
 from gateway.field_names import RestFieldNames
 from gateway.openapi import IDEMPOTENT_REPLAYED, public_document, serialize
@@ -114,6 +117,17 @@ _CODE_OF_HTTP = {
     413: code_pb2.INVALID_ARGUMENT,
     414: code_pb2.INVALID_ARGUMENT,
     431: code_pb2.INVALID_ARGUMENT,
+}
+
+#: the ErrorInfo reason of an error answered with one of these HTTP statuses when nothing more
+#: specific is known (aiohttp's own refusals, above all)
+_REASON_OF_HTTP = {
+    404: "NO_ROUTE",
+    405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
+    413: "BODY_TOO_LARGE",
+    414: "URI_TOO_LONG",
+    431: "HEADERS_TOO_LARGE",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -181,23 +195,36 @@ class Gateway:
         *,
         violations: tuple[tuple[str, str] | tuple[str, str, str], ...] = (),
         reason: str = "",
+        metadata: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         http: int | None = None,
         fields: RestFieldNames | None = None,
     ) -> web.Response:
-        status = make_status(code, message, field_violations=violations, reason=reason)
+        """An error the gateway answers itself (the group page's too): `reason` is its
+        ErrorInfo reason (see `_status_response` when there is none)."""
+        status = make_status(
+            code, message, field_violations=violations, reason=reason, metadata=metadata
+        )
         return self._status_response(status, headers=headers, http=http, fields=fields)
 
     def _status_response(
         self,
         status: status_pb2.Status,
         *,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         http: int | None = None,
         fields: RestFieldNames | None = None,
     ) -> web.Response:
+        """The one place an error becomes a response (the gateway's own, the services', the
+        group page's): a JSON google.rpc.Status that always carries an ErrorInfo. A status
+        without one gets `reason` (with `metadata`), else the one of the `http` status asked
+        for (`METHOD_NOT_ALLOWED`, `BODY_TOO_LARGE`, ...), else the gRPC code's name
+        (`NOT_FOUND` for a service's NOT_FOUND that named no reason)."""
         if fields is not None:  # a REST request: its fields as the client named them
             status = rename_fields(status, fields)
+        status = with_error_info(status, reason or _REASON_OF_HTTP.get(http or 0, ""), metadata)
         return web.Response(
             status=http or http_status(status.code),
             body=status_json(status),
@@ -220,11 +247,12 @@ class Gateway:
             return self.error(
                 code_pb2.UNIMPLEMENTED,
                 f"method {request.method} not allowed on {request.path}",
+                reason="METHOD_NOT_ALLOWED",
                 headers={"Allow": ", ".join(exc.allowed)},
                 http=405,
             )
         except RouteNotFoundError:
-            return self.error(code_pb2.NOT_FOUND, f"no route for {request.path}")
+            return self.error(code_pb2.NOT_FOUND, f"no route for {request.path}", reason="NO_ROUTE")
         binding = match.route.binding
         request["route"] = binding.template
         span = trace.get_current_span()
@@ -233,12 +261,21 @@ class Gateway:
             span.set_attribute("http.route", binding.template)
         user_id = ""
         if not binding.webhook:
+            authorization = request.headers.get("Authorization")
             try:
-                identity = await self.verifier.verify(request.headers.get("Authorization"))
+                identity = await self.verifier.verify(authorization)
             except AuthError as exc:
+                if _no_bearer_token(authorization):  # RFC 6750 §3.1: no error code then
+                    return self.error(
+                        code_pb2.UNAUTHENTICATED,
+                        str(exc),
+                        reason="MISSING_BEARER_TOKEN",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
                 return self.error(
                     code_pb2.UNAUTHENTICATED,
                     str(exc),
+                    reason="INVALID_TOKEN",
                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
                 )
             user_id = identity.user_id
@@ -247,6 +284,7 @@ class Gateway:
                 return self.error(
                     code_pb2.UNAUTHENTICATED,
                     f"token subject {problem}",
+                    reason="INVALID_TOKEN",
                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
                 )
             request["user_id"] = user_id
@@ -311,7 +349,15 @@ class Gateway:
                     else f"the {binding.area} service did not answer in time"
                 )
             return self._status_response(
-                status, headers={"Retry-After": str(_retry_after(status))}, http=503
+                status,
+                reason=(
+                    "SERVICE_UNAVAILABLE"
+                    if status.code == code_pb2.UNAVAILABLE
+                    else "SERVICE_TIMEOUT"
+                ),
+                metadata={"service": binding.area},
+                headers={"Retry-After": str(_retry_after(status))},
+                http=503,
             )
         payload, content_type = self.transcoder.response(binding, reply)
         response = web.Response(status=200, body=payload)
@@ -363,6 +409,7 @@ class Gateway:
                     code_pb2.INVALID_ARGUMENT,
                     "Idempotency-Key must be 1-255 printable ASCII characters",
                     violations=(("Idempotency-Key", "1-255 printable ASCII characters"),),
+                    reason="IDEMPOTENCY_KEY_INVALID",
                 )
             metadata.append(("idempotency-key", key.strip()))
         if user_id:
@@ -376,10 +423,12 @@ class Gateway:
     def _preflight(self, request: web.Request) -> web.Response:
         origin = request.headers.get("Origin", "")
         if not self._origin_allowed(origin):
-            return self.error(code_pb2.PERMISSION_DENIED, "origin not allowed")
+            return self.error(
+                code_pb2.PERMISSION_DENIED, "origin not allowed", reason="ORIGIN_NOT_ALLOWED"
+            )
         methods = self.router.allowed_methods(request.rel_url.raw_path)
         if not methods:
-            return self.error(code_pb2.NOT_FOUND, f"no route for {request.path}")
+            return self.error(code_pb2.NOT_FOUND, f"no route for {request.path}", reason="NO_ROUTE")
         return web.Response(
             status=204,
             headers={
@@ -446,10 +495,14 @@ class Gateway:
                 response = await handler(request)
             except web.HTTPException as exc:
                 code = _CODE_OF_HTTP.get(exc.status, code_pb2.UNKNOWN)
-                response = self.error(code, exc.reason, http=exc.status)
+                response = self.error(
+                    code, exc.reason, reason=_REASON_OF_HTTP.get(exc.status, ""), http=exc.status
+                )
             except Exception:
                 logger.exception("request %s failed", request_id)
-                response = self.error(code_pb2.INTERNAL, "internal gateway error")
+                response = self.error(
+                    code_pb2.INTERNAL, "internal gateway error", reason="INTERNAL_ERROR"
+                )
             response.headers["X-Request-Id"] = request_id
             try:
                 response.headers.update(await self._ratelimit_headers(request))
@@ -522,6 +575,13 @@ def _within(address: str, networks: Sequence[IPv4Network | IPv6Network]) -> bool
     except ValueError:
         return None
     return any(ip in network for network in networks)
+
+
+def _no_bearer_token(authorization: str | None) -> bool:
+    """Whether an Authorization header carries no bearer token at all (absent, empty, another
+    scheme, or the scheme without a token), as opposed to a token that is not valid."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return scheme.lower() != "bearer" or not token.strip()
 
 
 def _retry_after(status: status_pb2.Status) -> int:

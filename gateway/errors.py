@@ -5,6 +5,11 @@ The HTTP status follows the standard mapping (google/rpc/code.proto, also used b
 grpc-gateway). The body is the proto3 JSON form of the `google.rpc.Status` the service sent
 in `grpc-status-details-bin` (details keep their `@type`), or one built from the code and
 message when it sent none. Errors the gateway raises itself use the same shape.
+
+Every error a REST client gets carries a `google.rpc.ErrorInfo` (domain `mppo.dev`) with a
+reason to switch on: the service's own, or the one the gateway names for its own refusals
+(`MISSING_BEARER_TOKEN`, `NO_ROUTE`, `SERVICE_UNAVAILABLE`, ...), or -- for a service status
+that came without one -- the gRPC code's name (`with_error_info`).
 """
 
 from __future__ import annotations
@@ -49,16 +54,62 @@ def http_status(code: int) -> int:
 
 
 def status_json(status: status_pb2.Status) -> bytes:
-    """The proto3 JSON of a google.rpc.Status; details that cannot be decoded are dropped."""
-    try:
-        body: dict[str, Any] = json_format.MessageToDict(
-            status, always_print_fields_with_no_presence=True
-        )
-    except (TypeError, KeyError, json_format.Error):
-        logger.warning("status details of unknown types dropped from an error response")
-        body = {"code": status.code, "message": status.message, "details": []}
-    body["code"] = status.code
+    """The proto3 JSON of a google.rpc.Status; details that cannot be decoded (of a type this
+    process does not know) are dropped one by one, the others kept."""
+    details: list[dict[str, Any]] = []
+    for detail in status.details:
+        try:
+            details.append(
+                json_format.MessageToDict(detail, always_print_fields_with_no_presence=True)
+            )
+        except (TypeError, KeyError, json_format.Error):
+            logger.warning("status detail %s dropped from an error response", detail.type_url)
+    body: dict[str, Any] = {"code": status.code, "message": status.message, "details": details}
     return json.dumps(body).encode()
+
+
+#: the domain of every ErrorInfo the edge and the services send
+DOMAIN = "mppo.dev"
+
+
+def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    """The status's ErrorInfo detail, if it has one."""
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and detail.Unpack(info):
+            return info
+    return None
+
+
+def code_reason(code: int) -> str:
+    """The name of a google.rpc code (`NOT_FOUND`), the reason of last resort."""
+    try:
+        return str(code_pb2.Code.Name(code))
+    except ValueError:
+        return "UNKNOWN"
+
+
+def with_error_info(
+    status: status_pb2.Status, reason: str = "", metadata: dict[str, str] | None = None
+) -> status_pb2.Status:
+    """`status` (a copy) with an ErrorInfo detail whose reason is not empty: the one it has
+    (given `reason` if its own is empty), else a new one with `reason` (default: the code's
+    name) and `metadata`, appended after the other details."""
+    fixed = status_pb2.Status()
+    fixed.CopyFrom(status)
+    wanted = reason or code_reason(status.code)
+    for detail in fixed.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and detail.Unpack(info):
+            if not info.reason:
+                info.reason = wanted
+                info.domain = info.domain or DOMAIN
+                detail.Pack(info)
+            return fixed
+    info = error_details_pb2.ErrorInfo(reason=wanted, domain=DOMAIN)
+    info.metadata.update(metadata or {})
+    fixed.details.add().Pack(info)
+    return fixed
 
 
 _MAX_ERROR_TEXT = 500
@@ -95,7 +146,7 @@ def make_status(
     ]
     status = status_pb2.Status(code=code, message=message)
     if reason:
-        info = error_details_pb2.ErrorInfo(reason=reason, domain="mppo.dev")
+        info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
         info.metadata.update(metadata or {})
         packed = any_pb2.Any()
         packed.Pack(info)
@@ -140,11 +191,8 @@ def rename_fields(status: status_pb2.Status, rename: Callable[[str], str]) -> st
     renamed = status_pb2.Status()
     renamed.CopyFrom(status)
     message = renamed.message
-    fallback = _DEFAULT
-    for detail in renamed.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and detail.Unpack(info):
-            fallback = info.reason or fallback
+    info = error_info(renamed)
+    fallback = (info.reason if info is not None else "") or _DEFAULT
     for detail in renamed.details:
         if not detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             continue

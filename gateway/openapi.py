@@ -16,7 +16,8 @@ RPC adds what its path binds: `handleWebhookByProvider`) and one tag per service
 `payments`, ...); every request body has an example (gateway/openapi_examples.py). Operations whose
 service honours an idempotency key (descriptors.IDEMPOTENT_METHODS) declare the
 `Idempotency-Key` header, and their 200 the `Idempotent-Replayed` header; every response
-declares the RateLimit headers (X-RateLimit-Limit/-Remaining/-Reset) and X-Request-Id.
+declares the RateLimit headers (X-RateLimit-Limit/-Remaining/-Reset, RateLimit-Limit/
+-Remaining/-Reset, RateLimit-Policy and RateLimit; gateway.ratelimit) and X-Request-Id.
 
 Envoy serves the same bytes from a direct response in gateway/envoy.yaml: `python -m
 gateway.openapi` writes the document there, `--check` fails when it is stale (a unit test
@@ -36,7 +37,17 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from gateway.descriptors import Catalog, HttpBinding
 from gateway.openapi_examples import EXAMPLES, WEBHOOK_EXAMPLE
-from gateway.ratelimit import LIMIT_HEADER, RATELIMIT_HEADERS, REMAINING_HEADER, RESET_HEADER
+from gateway.ratelimit import (
+    IETF_LIMIT_HEADER,
+    IETF_REMAINING_HEADER,
+    IETF_RESET_HEADER,
+    LIMIT_HEADER,
+    POLICY_HEADER,
+    RATELIMIT_HEADERS,
+    REMAINING_HEADER,
+    RESET_HEADER,
+    STATE_HEADER,
+)
 from gateway.routing import Router
 from gateway.transcode import HTTP_BODY
 
@@ -185,7 +196,16 @@ STATUS_SCHEMA: Json = {
 
 #: response fields with presence (messages, in proto3) that the services always set; listed
 #: as `required` so a typed client needs no `Unset` check. Each is read by
-#: tests/e2e/sdk_checkout_driver.py against the live services.
+#: tests/e2e/sdk_checkout_driver.py against the live services. The times are those of rows
+#: whose columns are NOT NULL, and every public answer carrying the message reads the row:
+#: groups (group_svc/adapters/proto_mapping.py group_to_proto), status changes
+#: (GetGroupHistory: group_status_history.changed_at), payments (payment_svc
+#: service_layer/messages.py to_proto: GetPayment and ListPayments read the payments row, a new
+#: one gets its times from the INSERT's RETURNING), orders and their steps (order_svc
+#: service_layer/messages.py: orders.created_at/updated_at, order_events.created_at) and
+#: notifications (notification_svc to_proto: notifications.created_at). Left out because the
+#: services set them only sometimes: GroupOrder.grace_deadline, Member.joined_at, paid_at and
+#: share_spec, Payment.authorization_expire_time, Notification.sent_time.
 ALWAYS_SET = frozenset(
     {
         "mppo.group.v1.GroupOrder.total",
@@ -195,13 +215,34 @@ ALWAYS_SET = frozenset(
         "mppo.group.v1.GroupOrder.update_time",
         "mppo.group.v1.Member.share",
         "mppo.group.v1.Member.amount_paid",
+        "mppo.group.v1.StatusChange.change_time",
         "mppo.payment.v1.Payment.amount",
         "mppo.payment.v1.Payment.amount_captured",
         "mppo.payment.v1.Payment.amount_refunded",
+        "mppo.payment.v1.Payment.create_time",
+        "mppo.payment.v1.Payment.update_time",
         "mppo.order.v1.Order.total",
+        "mppo.order.v1.Order.create_time",
+        "mppo.order.v1.Order.update_time",
         "mppo.order.v1.OrderShare.amount",
+        "mppo.order.v1.OrderStep.step_time",
+        "mppo.notification.v1.Notification.create_time",
     }
 )
+#: the range the services hold an integer field to (a request out of it is refused with 400),
+#: declared as `minimum`/`maximum` wherever the field appears (body schemas and query
+#: parameters): every list's `page_size` (mppo/platform/paging.py: 0 asks for the default,
+#: a negative one is refused, one above the maximum is read as the maximum, so no maximum),
+#: a cart line's quantity (group_svc/entrypoints/parsing.py MAX_QUANTITY) and a share's basis
+#: points (group_svc/domain/split.py BASIS_POINTS_TOTAL)
+INTEGER_RANGES: dict[str, tuple[int | None, int | None]] = {
+    "mppo.group.v1.ListGroupsRequest.page_size": (0, None),
+    "mppo.group.v1.GetGroupHistoryRequest.page_size": (0, None),
+    "mppo.payment.v1.ListPaymentsRequest.page_size": (0, None),
+    "mppo.notification.v1.ListNotificationsRequest.page_size": (0, None),
+    "mppo.common.v1.LineItem.quantity": (1, 10_000),
+    "mppo.group.v1.ShareSpec.basis_points": (0, 10_000),
+}
 #: request fields a service refuses a request without (group_svc/entrypoints/parsing.py and
 #: grpc_servicer.py, the list methods' group): `required` in the request's schema, or a
 #: required query parameter
@@ -256,6 +297,10 @@ IDEMPOTENCY_KEY = "Idempotency-Key"
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 ENVOY_YAML = Path(__file__).resolve().parent / "envoy.yaml"
 
+_NOT_ENVOY = (
+    " Sent by the Python gateway; the Envoy edge sends only the X-RateLimit-* names (its"
+    " local rate limit knows no other)."
+)
 _HEADERS: Json = {
     LIMIT_HEADER: {
         "description": "Requests a client may send in a burst (the token bucket's size).",
@@ -269,6 +314,33 @@ _HEADERS: Json = {
     RESET_HEADER: {
         "description": "Seconds until the bucket is full again.",
         "schema": {"type": "integer"},
+    },
+    IETF_LIMIT_HEADER: {
+        "description": f"The same value as {LIMIT_HEADER}, under the name of"
+        " draft-ietf-httpapi-ratelimit-headers (drafts 00-06)." + _NOT_ENVOY,
+        "schema": {"type": "integer"},
+    },
+    IETF_REMAINING_HEADER: {
+        "description": f"The same value as {REMAINING_HEADER} (absent with it)." + _NOT_ENVOY,
+        "schema": {"type": "integer"},
+    },
+    IETF_RESET_HEADER: {
+        "description": f"The same value as {RESET_HEADER}." + _NOT_ENVOY,
+        "schema": {"type": "integer"},
+    },
+    POLICY_HEADER: {
+        "description": "The quota policy (draft-ietf-httpapi-ratelimit-headers, drafts 07"
+        ' and later; an RFC 8941 list), e.g. `"user";q=40;w=2`: the policy\'s name (`ip`: per'
+        " client address, `user`: per caller), its quota `q` (the burst) and window `w` (the"
+        " seconds an empty bucket takes to fill)." + _NOT_ENVOY,
+        "schema": {"type": "string"},
+    },
+    STATE_HEADER: {
+        "description": "What is left of the policy's quota (draft-ietf-httpapi-ratelimit-"
+        'headers, drafts 07 and later; an RFC 8941 list), e.g. `"user";r=39;t=1`: requests'
+        " remaining `r` and seconds `t` until the quota is whole again (absent when the"
+        " limiter could not be asked and let the request through)." + _NOT_ENVOY,
+        "schema": {"type": "string"},
     },
     "X-Request-Id": {
         "description": "The request's id (the client's X-Request-Id, or one made up).",
@@ -391,6 +463,11 @@ class _Builder:
             value = message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.single(value)}
         single = self.single(fld)
+        low, high = INTEGER_RANGES.get(fld.full_name, (None, None))
+        if low is not None:
+            single["minimum"] = low
+        if high is not None:
+            single["maximum"] = high
         return {"type": "array", "items": single} if fld.is_repeated else single
 
     def single(self, fld: FieldDescriptor) -> Json:
@@ -437,6 +514,22 @@ def _openapi_path(template: str) -> tuple[str, list[str]]:
         return "{" + name + "}"
 
     return re.sub(r"\{([^}]*)\}", repl, template), names
+
+
+def _path_parameter(catalog: Catalog, request: Descriptor, variable: str) -> Json:
+    """A path parameter, described by the comment of the field it binds (`a.b`: of `b`)."""
+    param: Json = {"name": variable, "in": "path", "required": True, "schema": {"type": "string"}}
+    descriptor: Descriptor | None = request
+    comment = ""
+    for part in variable.split("."):
+        fld = descriptor.fields_by_name.get(part) if descriptor is not None else None
+        if fld is None:
+            return param
+        comment = catalog.comments.get(fld.full_name, "")
+        descriptor = fld.message_type
+    if comment:
+        param["description"] = comment
+    return param
 
 
 def _query_parameters(builder: _Builder, binding: HttpBinding, bound: set[str]) -> list[Json]:
@@ -504,10 +597,7 @@ def build_openapi(catalog: Catalog, bindings: list[HttpBinding]) -> Json:
             method.name, None if plain[binding.full_method] is binding else variables
         )
         tags.setdefault(tag(binding.service), catalog.comments.get(binding.service, ""))
-        parameters: list[Json] = [
-            {"name": v, "in": "path", "required": True, "schema": {"type": "string"}}
-            for v in variables
-        ]
+        parameters: list[Json] = [_path_parameter(catalog, method.input_type, v) for v in variables]
         parameters += _query_parameters(builder, binding, set(variables))
         if binding.idempotent:
             parameters.append({"$ref": f"#/components/parameters/{IDEMPOTENCY_KEY}"})

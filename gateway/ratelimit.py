@@ -3,9 +3,19 @@
 One Lua script refills and takes a token atomically (Redis runs a script alone), using the
 Redis server's clock so every gateway replica shares one bucket. A bucket is a hash
 `{tokens, ts}` expiring once it would be full again. The same script with a cost of 0 reads
-a bucket without taking (`peek`). Every decision carries what the draft-03 RateLimit headers
-say (`Decision.headers`: X-RateLimit-Limit = the burst, -Remaining = whole tokens left,
--Reset = seconds until the bucket is full again), the headers Envoy's local rate limit sends.
+a bucket without taking (`peek`). Every decision carries what the RateLimit headers say
+(`Decision.headers`), in three generations so every client finds the names it looks for:
+
+- draft 03, as Envoy's local rate limit sends them (`enable_x_ratelimit_headers:
+  DRAFT_VERSION_03`): `X-RateLimit-Limit` = the burst, `-Remaining` = whole tokens left,
+  `-Reset` = seconds until the bucket is full again;
+- the same three values under the un-prefixed names of drafts 00-06 of
+  draft-ietf-httpapi-ratelimit-headers (`RateLimit-Limit`, `-Remaining`, `-Reset`);
+- the current draft's structured fields (drafts 07 and later, RFC 8941 lists):
+  `RateLimit-Policy: "ip";q=200;w=2` (the policy: quota `q` = the burst, window `w` = the
+  seconds an empty bucket takes to fill) and `RateLimit: "ip";r=150;t=1` (remaining `r`,
+  seconds `t` until the quota is whole again). The policy is named after the bucket's kind
+  (`ip`: per client address, `user`: per JWT subject).
 
 When the limiter cannot ask Redis it cannot decide, and says so (`Decision.undecided`; the
 gateway answers 503 with `Retry-After`, never a silent pass). Two different reasons:
@@ -29,7 +39,7 @@ import collections
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import redis.asyncio as aioredis
@@ -84,6 +94,12 @@ class Limit:
             raise ValueError(f"rate limit {text!r} must be positive")
         return limit
 
+    @property
+    def window(self) -> int:
+        """Whole seconds an empty bucket takes to fill again (at least 1): the window of the
+        RateLimit-Policy header, whose quota is the burst."""
+        return max(1, math.ceil(self.burst / self.rate - 1e-9))
+
 
 class FailureMode(StrEnum):
     """What the limiter does while Redis is down."""
@@ -117,23 +133,59 @@ class Decision:
     limit: int = 0
     remaining: int | None = None
     reset: int | None = None
+    #: the bucket's kind (`ip`, `user`): the policy's name in RateLimit-Policy and RateLimit
+    policy: str = ""
+    #: seconds an empty bucket takes to fill: the policy's window (`w`); 0 leaves it out
+    window: int = 0
 
     def headers(self) -> dict[str, str]:
-        """The draft-03 RateLimit headers Envoy's local_ratelimit sends
-        (`enable_x_ratelimit_headers: DRAFT_VERSION_03`): X-RateLimit-Limit, -Remaining,
-        -Reset."""
-        found = {LIMIT_HEADER: str(self.limit)}
+        """Every RateLimit header this decision can fill (see the module docstring): the
+        draft-03 `X-RateLimit-*` Envoy sends, the same values un-prefixed (`RateLimit-Limit`,
+        `-Remaining`, `-Reset`), and the current draft's `RateLimit-Policy` and `RateLimit`
+        structured fields. What the limiter does not know (it let the request through without
+        asking Redis) is left out: then only the limits and the policy are sent."""
+        found = {LIMIT_HEADER: str(self.limit), IETF_LIMIT_HEADER: str(self.limit)}
         if self.remaining is not None:
-            found[REMAINING_HEADER] = str(self.remaining)
+            found[REMAINING_HEADER] = found[IETF_REMAINING_HEADER] = str(self.remaining)
         if self.reset is not None:
-            found[RESET_HEADER] = str(self.reset)
+            found[RESET_HEADER] = found[IETF_RESET_HEADER] = str(self.reset)
+        name = _sf_string(self.policy or "default")
+        window = f";w={self.window}" if self.window > 0 else ""
+        found[POLICY_HEADER] = f"{name};q={self.limit}{window}"
+        if self.remaining is not None:
+            reset = f";t={self.reset}" if self.reset is not None else ""
+            found[STATE_HEADER] = f"{name};r={self.remaining}{reset}"
         return found
 
 
+def _sf_string(text: str) -> str:
+    """`text` as an RFC 8941 sf-string (printable ASCII; `"` and `\\` escaped)."""
+    printable = "".join(c for c in text if " " <= c <= "~")
+    return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+#: draft 03 (Envoy's `enable_x_ratelimit_headers: DRAFT_VERSION_03`)
 LIMIT_HEADER = "X-RateLimit-Limit"
 REMAINING_HEADER = "X-RateLimit-Remaining"
 RESET_HEADER = "X-RateLimit-Reset"
-RATELIMIT_HEADERS = (LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER)
+#: drafts 00-06 of draft-ietf-httpapi-ratelimit-headers: the same values, un-prefixed
+IETF_LIMIT_HEADER = "RateLimit-Limit"
+IETF_REMAINING_HEADER = "RateLimit-Remaining"
+IETF_RESET_HEADER = "RateLimit-Reset"
+#: the current draft (07 and later): the policy and the state as structured fields
+POLICY_HEADER = "RateLimit-Policy"
+STATE_HEADER = "RateLimit"
+#: what Envoy's local_ratelimit sends too
+DRAFT03_HEADERS = (LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER)
+#: every RateLimit header the Python gateway sends
+RATELIMIT_HEADERS = (
+    *DRAFT03_HEADERS,
+    IETF_LIMIT_HEADER,
+    IETF_REMAINING_HEADER,
+    IETF_RESET_HEADER,
+    POLICY_HEADER,
+    STATE_HEADER,
+)
 
 
 def tightest(decisions: list[Decision]) -> Decision | None:
@@ -225,6 +277,12 @@ class RateLimiter:
         return await self._ask(bucket, limit, 0)
 
     async def _ask(self, bucket: str, limit: Limit, cost: int) -> Decision:
+        decision = await self._decide(bucket, limit, cost)
+        # the policy the headers name: the bucket's kind (`ip:<address>` -> `ip`)
+        policy = bucket.partition(":")[0] if ":" in bucket else "default"
+        return replace(decision, policy=policy, window=limit.window)
+
+    async def _decide(self, bucket: str, limit: Limit, cost: int) -> Decision:
         if time.monotonic() < self._paused_until:
             return self._outage(limit)
         if not await self._slots.acquire():

@@ -13,6 +13,10 @@
   printed (Envoy's `always_print_primitive_fields`).
 - A JSON body must be UTF-8 and nested at most `MAX_JSON_DEPTH` arrays/objects deep; the depth
   is measured before parsing, so a 2,000-deep document is a 400, not a RecursionError.
+- An object that names a key twice (`{"members": [...], "members": [...]}`, at any depth), or
+  one field by both its names (`displayName` and `display_name`), is refused
+  (`DUPLICATE_FIELD`, naming the key's JSON path) rather than read as one of the values:
+  which one a parser keeps differs, so the client's intent is unknown.
 - Before json_format parses it, the JSON is checked against the descriptors
   (`check_message_json`): a wrong type, an unknown field, an unknown enum name, an integer out
   of range or a malformed timestamp is a BadRequestError naming the field as JSON with indexes
@@ -198,11 +202,17 @@ def check_message_json(descriptor: Descriptor, value: Any, where: str) -> None:
         raise BadRequestError(where or "body", "must be a JSON object", "INVALID_TYPE")
     if descriptor.GetOptions().map_entry:  # pragma: no cover - maps are checked by the field
         return
+    given: set[str] = set()
     for key, item in value.items():
         here = f"{where}.{key}" if where else str(key)
         fld = field_named(descriptor, key) if isinstance(key, str) else None
         if fld is None:
             raise BadRequestError(here, "unknown field", "UNKNOWN_FIELD")
+        if fld.name in given:  # once by its proto name, once by its JSON name
+            raise BadRequestError(
+                here, "given more than once in one object (by two names)", "DUPLICATE_FIELD"
+            )
+        given.add(fld.name)
         here = f"{where}.{fld.json_name}" if where else fld.json_name
         if item is None:
             continue
@@ -447,11 +457,60 @@ def _load_json(body: bytes, where: str) -> Any:
     if json_depth(text) > MAX_JSON_DEPTH:
         raise BadRequestError(field, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(text)
+        value = json.loads(text, object_pairs_hook=_object)
     except RecursionError:  # pragma: no cover - json_depth refuses such documents first
         raise BadRequestError(field, "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or an integer literal too long to convert
         raise BadRequestError(field, f"malformed JSON: {exc}") from None
+    duplicate = _first_duplicate(value, where)
+    if duplicate is not None:
+        raise BadRequestError(duplicate, "given more than once in one object", "DUPLICATE_FIELD")
+    return value
+
+
+class _Object(dict[str, Any]):
+    """A JSON object as parsed, remembering the first key it named twice."""
+
+    duplicate: str | None = None
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object hook: the object, marked when a key occurs twice in it."""
+    found = _Object(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                found.duplicate = key
+                break
+            seen.add(key)
+    return found
+
+
+def _first_duplicate(value: Any, where: str) -> str | None:
+    """The JSON path (`members[1].displayName`, keys as sent) of the first key named twice
+    in one object of `value`, in document order, or None. Depth is bounded by json_depth."""
+    if isinstance(value, _Object):
+        if value.duplicate is not None:
+            return _member(where, value.duplicate)
+        for key, item in value.items():
+            found = _first_duplicate(item, _member(where, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_duplicate(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _member(where: str, key: str) -> str:
+    """The path of `key` inside the object at `where` (a key that is no plain name is quoted,
+    as map keys are: `labels["a b"]`)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        return f"{where}[{json.dumps(key)}]"
+    return f"{where}.{key}" if where else key
 
 
 def _get_path(message: Any, dotted: str) -> Any:

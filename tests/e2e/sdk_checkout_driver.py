@@ -10,7 +10,9 @@ browser would (plain httpx).
 Usage: python sdk_checkout_driver.py CONFIG.json, where CONFIG holds `gateway` (base URL),
 `host` (a bearer token) and `guests` (one bearer token each). Prints one JSON line: the group,
 its order and the order's status, and what the driver read from fields the document says are
-always present (amounts, times, an error's field violations), for the test to compare.
+always present (amounts; the times of the group, its payments, its order and the order's steps,
+its status changes and its notifications; an error's field violations), for the test to
+compare.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from typing import TypeVar
 
 import httpx
 from mppo_client import AuthenticatedClient
-from mppo_client.api.groups import add_members, create_group, get_group, join_group, open_group
+from mppo_client.api.groups import (
+    add_members,
+    create_group,
+    get_group,
+    get_group_history,
+    join_group,
+    open_group,
+)
+from mppo_client.api.notifications import list_notifications
 from mppo_client.api.orders import get_order_by_group
 from mppo_client.api.payments import list_payments
 from mppo_client.models.google_rpc_bad_request import GoogleRpcBadRequest
@@ -183,6 +193,9 @@ def main(config_path: str) -> int:
     read["captured_or_refunded"] = sorted(
         int(p.amount_captured.amount_minor) + int(p.amount_refunded.amount_minor) for p in payments
     )
+    read["payment_times"] = [
+        [p.create_time.isoformat(), p.update_time.isoformat()] for p in payments
+    ]
 
     deadline = time.monotonic() + 60
     status = MppoOrderV1OrderStatus.ORDER_STATUS_UNSPECIFIED
@@ -197,6 +210,12 @@ def main(config_path: str) -> int:
                     raise CheckoutFailedError(f"shares not captured: {order.shares}")
                 read["order_total"] = order.total.amount_minor
                 read["order_shares"] = sorted(share.amount.amount_minor for share in order.shares)
+                read["order_times"] = [order.create_time.isoformat(), order.update_time.isoformat()]
+                read["step_times"] = [step.step_time.isoformat() for step in order.steps]
+                history = ok(get_group_history.sync(group_id, client=host)).changes
+                read["change_times"] = [change.change_time.isoformat() for change in history]
+                sent = ok(list_notifications.sync(client=host, group_id=group_id)).notifications
+                read["notification_times"] = [n.create_time.isoformat() for n in sent]
                 result = {
                     "group_id": group_id,
                     "order_id": order.order_id,

@@ -143,6 +143,19 @@ def test_a_generated_client_drives_a_checkout_under_mypy_strict(
     assert sum(int(a) for a in read["payments"]) == total
     assert read["order_total"] == str(total)
     assert read["order_shares"] == read["payments"]
+    # the times the document says are always there: read without an Unset check, in order
+    assert len(read["payment_times"]) == 3
+    for created, updated in [*read["payment_times"], read["order_times"]]:
+        assert created_at <= datetime.fromisoformat(created) <= datetime.fromisoformat(updated)
+    steps = [datetime.fromisoformat(t) for t in read["step_times"]]
+    assert steps, "a confirmed order has steps"
+    assert steps == sorted(steps)
+    changes = [datetime.fromisoformat(t) for t in read["change_times"]]
+    assert len(changes) >= 2  # at least opened, then pending or confirmed
+    assert all(created_at <= t for t in changes)
+    notices = [datetime.fromisoformat(t) for t in read["notification_times"]]
+    assert notices, "members were invited"
+    assert all(created_at <= t for t in notices)
     field, reason, info_reason = read["refused"]
     assert field == "items[0].quantity"  # the JSON name, indexed, from the typed details
     assert reason

@@ -210,8 +210,9 @@ class HandleWebhookRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
-    """Provider name in the path: "sandbox", "stripe", "razorpay" or "paypal";
-    the unprefixed path means "stripe"-compatible (sandbox or Stripe).
+    """The provider whose webhook this is: "sandbox", "stripe", "razorpay" or "paypal", named by
+    the path of `/payments/webhook/{provider}` or, on `/payments/webhook`, by the `provider`
+    query parameter; left empty, it means "stripe"-compatible (sandbox or Stripe).
     """
     @_builtins.property
     def body(self) -> _httpbody_pb2.HttpBody:

@@ -90,6 +90,23 @@ def _sub() -> str:
     return f"user-{uuid.uuid4().hex[:10]}"
 
 
+def _reasons(status: dict[str, Any]) -> list[str]:
+    """The reasons of the ErrorInfo details of a google.rpc.Status body (domain checked)."""
+    infos = [d for d in status["details"] if d["@type"].endswith("/google.rpc.ErrorInfo")]
+    assert all(i["domain"] == "mppo.dev" for i in infos), infos
+    return [i["reason"] for i in infos]
+
+
+def _violated(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, reason) of every BadRequest field violation of a google.rpc.Status body."""
+    return [
+        (v["field"], v["reason"])
+        for d in status["details"]
+        if d["@type"].endswith("/google.rpc.BadRequest")
+        for v in d["fieldViolations"]
+    ]
+
+
 async def _send(
     http: aiohttp.ClientSession,
     gw: GatewayProcess,
@@ -211,9 +228,13 @@ async def test_bad_tokens_get_401(
     before = len(upstream.calls)
     async with http.get(gateway.url + "/group", headers=headers) as reply:
         assert reply.status == 401
-        assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+        challenge = reply.headers["WWW-Authenticate"]
         body = await reply.json()
     assert body["code"] == 16  # UNAUTHENTICATED
+    if case == "missing":  # RFC 6750 §3.1: no error code when no token was sent
+        assert (challenge, _reasons(body)) == ("Bearer", ["MISSING_BEARER_TOKEN"])
+    else:
+        assert (challenge, _reasons(body)) == ('Bearer error="invalid_token"', ["INVALID_TOKEN"])
     assert len(upstream.calls) == before, "an unauthenticated request reached a service"
 
 
@@ -526,6 +547,136 @@ async def test_a_down_or_slow_upstream_is_503_with_retry_after(
             assert reply.status == 503
             assert reply.headers["Retry-After"] == "1"
             status = await reply.json()
-        assert status == {"code": 14, "message": "the order service is unavailable", "details": []}
+        assert status == {
+            "code": 14,
+            "message": "the order service is unavailable",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "SERVICE_UNAVAILABLE",
+                    "domain": "mppo.dev",
+                    "metadata": {"service": "order"},
+                }
+            ],
+        }
     finally:
         assert lonely.stop() == 0, lonely.log_text()
+
+
+async def test_every_error_kind_carries_an_error_info_with_its_reason(
+    gateway: GatewayProcess,
+    upstream: RecordingUpstream,
+    issuer: Issuer,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Clients switch on ErrorInfo.reason: every error the edge answers has one, specific to
+    what went wrong (not `"details": []`)."""
+    user = issuer.auth(_sub())
+    json_user = {**user, "Content-Type": "application/json"}
+    big = b'{"merchantId": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    duplicated = b'{"members": [{"displayName": "A"}], "members": [{"displayName": "B"}]}'
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length
+        for _ in range(32):
+            yield b"y" * 65536
+
+    cases: list[tuple[str, str, dict[str, str], Any, int, str]] = [
+        ("GET", "/group", {}, None, 401, "MISSING_BEARER_TOKEN"),
+        ("GET", "/group", {"Authorization": "Basic YTpi"}, None, 401, "MISSING_BEARER_TOKEN"),
+        ("GET", "/group", {"Authorization": "Bearer "}, None, 401, "MISSING_BEARER_TOKEN"),
+        ("GET", "/group", {"Authorization": "Bearer not.a.jwt"}, None, 401, "INVALID_TOKEN"),
+        ("GET", "/nowhere", user, None, 404, "NO_ROUTE"),
+        ("DELETE", "/group", user, None, 405, "METHOD_NOT_ALLOWED"),
+        ("POST", "/group", json_user, big, 413, "BODY_TOO_LARGE"),
+        ("POST", "/payments/webhook/stripe", {}, "chunked", 413, "BODY_TOO_LARGE"),
+        (
+            "POST",
+            f"/group/{SAMPLE_ID}/open",
+            {**json_user, "Idempotency-Key": "k" * 256},
+            b"{}",
+            400,
+            "IDEMPOTENCY_KEY_INVALID",
+        ),
+        ("POST", f"/group/{SAMPLE_ID}/members", json_user, duplicated, 400, "BAD_REQUEST_BODY"),
+        ("GET", f"/order/{MISSING_ORDER}", user, None, 404, "ORDER_NOT_FOUND"),  # the service's
+        ("GET", f"/order/{DOWN_ORDER}", user, None, 503, "SERVICE_UNAVAILABLE"),
+        (
+            "OPTIONS",
+            "/group",
+            {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+            None,
+            403,
+            "ORIGIN_NOT_ALLOWED",
+        ),
+        (
+            "OPTIONS",
+            "/nowhere",
+            {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+            None,
+            404,
+            "NO_ROUTE",
+        ),
+    ]
+    before = len(upstream.calls)
+    for method, path, headers, body, expected, reason in cases:
+        data = chunks() if body == "chunked" else body
+        async with http.request(method, gateway.url + path, headers=headers, data=data) as reply:
+            assert reply.status == expected, (method, path, await reply.text())
+            status = await reply.json()
+            assert reply.headers["RateLimit-Policy"], (method, path)  # errors too
+        assert _reasons(status) == [reason], (method, path, status)
+    # calls that never reach a service: only the two /order reads did
+    assert len(upstream.calls) == before + 2
+    # the bad header and the duplicated key are also named as field violations
+    async with http.post(
+        f"{gateway.url}/group/{SAMPLE_ID}/open",
+        headers={**json_user, "Idempotency-Key": "k" * 256},
+        data=b"{}",
+    ) as reply:
+        assert _violated(await reply.json()) == [("Idempotency-Key", "IDEMPOTENCY_KEY_INVALID")]
+    async with http.post(
+        f"{gateway.url}/group/{SAMPLE_ID}/members", headers=json_user, data=duplicated
+    ) as reply:
+        assert _violated(await reply.json()) == [("members", "DUPLICATE_FIELD")]
+    # 429: a caller past its burst
+    hasty = issuer.auth(_sub())
+    refused: dict[str, Any] = {}
+    for _ in range(3 * BURST):
+        async with http.get(gateway.url + "/notifications", headers=hasty) as reply:
+            if reply.status == 429:
+                refused = await reply.json()
+                break
+    assert _reasons(refused) == ["RATE_LIMITED"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"members": [], "members": [{"displayName": "B"}]}', "members"),
+        (
+            b'{"members": [{"displayName": "A", "email": "a@x.test", "email": "b@x.test"}]}',
+            "members[0].email",
+        ),
+        (
+            b'{"members": [{"displayName": "A", "shareSpec": {"weight": "1", "weight": "2"}}]}',
+            "members[0].shareSpec.weight",
+        ),
+    ],
+)
+async def test_a_key_given_twice_is_400_naming_its_path(
+    body: bytes,
+    field: str,
+    gateway: GatewayProcess,
+    upstream: RecordingUpstream,
+    issuer: Issuer,
+    http: aiohttp.ClientSession,
+) -> None:
+    before = len(upstream.calls)
+    headers = {**issuer.auth(_sub()), "Content-Type": "application/json"}
+    url = f"{gateway.url}/group/{SAMPLE_ID}/members"
+    async with http.post(url, headers=headers, data=body) as reply:
+        assert reply.status == 400
+        status = await reply.json()
+    assert status["code"] == 3  # INVALID_ARGUMENT
+    assert _violated(status) == [(field, "DUPLICATE_FIELD")]
+    assert len(upstream.calls) == before, "a body with a duplicated key reached a service"

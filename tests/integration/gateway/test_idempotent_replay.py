@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,10 @@ from tests.support.services import ServiceProcess
 CATALOG = Catalog.load()
 REPLAYED = "Idempotent-Replayed"
 RATELIMIT = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+IETF_RATELIMIT = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+# the current draft's structured fields: `"policy";q=QUOTA;w=WINDOW` and `"policy";r=LEFT;t=S`
+POLICY = re.compile(r'"(ip|user)";q=(\d+);w=(\d+)\Z')
+STATE = re.compile(r'"(ip|user)";r=(\d+);t=(\d+)\Z')
 Json = dict[str, Any]
 
 
@@ -273,12 +278,24 @@ async def test_every_response_carries_the_ratelimit_headers(
         ("POST", "/group", {**user, "Content-Type": "application/json"}, 400, "40"),
         ("GET", "/healthz", {}, 200, "200"),
         ("GET", "/openapi.json", {}, 200, "200"),
+        ("GET", "/g/assets/group-page.js", {}, 200, "200"),  # the members' group page
+        ("GET", "/g/not-a-group", {}, 404, "200"),
     ):
         async with http.request(method, gateway.url + path, headers=headers, data=b"{") as reply:
             assert reply.status == expected, (method, path, await reply.text())
-            values = {name: reply.headers.get(name, "") for name in RATELIMIT}
+            values = {name: reply.headers.get(name, "") for name in RATELIMIT + IETF_RATELIMIT}
+            policy = POLICY.match(reply.headers.get("RateLimit-Policy", ""))
+            state = STATE.match(reply.headers.get("RateLimit", ""))
         assert all(v.isdigit() for v in values.values()), (path, values)
         assert values["X-RateLimit-Limit"] == burst, (path, values)
+        for name in RATELIMIT:  # the un-prefixed names say the same as Envoy's
+            assert values[name.removeprefix("X-")] == values[name], (path, values)
+        # the policy: the bucket's kind, its burst as the quota, the seconds it takes to fill
+        assert policy is not None, (path, reply.headers)
+        kind = "user" if burst == "40" else "ip"
+        assert policy.groups() == (kind, burst, "2"), path  # 20/s to 40, 100/s to 200
+        assert state is not None, (path, reply.headers)
+        assert state.groups() == (kind, values["RateLimit-Remaining"], values["RateLimit-Reset"])
     # a caller over its limit: 429 with the headers saying nothing is left, and when
     env = gateway_env(
         issuer,
@@ -296,7 +313,10 @@ async def test_every_response_carries_the_ratelimit_headers(
         assert tight.stop() == 0, tight.log_text()
     assert [status for status, _ in seen] == [200, 200, 429]
     assert [h["X-RateLimit-Remaining"] for _, h in seen] == ["1", "0", "0"]
+    assert [h["RateLimit-Remaining"] for _, h in seen] == ["1", "0", "0"]
     assert {h["X-RateLimit-Limit"] for _, h in seen} == {"2"}
+    assert {h["RateLimit-Policy"] for _, h in seen} == {'"user";q=2;w=4'}
+    assert seen[2][1]["RateLimit"].startswith('"user";r=0;t=')
     refused = seen[2][1]
     assert int(refused["X-RateLimit-Reset"]) >= int(refused["Retry-After"]) >= 1
     assert int(refused["X-RateLimit-Reset"]) <= 4  # the whole bucket refills in 4 s

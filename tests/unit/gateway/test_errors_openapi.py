@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from google.rpc import code_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from openapi_spec_validator import validate
 
 from gateway.descriptors import Catalog
-from gateway.errors import http_status, make_status, status_json
+from gateway.errors import http_status, make_status, status_json, with_error_info
 from gateway.openapi import build_openapi
 from gateway.routing import Router
 from gateway.table import rest_table
@@ -92,9 +92,16 @@ def test_openapi_covers_public_bindings_and_resolves(
         assert name in doc["components"][section], ref
     for op in ops.values():  # every response says how much of the rate limit is left
         for status, response in op["responses"].items():
-            assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(
-                response["headers"]
-            ), (op["operationId"], status)
+            assert {
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "RateLimit-Policy",
+                "RateLimit",
+            } <= set(response["headers"]), (op["operationId"], status)
     if which == "mppo":
         assert ("POST", "/order") not in ops, "internal route leaked into OpenAPI"
         webhook = ops[("POST", "/payments/webhook/{provider}")]
@@ -130,9 +137,19 @@ def test_openapi_covers_public_bindings_and_resolves(
         assert {"share", "amountPaid"} <= set(member["required"])
         payment = schemas["mppo.payment.v1.Payment"]
         assert {"amount", "amountCaptured", "amountRefunded"} <= set(payment["required"])
-        assert "createTime" not in payment["required"]  # not sent by every answer
-        assert "total" in schemas["mppo.order.v1.Order"]["required"]
+        # every answer carrying these reads a row whose times are NOT NULL
+        assert {"createTime", "updateTime"} <= set(payment["required"])
+        assert "authorizationExpireTime" not in payment["required"]  # only once authorized
+        order = schemas["mppo.order.v1.Order"]
+        assert {"total", "createTime", "updateTime"} <= set(order["required"])
         assert "amount" in schemas["mppo.order.v1.OrderShare"]["required"]
+        assert "stepTime" in schemas["mppo.order.v1.OrderStep"]["required"]
+        assert "changeTime" in schemas["mppo.group.v1.StatusChange"]["required"]
+        notification = schemas["mppo.notification.v1.Notification"]
+        assert "createTime" in notification["required"]
+        assert "sentTime" not in notification["required"]  # only once sent
+        assert "graceDeadline" not in group["required"]  # only under HOST_PAYS_REMAINING
+        assert not {"joinedAt", "paidAt"} & set(member["required"])
         assert set(schemas["mppo.common.v1.Money"]["required"]) == {"amountMinor", "currencyCode"}
         # requests list what the service refuses them without
         create = schemas["mppo.group.v1.CreateGroupRequest"]
@@ -204,3 +221,51 @@ def test_an_error_echoing_hostile_text_can_always_be_written() -> None:
     assert body["message"].startswith("bad value \\ud800")
     assert len(body["message"]) <= 500
     assert "\\udfff" in json.dumps(body["details"])
+
+
+def _infos(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [d for d in body["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+
+
+def test_an_error_without_error_info_gets_one() -> None:
+    # a service's status with no detail at all: the reason asked for, with metadata
+    bare = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="down")
+    body = json.loads(status_json(with_error_info(bare, "SERVICE_UNAVAILABLE", {"service": "x"})))
+    assert _infos(body) == [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "SERVICE_UNAVAILABLE",
+            "domain": "mppo.dev",
+            "metadata": {"service": "x"},
+        }
+    ]
+    assert not bare.details, "the status given is not changed"
+    # no reason asked for: the code's name, never an empty reason
+    (info,) = _infos(json.loads(status_json(with_error_info(bare))))
+    assert info["reason"] == "UNAVAILABLE"
+    # other details are kept, the ErrorInfo comes after them
+    retry = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="later")
+    retry.details.add().Pack(error_details_pb2.RetryInfo())
+    types = [d["@type"] for d in json.loads(status_json(with_error_info(retry, "R")))["details"]]
+    assert types == [
+        "type.googleapis.com/google.rpc.RetryInfo",
+        "type.googleapis.com/google.rpc.ErrorInfo",
+    ]
+
+
+def test_a_service_error_info_is_kept_and_an_empty_reason_filled() -> None:
+    own = make_status(code_pb2.NOT_FOUND, "no such order", reason="ORDER_NOT_FOUND")
+    (info,) = _infos(json.loads(status_json(with_error_info(own, "NO_ROUTE"))))
+    assert info["reason"] == "ORDER_NOT_FOUND"
+    empty = status_pb2.Status(code=code_pb2.NOT_FOUND, message="gone")
+    empty.details.add().Pack(error_details_pb2.ErrorInfo(metadata={"k": "v"}))
+    (info,) = _infos(json.loads(status_json(with_error_info(empty, "GONE"))))
+    assert (info["reason"], info["domain"], info["metadata"]) == ("GONE", "mppo.dev", {"k": "v"})
+
+
+def test_an_undecodable_detail_is_dropped_alone() -> None:
+    status = with_error_info(status_pb2.Status(code=code_pb2.INTERNAL, message="x"), "BOOM")
+    status.details.add(type_url="type.googleapis.com/acme.Unknown", value=b"\x08\x01")
+    body = json.loads(status_json(status))
+    assert [d["@type"] for d in body["details"]] == ["type.googleapis.com/google.rpc.ErrorInfo"]
+    assert _infos(body)[0]["reason"] == "BOOM"

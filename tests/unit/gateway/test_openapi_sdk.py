@@ -23,13 +23,14 @@ from gateway.openapi import (
     ENVOY_YAML,
     IDEMPOTENCY_KEY,
     IDEMPOTENT_REPLAYED,
+    INTEGER_RANGES,
     envoy_with_document,
     main,
     public_document,
     serialize,
 )
 from gateway.openapi_examples import EXAMPLES
-from gateway.ratelimit import Decision
+from gateway.ratelimit import RATELIMIT_HEADERS, Decision, Limit
 from gateway.routing import Router
 
 CATALOG = Catalog.load()
@@ -190,12 +191,95 @@ def test_violations_and_message_are_renamed_for_rest() -> None:
 
 
 def test_ratelimit_headers_of_a_decision() -> None:
-    assert Decision(True, limit=40, remaining=39, reset=1).headers() == {
+    decision = Decision(True, limit=40, remaining=39, reset=1, policy="user", window=2)
+    assert decision.headers() == {
+        # draft 03, as Envoy's local_ratelimit sends them
         "X-RateLimit-Limit": "40",
         "X-RateLimit-Remaining": "39",
         "X-RateLimit-Reset": "1",
+        # the same, un-prefixed (draft-ietf-httpapi-ratelimit-headers 00-06)
+        "RateLimit-Limit": "40",
+        "RateLimit-Remaining": "39",
+        "RateLimit-Reset": "1",
+        # the current draft's structured fields
+        "RateLimit-Policy": '"user";q=40;w=2',
+        "RateLimit": '"user";r=39;t=1',
     }
-    assert Decision(True, limit=40).headers() == {"X-RateLimit-Limit": "40"}  # failing open
+    # failing open: nothing known of what is left, so no Remaining, Reset nor RateLimit
+    assert Decision(True, limit=40, policy="ip", window=2).headers() == {
+        "X-RateLimit-Limit": "40",
+        "RateLimit-Limit": "40",
+        "RateLimit-Policy": '"ip";q=40;w=2',
+    }
+    # a policy name is written as an RFC 8941 string, whatever it holds
+    odd = Decision(True, limit=1, remaining=0, policy='a"b\\c\n')
+    assert odd.headers()["RateLimit"] == '"a\\"b\\\\c";r=0'
+
+
+@pytest.mark.parametrize(
+    ("text", "window"), [("20/40", 2), ("100/200", 2), ("0.5/1", 2), ("3/10", 4), ("50/1", 1)]
+)
+def test_the_policy_window_is_the_seconds_an_empty_bucket_takes_to_fill(
+    text: str, window: int
+) -> None:
+    assert Limit.parse(text).window == window
+
+
+def test_every_response_declares_every_ratelimit_header() -> None:
+    declared = DOC["components"]["headers"]
+    assert set(RATELIMIT_HEADERS) <= set(declared)
+    for name in RATELIMIT_HEADERS:
+        if not name.startswith("X-"):  # Envoy's local_ratelimit cannot send these
+            assert "Envoy edge sends only" in declared[name]["description"], name
+    for op in OPS.values():
+        for status, response in op["responses"].items():
+            assert set(RATELIMIT_HEADERS) <= set(response["headers"]), (op["operationId"], status)
+
+
+def test_integer_parameters_declare_the_range_the_services_hold_them_to() -> None:
+    from group_svc.domain.split import BASIS_POINTS_TOTAL
+    from group_svc.entrypoints.parsing import MAX_QUANTITY
+
+    page_sizes = [
+        p for op in OPS.values() for p in op["parameters"] if p.get("name") == "page_size"
+    ]
+    assert len(page_sizes) == 4  # groups, history, payments, notifications
+    assert all(p["schema"]["minimum"] == 0 for p in page_sizes)  # negatives are refused
+    assert all("maximum" not in p["schema"] for p in page_sizes)  # more is read as the max
+    schemas = DOC["components"]["schemas"]
+    quantity = schemas["mppo.common.v1.LineItem"]["properties"]["quantity"]
+    assert (quantity["minimum"], quantity["maximum"]) == (1, MAX_QUANTITY)
+    points = schemas["mppo.group.v1.ShareSpec"]["properties"]["basisPoints"]
+    assert (points["minimum"], points["maximum"]) == (0, BASIS_POINTS_TOTAL)
+    # every range named is of a field the document has
+    fields = {
+        f"{name}.{prop}"
+        for name, schema in schemas.items()
+        for prop in schema.get("properties", {})
+    }
+    for full_name in INTEGER_RANGES:
+        message, _, field = full_name.rpartition(".")
+        descriptor = CATALOG.pool.FindMessageTypeByName(message)
+        assert f"{message}.{descriptor.fields_by_name[field].json_name}" in fields or (
+            field == "page_size"
+        ), full_name
+
+
+def test_path_and_query_parameters_are_described_as_what_they_are() -> None:
+    by_query = {p["name"]: p for p in OPS[("POST", "/payments/webhook")]["parameters"]}
+    by_path = {p["name"]: p for p in OPS[("POST", "/payments/webhook/{provider}")]["parameters"]}
+    assert by_query["provider"]["in"] == "query"
+    assert by_path["provider"]["in"] == "path"
+    for param in (by_query["provider"], by_path["provider"]):
+        text = param["description"]
+        assert "query parameter" in text
+        assert "/payments/webhook/{provider}" in text
+        assert "Provider name in the path" not in text
+    # every path parameter says what it is, from the comment of the field it binds
+    for op in OPS.values():
+        for param in op["parameters"]:
+            if param.get("in") == "path":
+                assert param.get("description"), (op["operationId"], param["name"])
 
 
 def test_router_and_document_agree_on_public_routes() -> None:

@@ -272,3 +272,50 @@ def test_nesting_up_to_the_limit_is_parsed(library: Catalog) -> None:
         _request(library, "POST", "/v1/shelves/s1/books", body=body(MAX_JSON_DEPTH + 1))
     assert info.value.field == "body"
     assert info.value.description == "JSON nested deeper than 32 levels"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        # top level, the example the reviewer sent: both lists would be "members"
+        (
+            "/group/g1/members",
+            b'{"members": [{"displayName": "A"}], "members": [{"displayName": "B"}]}',
+            "members",
+        ),
+        # inside an element of a list
+        (
+            "/group/g1/members",
+            b'{"members": [{"displayName": "A"}, {"displayName": "B", "email": "b@x.test",'
+            b' "displayName": "C"}]}',
+            "members[1].displayName",
+        ),
+        # inside a nested object
+        (
+            "/group",
+            b'{"merchantId": "m", "host": {"displayName": "H", "shareSpec": {"weight": "1",'
+            b' "weight": "2"}}}',
+            "host.shareSpec.weight",
+        ),
+        # one field by its JSON name and by its proto name: two keys, one field
+        (
+            "/group/g1/members",
+            b'{"members": [{"displayName": "A", "display_name": "B"}]}',
+            "members[0].display_name",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_its_json_path(
+    mppo: Catalog, path: str, body: bytes, field: str
+) -> None:
+    with pytest.raises(BadRequestError) as refused:
+        _request(mppo, "POST", path, body=body)
+    assert refused.value.field == field
+    assert refused.value.reason == "DUPLICATE_FIELD"
+
+
+def test_the_same_key_in_different_objects_is_no_duplicate(mppo: Catalog) -> None:
+    body = b'{"members": [{"displayName": "A"}, {"displayName": "B"}]}'
+    msg = _request(mppo, "POST", "/group/g1/members", body=body)
+    names = [m.display_name for m in msg.members]  # type: ignore[attr-defined]
+    assert names == ["A", "B"]
