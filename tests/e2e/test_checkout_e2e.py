@@ -142,7 +142,7 @@ async def test_group_of_four_pays_and_the_order_is_confirmed(api: Api) -> None:
             assert per_member[(member_id, kind)] == 1, (member_id, kind, per_member)
     for person in order.people:
         share = minor(order.member(group, person)["share"])
-        money = f"USD {share // 100}.{share % 100:02d}"
+        money = f"{share // 100}.{share % 100:02d} USD"  # as e-mails and the page write it
         mails = await eventually(
             functools.partial(order.mails_to, person),
             lambda found: len(found) >= 3,

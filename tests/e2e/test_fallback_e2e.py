@@ -34,7 +34,7 @@ SHORT_DEADLINE = 10.0
 
 
 def usd(amount_minor: int) -> str:
-    return f"USD {amount_minor // 100}.{amount_minor % 100:02d}"
+    return f"{amount_minor // 100}.{amount_minor % 100:02d} USD"  # as e-mails write it
 
 
 def four(api: Api) -> GroupOrder:

@@ -14,7 +14,7 @@ from group_svc.domain.split import ShareSpec, SplitMode
 from group_svc.service_layer import commands as c
 from group_svc.service_layer.handlers import GroupHandlers
 from mppo.group.v1 import group_events_pb2 as ev
-from mppo.order.v1 import order_events_pb2
+from mppo.order.v1 import order_events_pb2, order_pb2
 from mppo.payment.v1 import payment_events_pb2
 from mppo.platform.errors import (
     FailedPreconditionError,
@@ -286,7 +286,12 @@ async def test_a_failed_order_cancels_the_pending_group(
         await pay(handlers, uow, payments, group, i)
     async with uow:
         await handlers.order_failed(
-            order_events_pb2.OrderFailed(order_id="o-2", group_id=group.group_id, detail="oos"),
+            order_events_pb2.OrderFailed(
+                order_id="o-2",
+                group_id=group.group_id,
+                reason=order_pb2.ORDER_FAILURE_REASON_CAPTURE_FAILED,
+                detail="pay-123: PROVIDER_CARD_DECLINED: Your card was declined.",
+            ),
             uow,
         )
         await uow.commit()
@@ -294,7 +299,12 @@ async def test_a_failed_order_cancels_the_pending_group(
     assert final.status is GroupStatus.CANCELLED
     (event,) = uow.payloads("group.cancelled")
     assert isinstance(event, ev.GroupCancelled)
-    assert (event.actor, event.reason) == ("system:orders", "order failed: oos")
+    # members read the reason: the cause in words, not the detail naming a member's payment
+    assert (event.actor, event.reason) == (
+        "system:orders",
+        "order failed: a share could not be captured",
+    )
+    assert final.close_reason == event.reason
     assert len(event.payment_ids) == 2
 
 
