@@ -551,15 +551,22 @@ def _methods(gateway: Any, handlers: dict[str, Handler]) -> Handler:
     return route
 
 
+#: path → the methods it serves (GET serves HEAD too) → the GroupPage handler's name; Envoy's
+#: config must let exactly these through without a JWT (tests/unit/test_deploy_config.py)
+ROUTES: dict[str, dict[str, str]] = {
+    "/g/assets/{name}": {"GET": "asset"},
+    "/g/{group_id}": {"GET": "page"},
+    "/g/{group_id}/state": {"GET": "state"},
+    "/g/{group_id}/retry": {"POST": "retry"},
+}
+
+
 def add_routes(app: web.Application, gateway: Any) -> None:
-    """The page's routes, every method of each (a method a route does not serve gets 405);
-    call before the REST catch-all is added."""
+    """The page's routes (`ROUTES`), every method of each (a method a route does not serve
+    gets 405); call before the REST catch-all is added."""
     page = GroupPage(gateway)
-    routes: dict[str, dict[str, Handler]] = {
-        "/g/assets/{name}": {"GET": page.asset},
-        "/g/{group_id}": {"GET": page.page},
-        "/g/{group_id}/state": {"GET": page.state},
-        "/g/{group_id}/retry": {"POST": page.retry},
-    }
-    for path, handlers in routes.items():
+    for path, served in ROUTES.items():
+        handlers: dict[str, Handler] = {
+            method: getattr(page, name) for method, name in served.items()
+        }
         app.router.add_route("*", path, _methods(gateway, handlers))

@@ -710,7 +710,8 @@ EDGE_ENDPOINTS = ("/healthz", "/openapi.json")
 
 
 def _group_page_routes() -> list[tuple[str, str]]:
-    """(method, a concrete path) for every route the Python gateway's group page registers."""
+    """(method, a concrete path) for every method a route of the Python gateway's group page
+    serves (its other methods only answer 405), each route checked to be registered."""
     from types import SimpleNamespace
 
     from aiohttp import web
@@ -719,13 +720,15 @@ def _group_page_routes() -> list[tuple[str, str]]:
 
     app = web.Application()
     group_page.add_routes(app, SimpleNamespace(catalog=Catalog.load(DESCRIPTORS_FILE)))
+    registered = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    assert registered == set(group_page.ROUTES), registered
     sample = "3f2b8c1e-4d5a-4b6c-9d7e-0f1a2b3c4d5e"
     routes = [
-        (route.method, re.sub(r"\{[^}]+\}", sample, route.resource.canonical))
-        for route in app.router.routes()
-        if route.resource is not None and route.method != "HEAD"
+        (method, re.sub(r"\{[^}]+\}", sample, path))
+        for path, served in group_page.ROUTES.items()
+        for method in served
     ]
-    assert routes, "the group page registers no route"
+    assert routes, "the group page serves no route"
     return routes
 
 
