@@ -272,7 +272,7 @@ class PayPalSimulator(SimulatorServer):
             return web.Response(status=404, text="no such order")
         except ValueError as exc:
             return web.Response(status=409, text=str(exc))
-        return web.json_response(order)
+        return self._form_answer(request, order, "Payment approved with PayPal.")
 
     def approve(self, order_id: str) -> Json:
         """The payer approves the order on the hosted page."""

@@ -229,7 +229,8 @@ class RazorpaySimulator(SimulatorServer):
             return web.Response(status=404, text="no such link")
         except ValueError as exc:
             return web.Response(status=409, text=str(exc))
-        return web.json_response(payment)
+        said = "Payment failed." if payment.get("status") == "failed" else "Paid with Razorpay."
+        return self._form_answer(request, payment, said)
 
     def pay(self, link_id: str, outcome: str = "captured") -> Json:
         """The payer pays the link: `captured` (auto-capture), `authorized` or `failed`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 from typing import Any, Protocol
 
 import aiohttp
@@ -86,6 +87,21 @@ class SimulatorServer:
                 del self._faults[index]
                 return mode
         return None
+
+    @staticmethod
+    def _form_answer(request: web.Request, result: Any, done: str) -> web.Response:
+        """A hosted page's form answer: `result` as JSON to a program, a short page saying
+        `done` to a browser (it asks for text/html first)."""
+        accept = request.headers.get("Accept", "")
+        if "text/html" in accept and "text/html" in accept.split(",", 1)[0]:
+            text = html.escape(done)
+            page = (
+                f"<!doctype html><html><head><meta charset='utf-8'><title>{text}</title></head>"
+                f"<body><p>{text}</p><p>You can close this page and return to your group.</p>"
+                "</body></html>"
+            )
+            return web.Response(text=page, content_type="text/html")
+        return web.json_response(result)
 
     def _send(self, webhook: Delivery) -> None:
         """Post `webhook` to `deliver_to` in the background, when set."""

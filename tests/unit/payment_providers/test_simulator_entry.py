@@ -3,6 +3,7 @@ variables the payment service reads for the real provider, sharing fresh credent
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from mppo.devstack.services import DEFAULT_SERVICES
@@ -64,3 +65,30 @@ def test_a_simulator_refuses_to_run_outside_dev_or_with_a_setting_missing() -> N
     with pytest.raises(ConfigError, match="no simulator"):
         build("stripe", dev_env())
     assert main([]) == 2
+
+
+async def test_a_browser_submitting_a_hosted_page_gets_a_page_and_a_program_json() -> None:
+    simulator = RazorpaySimulator()
+    base = await simulator.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            links: list[str] = []
+            key = aiohttp.encode_basic_auth(simulator.key_id, simulator.key_secret)
+            for _ in range(2):
+                async with http.post(
+                    f"{base}/v1/payment_links",
+                    json={"amount": 800, "currency": "USD", "reference_id": f"r-{len(links)}"},
+                    headers={"Authorization": key},
+                ) as made:
+                    assert made.status == 200, await made.text()
+                    links.append((await made.json())["id"])
+            browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+            async with http.post(
+                f"{base}/_fake/pay/{links[0]}", data={"outcome": "captured"}, headers=browser
+            ) as page:
+                assert page.content_type == "text/html"
+                assert "Paid with Razorpay." in await page.text()
+            async with http.post(f"{base}/_fake/pay/{links[1]}", data={"outcome": "captured"}) as r:
+                assert (await r.json())["status"] == "captured"
+    finally:
+        await simulator.stop()
