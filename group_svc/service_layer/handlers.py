@@ -435,7 +435,17 @@ class GroupHandlers:
         group = await _load_for_host(uow, cmd.caller, cmd.group_id)
         self._check_new_members(cmd.members, "members")
         added = group.add_members(cmd.members, self._clock(), "members")
-        self._check_holds(group, self._clock(), "members")
+        # a refusal names the first new member whose provider holds too briefly, if any
+        shortest, _ = self._providers.shortest_window(m.provider for m in group.members)
+        field_name = next(
+            (
+                f"members[{i}].provider"
+                for i, m in enumerate(cmd.members)
+                if m.provider and self._providers.resolve(m.provider) == shortest
+            ),
+            "members",
+        )
+        self._check_holds(group, self._clock(), field_name)
         await uow.groups.save(group, new_members={m.member_id for m in added})
         self._invalidate_after_commit(uow, group)
         return group

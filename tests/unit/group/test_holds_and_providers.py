@@ -33,6 +33,7 @@ from tests.unit.group.test_group_handlers import (
     create_cmd,
     expire_round,
     load,
+    new_member,
     opened,
     orders,
     pay,
@@ -110,6 +111,20 @@ async def test_the_deadline_leaves_the_hold_policy_its_margin_and_the_host_his_g
         await create(
             handlers, uow, create_cmd(clock, policy=host_pays, deadline_in=7 * DAY - margin)
         )
+
+
+async def test_adding_a_member_whose_provider_holds_too_briefly_names_that_provider(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock
+) -> None:
+    group = await create(handlers, uow, create_cmd(clock, guests=1, deadline_in=4 * DAY))
+    guests = [new_member(7), replace(new_member(8), provider="razorpay")]
+    async with uow:
+        with pytest.raises(InvalidArgumentError) as refused:
+            await handlers.add_members(c.AddMembers(HOST, group.group_id, guests), uow)
+    (violation,) = refused.value.violations
+    assert violation.field == "members[1].provider"
+    assert "razorpay holds a payment 3 days" in violation.description
+    assert len((await load(uow, group.group_id)).members) == 2  # nobody was added
 
 
 async def test_a_provider_that_is_not_configured_is_refused(
