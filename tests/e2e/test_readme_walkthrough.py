@@ -2,7 +2,8 @@
 is, runs with bash against a real ``mppo dev up`` stack (only ``GATEWAY`` and
 ``MPPO_STATE_DIR`` point it at the test's stack), and leaves one more confirmed checkout
 behind: the order it prints last is CONFIRMED, and the gateway says the same of the group and
-of every share."""
+of every share. Its continuation (a guest who pays with PayPal, on the dev stack's simulator)
+runs after it in the same shell."""
 
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ from tests.support.e2e import Api, minor
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "<!-- walkthrough: tests/e2e/test_readme_walkthrough.py"
+CONTINUED = "<!-- walkthrough, continued: tests/e2e/test_readme_walkthrough.py"
 GROUP_LINE = re.compile(r"^group ([0-9a-f-]{36})$", re.MULTILINE)
 
 
-def walkthrough() -> str:
+def walkthrough(marker: str = MARKER) -> str:
     """The first ``sh`` block after the marker comment in README.md."""
     text = (REPO / "README.md").read_text()
-    start = text.index(MARKER)
+    start = text.index(marker)
     found = re.compile(r"^```sh\n(.*?)^```$", re.MULTILINE | re.DOTALL).search(text, start)
-    assert found is not None, "no ```sh block after the walkthrough marker"
+    assert found is not None, f"no ```sh block after {marker}"
     return found.group(1)
 
 
@@ -48,7 +50,7 @@ async def test_the_readme_walkthrough_confirms_an_order(api: Api) -> None:
     }
     done = await asyncio.to_thread(
         subprocess.run,
-        ["bash", "-euo", "pipefail", "-c", walkthrough()],
+        ["bash", "-euo", "pipefail", "-c", walkthrough() + walkthrough(CONTINUED)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -57,6 +59,8 @@ async def test_the_readme_walkthrough_confirms_an_order(api: Api) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
+    # the continuation: a guest of a new group pays with PayPal, the dev stack's simulator
+    assert lines.pop() == "PROVIDER_PAYPAL", done.stdout + done.stderr
     assert lines[-1] == "ORDER_STATUS_CONFIRMED", done.stdout + done.stderr
     assert lines[-2].startswith("mo_"), done.stdout  # the merchant's order id
     assert "GROUP_STATUS_CONFIRMED" in lines, done.stdout
