@@ -58,7 +58,7 @@ from group_svc.observability import checkout_finished
 from group_svc.service_layer import commands as c
 from group_svc.service_layer.unit_of_work import GroupUnitOfWork
 from mppo.common.v1 import cart_pb2
-from mppo.order.v1 import order_events_pb2, order_pb2, order_service_pb2
+from mppo.order.v1 import order_events_pb2, order_service_pb2
 from mppo.payment.v1 import payment_events_pb2, payment_pb2
 from mppo.platform.errors import (
     ConflictError,
@@ -74,6 +74,7 @@ from mppo.platform.errors import (
 from mppo.platform.identity import Caller
 from mppo.platform.logs import bind_ids
 from mppo.platform.money import format_minor
+from mppo.platform.order_failure import failure_words
 from mppo.platform.providers import PROVIDERS, ProviderChoice
 from mppo.platform.rpc_status import is_retryable
 
@@ -899,22 +900,9 @@ class GroupHandlers:
             # every member reads the group's reason: the cause in words, never the order's
             # detail (it names a member's payment and their provider's message)
             logger.info("order failed: %s", msg.detail or "no detail")
-            cause = ORDER_FAILURE_WORDS.get(msg.reason, "the order was not placed")
-            group.cancel(f"order failed: {cause}", ORDERS_ACTOR, now)
+            group.cancel(f"order failed: {failure_words(msg.reason)}", ORDERS_ACTOR, now)
             await uow.groups.save(group)
             _observe_checkout(uow, "failed", group.created_at, now)
-
-
-#: why an order failed, as every member of the group may read it (OrderFailureReason)
-ORDER_FAILURE_WORDS: dict[int, str] = {
-    order_pb2.ORDER_FAILURE_REASON_OUT_OF_STOCK: "an item is out of stock at the merchant",
-    order_pb2.ORDER_FAILURE_REASON_MERCHANT_REJECTED: "the merchant rejected the order",
-    order_pb2.ORDER_FAILURE_REASON_CAPTURE_FAILED: "a share could not be captured",
-    order_pb2.ORDER_FAILURE_REASON_PRICE_MISMATCH: "a price differs from the merchant's catalogue",
-    order_pb2.ORDER_FAILURE_REASON_UNKNOWN_ITEM: "an item is not in the merchant's catalogue",
-    order_pb2.ORDER_FAILURE_REASON_MERCHANT_UNAVAILABLE: "the merchant could not be reached",
-    order_pb2.ORDER_FAILURE_REASON_INVALID_ORDER: "the order did not add up",
-}
 
 
 def _observe_checkout(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from mppo.clients.group import GroupView
 from mppo.group.v1 import group_events_pb2
 from mppo.order.v1 import order_pb2
 from mppo.platform.errors import (
@@ -29,6 +30,7 @@ from mppo.platform.errors import (
     UnavailableError,
 )
 from mppo.platform.logs import bind_ids
+from mppo.platform.order_failure import failure_words
 from order_svc.domain.model import Line, Order
 from order_svc.domain.validator import check_consistency, quote_problems
 from order_svc.service_layer.commands import (
@@ -176,8 +178,8 @@ class OrderHandlers:
                 "order_id required", [FieldViolation("order_id", "required")]
             )
         order = await self._read(query.order_id, uow)
-        await self._groups.view(query.caller, order.group_id)  # members of the group only
-        return order
+        view = await self._groups.view(query.caller, order.group_id)  # members of the group only
+        return for_viewer(order, view)
 
     async def get_order_by_group(
         self, query: GetOrderByGroup, uow: OrderUnitOfWork
@@ -187,12 +189,12 @@ class OrderHandlers:
             raise InvalidArgumentError(
                 "group_id required", [FieldViolation("group_id", "required")]
             )
-        await self._groups.view(query.caller, query.group_id)  # members of the group only
+        view = await self._groups.view(query.caller, query.group_id)  # members of the group only
         async with uow:
             order_id = await uow.orders.id_for_group(query.group_id)
         if order_id is None:
             raise NotFoundError(f"group {query.group_id} has no order", reason="ORDER_NOT_FOUND")
-        return await self._read(order_id, uow)
+        return for_viewer(await self._read(order_id, uow), view)
 
     async def _read(self, order_id: str, uow: OrderUnitOfWork) -> order_pb2.Order:
         """One order; NotFoundError when there is none. Finished orders are cached."""
@@ -207,3 +209,22 @@ class OrderHandlers:
         if order.status.terminal:
             await self._cache.put(order_id, message.SerializeToString())
         return message
+
+
+def for_viewer(order: order_pb2.Order, view: GroupView) -> order_pb2.Order:
+    """The order as `view`'s caller may see it. The host and our services see it whole; a
+    member sees the failure's cause in words (the detail can name another member's payment
+    and quote their provider), no step details (they name payments), and the payment id of
+    their own shares only — as the payment service shows a member only their own payments."""
+    if view.everything or view.is_host:
+        return order
+    seen = order_pb2.Order()
+    seen.CopyFrom(order)
+    if seen.failure_detail:
+        seen.failure_detail = failure_words(seen.failure_reason)
+    for step in seen.steps:
+        step.detail = ""
+    for share in seen.shares:
+        if not view.may_see_member(share.member_id):
+            share.payment_id = ""
+    return seen

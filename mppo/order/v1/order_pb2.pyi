@@ -255,7 +255,10 @@ class Order(_message.Message):
     tip_minor: _builtins.int
     """Tip in minor units."""
     failure_detail: _builtins.str
-    """Human-readable detail of the failure, when the order failed."""
+    """Human-readable detail of the failure, when the order failed. The host and our services
+    read the full detail; another member reads the cause in words (the detail can name a
+    member's payment), and sees no step details and no other member's payment id.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_cart_pb2.LineItem]:
         """Cart lines."""
