@@ -19,6 +19,13 @@ def to_outbox(group: Group, event: de.GroupEvent) -> Event:
     return new_event(group.group_id, payload(group, event))
 
 
+def _captured(group: Group, payment_id: str) -> bool:
+    """Whether the provider captured `payment_id` at once (it cannot hold money) rather than
+    holding it: recorded on the attempt when the payment succeeded."""
+    attempt = group.attempt_by_payment(payment_id)
+    return attempt is not None and attempt.captured
+
+
 def payload(group: Group, event: de.GroupEvent) -> Message:
     """The protobuf payload of one domain event."""
     cur = group.currency_code
@@ -48,6 +55,7 @@ def payload(group: Group, event: de.GroupEvent) -> Message:
                 payment_id=event.payment_id,
                 amount=money(event.amount_minor, cur),
                 remaining_members=event.remaining_members,
+                captured=_captured(group, event.payment_id),
             )
         case de.FullyPaid():
             return ev.GroupFullyPaid(group_id=group.group_id, total=money(group.total_minor, cur))

@@ -102,9 +102,14 @@ def render_email(
         case Kind.PAYMENT_RECEIVED:
             subject = f"Payment received: {_money(params)}"
             remaining = params.get("remaining_members", "0")
+            # a provider that cannot hold money (a Razorpay payment link) captures at once
+            held = (
+                "It is charged now and refunded if the order is not confirmed."
+                if params.get("captured") == "true"
+                else "It is held, not charged, until the order is confirmed."
+            )
             lines = [
-                f"We received your payment of {_money(params)}. It is held, not charged, "
-                "until the order is confirmed.",
+                f"We received your payment of {_money(params)}. {held}",
                 f"Members still to pay: {remaining}.",
             ]
         case Kind.GROUP_CONFIRMED:

@@ -80,6 +80,7 @@ def trigger_for(message: Message) -> Trigger | None:
                     "group_id": message.group_id,
                     "payment_id": message.payment_id,
                     "remaining_members": str(message.remaining_members),
+                    "captured": "true" if message.captured else "false",
                     **_money(message.amount),
                 },
             )

@@ -209,6 +209,7 @@ class MemberPaid(_message.Message):
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     REMAINING_MEMBERS_FIELD_NUMBER: _builtins.int
+    CAPTURED_FIELD_NUMBER: _builtins.int
     group_id: _builtins.str
     """The group id."""
     member_id: _builtins.str
@@ -217,6 +218,11 @@ class MemberPaid(_message.Message):
     """The payment id."""
     remaining_members: _builtins.int
     """How many required shares are still unpaid."""
+    captured: _builtins.bool
+    """Whether the payment was captured at once (a provider that cannot hold money, such as a
+    Razorpay payment link): then it is charged now and refunded if the order is not
+    confirmed. False: the amount is held (authorized), not charged, until then.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The amount secured."""
@@ -229,10 +235,11 @@ class MemberPaid(_message.Message):
         payment_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         remaining_members: _builtins.int = ...,
+        captured: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "group_id", b"group_id", "member_id", b"member_id", "payment_id", b"payment_id", "remaining_members", b"remaining_members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "captured", b"captured", "group_id", b"group_id", "member_id", b"member_id", "payment_id", b"payment_id", "remaining_members", b"remaining_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,7 +28,9 @@ class _ProviderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider.Val
     PROVIDER_UNSPECIFIED: _Provider.ValueType  # 0
     """Not set: the service's default provider is used."""
     PROVIDER_SANDBOX: _Provider.ValueType  # 1
-    """The embedded Stripe-compatible sandbox PSP (the default)."""
+    """The embedded Stripe-compatible sandbox PSP: the development default. Off in
+    production, where Stripe is the default.
+    """
     PROVIDER_STRIPE: _Provider.ValueType  # 2
     """Stripe (Checkout Session with manual capture)."""
     PROVIDER_RAZORPAY: _Provider.ValueType  # 3
@@ -42,7 +44,9 @@ class Provider(_Provider, metaclass=_ProviderEnumTypeWrapper):
 PROVIDER_UNSPECIFIED: Provider.ValueType  # 0
 """Not set: the service's default provider is used."""
 PROVIDER_SANDBOX: Provider.ValueType  # 1
-"""The embedded Stripe-compatible sandbox PSP (the default)."""
+"""The embedded Stripe-compatible sandbox PSP: the development default. Off in
+production, where Stripe is the default.
+"""
 PROVIDER_STRIPE: Provider.ValueType  # 2
 """Stripe (Checkout Session with manual capture)."""
 PROVIDER_RAZORPAY: Provider.ValueType  # 3

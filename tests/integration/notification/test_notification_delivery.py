@@ -391,9 +391,30 @@ async def test_webhook_is_signed_and_retried_once_after_a_500(stack: Stack) -> N
     assert doc["member_id"] == payer
     assert doc["data"]["amount_minor"] == "2000"
     assert not EMAIL_RE.search(hooks[-1].body.decode())  # no personal data in webhooks
+    assert doc["data"]["captured"] == "false"
     [mail] = await stack.mails(emails["Payer"])
     assert "20.00 USD" in mail["subject"]
+    assert "It is held, not charged, until the order is confirmed." in mail["body"]
     assert await stack.mails(emails["Host"]) == []
+
+
+async def test_a_payment_captured_at_once_is_said_to_be_charged_not_held(stack: Stack) -> None:
+    """A Razorpay payment link captures at once: the payer's e-mail must not call it a hold."""
+    group_id, members, emails = await stack.create_group(["Host", "Razor"])
+    paid = ge.MemberPaid(
+        group_id=group_id,
+        member_id=members["Razor"],
+        payment_id="pay-rzp",
+        amount=usd(1500),
+        remaining_members=1,
+        captured=True,
+    )
+    await stack.publish(group_id, paid)
+    await stack.settled(group_id, count=2)
+    [mail] = await stack.mails(emails["Razor"])
+    assert "15.00 USD" in mail["subject"]
+    assert "It is charged now and refunded if the order is not confirmed." in mail["body"]
+    assert "held" not in mail["body"]
 
 
 async def test_a_webhook_that_keeps_failing_ends_failed_and_visible(stack: Stack) -> None:

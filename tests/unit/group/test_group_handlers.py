@@ -115,6 +115,8 @@ async def pay(
     group: Group,
     member_index: int,
     attempt: int = 1,
+    *,
+    captured: bool = False,
 ) -> None:
     member = group.members[member_index]
     intent = payments.intents[(group.group_id, member.member_id, attempt)]
@@ -126,6 +128,7 @@ async def pay(
                 member_id=member.member_id,
                 attempt=attempt,
                 amount=intent.amount,
+                captured=captured,
             ),
             uow,
         )
@@ -245,6 +248,20 @@ async def test_cancel_lists_the_payments_and_a_pending_group_cannot_be_cancelled
 
 
 # ---- consumed events ---------------------------------------------------------------------
+
+
+async def test_member_paid_says_whether_the_provider_captured_at_once(
+    handlers: GroupHandlers, uow: FakeUnitOfWork, clock: Clock, payments: FakePayments
+) -> None:
+    """A held card and a Razorpay link (captured at once): the notification tells them apart."""
+    group = await opened(handlers, uow, clock)
+    await pay(handlers, uow, payments, group, 0)
+    await pay(handlers, uow, payments, group, 1, captured=True)
+    held, charged = uow.payloads("member.paid")
+    assert isinstance(held, ev.MemberPaid)
+    assert isinstance(charged, ev.MemberPaid)
+    assert (held.member_id, held.captured) == (group.members[0].member_id, False)
+    assert (charged.member_id, charged.captured) == (group.members[1].member_id, True)
 
 
 async def test_payments_finalize_the_group_once_and_duplicates_change_nothing(

@@ -136,6 +136,25 @@ async def test_member_paid_records_the_secured_payment_and_tells_only_the_payer(
     ]
 
 
+@pytest.mark.parametrize(("captured", "param"), [(False, "false"), (True, "true")])
+async def test_member_paid_passes_on_whether_the_payment_was_captured(
+    captured: bool, param: str
+) -> None:
+    h = Harness()
+    await h.apply(
+        ge.MemberPaid(
+            group_id=GROUP,
+            member_id="ann",
+            payment_id="p1",
+            amount=usd(1000),
+            remaining_members=0,
+            captured=captured,
+        )
+    )
+    [row] = h.uow.notifications.all()
+    assert row.params["captured"] == param
+
+
 async def test_a_named_recipient_no_longer_in_the_group_gets_nothing_and_no_wake() -> None:
     h = Harness()
     await h.apply(ge.PaymentReminderDue(group_id=GROUP, member_id="gone", payment_link="x"))

@@ -74,6 +74,29 @@ def test_payment_received_and_confirmed() -> None:
     assert "ord-9" in confirmed.body
 
 
+HELD = "It is held, not charged, until the order is confirmed."
+CHARGED = "It is charged now and refunded if the order is not confirmed."
+
+
+@pytest.mark.parametrize(
+    ("captured", "says", "never"),
+    [
+        ("false", HELD, CHARGED),  # a hold (card authorization)
+        (None, HELD, CHARGED),  # a notification stored before the flag existed
+        ("true", CHARGED, HELD),  # a provider that cannot hold money (Razorpay payment link)
+    ],
+)
+def test_payment_received_says_whether_the_money_is_held_or_charged(
+    captured: str | None, says: str, never: str
+) -> None:
+    params = {"amount_minor": "1999", "currency": "USD", "remaining_members": "0"}
+    if captured is not None:
+        params["captured"] = captured
+    mail = render_email(Kind.PAYMENT_RECEIVED, params, "Ann")
+    assert f"We received your payment of 19.99 USD. {says}" in mail.body
+    assert never not in mail.body
+
+
 @pytest.mark.parametrize(
     ("outcome", "sentence"),
     [
