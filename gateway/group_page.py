@@ -20,8 +20,9 @@ what that member may see:
 - the cart (lines, fees, tax, tip, total), the deadline, the group's status;
 - their own share, what they paid, their status and -- while the group is open and they owe
   -- their own payment link;
-- every member's display name and whether they have paid: no e-mails, phones, user ids,
-  amounts, links or tokens of anyone else;
+- every member's display name and whether they have paid, or whether the host covers their
+  share (COVERED_BY_HOST after the fallback: listed, `coveredByHost`): no e-mails, phones,
+  user ids, amounts, links or tokens of anyone else;
 - once the group ended without an order (EXPIRED or CANCELLED), why, in words meant for
   members (`endCause`, `endTitle`, `endMessage`; `ENDINGS`), and that nobody is charged
   (`moneyReturned`: every hold released, every capture refunded; `you.returned`: what the
@@ -322,14 +323,17 @@ def member_view(
                 else ""
             ),
         },
+        # every member who owes or owed a share: the required ones, and those the host's
+        # fallback covers (share 0 since, no longer required, still in the group)
         "members": [
             {
                 "name": m.display_name,
                 "paid": m.status == group_pb2.MEMBER_STATUS_PAID,
+                "coveredByHost": m.status == group_pb2.MEMBER_STATUS_COVERED_BY_HOST,
                 "you": m.member_id == you.member_id,
             }
             for m in group.members
-            if m.required
+            if m.required or m.status == group_pb2.MEMBER_STATUS_COVERED_BY_HOST
         ],
     }
 

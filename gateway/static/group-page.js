@@ -110,6 +110,7 @@
       let badge = element("span", "badge", "Not paid yet");
       if (m.paid && view.moneyReturned) badge = element("span", "badge returned", "Paid — returned");
       else if (m.paid) badge = element("span", "badge paid", "Paid");
+      else if (m.coveredByHost) badge = element("span", "badge covered", "Covered by the host");
       else if (view.moneyReturned) badge = element("span", "badge", "Not paid");
       li.append(name, badge);
       members.append(li);

@@ -99,9 +99,9 @@ def test_a_member_sees_their_share_and_link_and_only_the_others_names() -> None:
     assert (view["endCause"], view["endMessage"], view["endedEarly"]) == ("", "", False)
     assert (view["moneyReturned"], view["you"]["returned"]) == (False, "")
     assert view["members"] == [
-        {"name": "<b>host</b>", "paid": False, "you": False},
-        {"name": "<b>gus</b>", "paid": False, "you": True},
-        {"name": "<b>zed</b>", "paid": True, "you": False},
+        {"name": "<b>host</b>", "paid": False, "coveredByHost": False, "you": False},
+        {"name": "<b>gus</b>", "paid": False, "coveredByHost": False, "you": True},
+        {"name": "<b>zed</b>", "paid": True, "coveredByHost": False, "you": False},
     ]
     assert view["total"] == "15.00 USD"
     assert view["extras"] == [{"name": "Tip", "amount": "3.00 USD"}]
@@ -140,6 +140,61 @@ def test_the_page_has_no_inline_code_and_writes_text_only() -> None:
     assert "script-src 'self'" in CSP
     assert "default-src 'none'" in CSP
     assert "'unsafe-inline'" not in CSP
+
+
+def _after_fallback() -> group_pb2.GroupOrder:
+    """HOST_PAYS_REMAINING applied: gus never paid, so his share moved to the host (his share 0,
+    no longer required, COVERED_BY_HOST); zed had paid and stays required."""
+    group = _group()
+    host, gus, _zed = group.members
+    gus.status = group_pb2.MEMBER_STATUS_COVERED_BY_HOST
+    gus.share.amount_minor = 0
+    gus.required = False
+    gus.payment_link = ""
+    host.share.amount_minor = 1000
+    return group
+
+
+def test_a_member_the_host_covers_stays_listed_as_covered() -> None:
+    group = _after_fallback()
+    for token in (TOKENS["host"], TOKENS["zed"]):  # the others see him, by name only
+        members = member_view(group, token, NOW)["members"]
+        assert [(m["name"], m["paid"], m["coveredByHost"]) for m in members] == [
+            ("<b>host</b>", False, False),
+            ("<b>gus</b>", False, True),
+            ("<b>zed</b>", True, False),
+        ]
+    text = json.dumps(member_view(group, TOKENS["zed"], NOW))
+    for secret in ("gus@example.test", TOKENS["gus"], "pay-gus", "user-gus"):
+        assert secret not in text
+
+
+def test_a_covered_member_sees_themselves_on_their_own_page() -> None:
+    view = member_view(_after_fallback(), TOKENS["gus"], NOW)
+    assert view["you"]["status"] == "COVERED_BY_HOST"
+    assert (view["you"]["share"], view["you"]["payLink"], view["you"]["canRetry"]) == (
+        "0.00 USD",
+        "",
+        False,
+    )
+    [own] = [m for m in view["members"] if m["you"]]
+    assert own == {"name": "<b>gus</b>", "paid": False, "coveredByHost": True, "you": True}
+
+
+def test_a_member_with_no_share_who_is_not_covered_is_not_listed() -> None:
+    group = _group()
+    group.members[1].required = False
+    group.members[1].share.amount_minor = 0
+    names = [m["name"] for m in member_view(group, TOKENS["zed"], NOW)["members"]]
+    assert names == ["<b>host</b>", "<b>zed</b>"]
+
+
+def test_the_page_shows_a_covered_member_as_covered_by_the_host() -> None:
+    script = (STATIC / "group-page.js").read_text()
+    assert 'm.coveredByHost) badge = element("span", "badge covered", "Covered by the host")' in (
+        script
+    )
+    assert ".badge.covered" in (STATIC / "group-page.css").read_text()
 
 
 def test_a_declined_member_is_offered_a_retry_not_the_closed_checkout() -> None:
