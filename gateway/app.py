@@ -318,7 +318,7 @@ class Gateway:
                 code_pb2.INVALID_ARGUMENT,
                 str(exc),
                 violations=((exc.field, exc.description, exc.reason),),
-                reason="BAD_REQUEST_BODY",
+                reason=exc.info_reason,
                 fields=fields,
             )
         try:

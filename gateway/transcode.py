@@ -7,7 +7,10 @@
 - Every field not bound by the path or body may come as a query parameter, by proto or JSON
   name, nested with dots (`amount.currency_code=EUR`), repeated by repeating the key, enums by
   name (or number). Unknown parameters are rejected, as Envoy does with
-  `reject_unknown_query_parameters`.
+  `reject_unknown_query_parameters`: a query parameter's problem (unknown, bound by the body,
+  a bad value) is a 400 whose ErrorInfo reason is `BAD_QUERY_PARAMETER` and whose field
+  violation names the parameter (`x: unknown query parameter ...`), a body's
+  `BAD_REQUEST_BODY`.
 - JSON follows the proto3 JSON mapping (`google.protobuf.json_format`): int64 values are
   written as strings and accepted as numbers or strings; fields with default values are
   printed (Envoy's `always_print_primitive_fields`).
@@ -55,15 +58,40 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _PARSE_ERRORS = (json_format.ParseError, ValueError, TypeError, OverflowError, RecursionError)
 
 
+#: ErrorInfo reason of a body (or path value) the RPC's message cannot be built from
+BAD_REQUEST_BODY = "BAD_REQUEST_BODY"
+#: ErrorInfo reason of a query parameter that is unknown, bound elsewhere, or of a bad value
+BAD_QUERY_PARAMETER = "BAD_QUERY_PARAMETER"
+
+
 class BadRequestError(ValueError):
     """The request cannot become the RPC's message; `field` names where (JSON path, indexes
-    included: `items[0].quantity`), `reason` says what is wrong for a program."""
+    included: `items[0].quantity`; the parameter's name for a query parameter), `reason` says
+    what is wrong for a program (the field violation's), `info_reason` which part of the
+    request is at fault (the ErrorInfo's: `BAD_REQUEST_BODY` or `BAD_QUERY_PARAMETER`)."""
 
-    def __init__(self, field: str, description: str, reason: str = "BAD_REQUEST_BODY") -> None:
+    def __init__(
+        self,
+        field: str,
+        description: str,
+        reason: str = BAD_REQUEST_BODY,
+        *,
+        info_reason: str = BAD_REQUEST_BODY,
+    ) -> None:
         super().__init__(f"{field}: {description}" if field else description)
         self.field = field
         self.description = description
         self.reason = reason
+        self.info_reason = info_reason
+
+    def in_query(self) -> BadRequestError:
+        """The same problem, found in a query parameter."""
+        return BadRequestError(
+            self.field,
+            self.description,
+            BAD_QUERY_PARAMETER if self.reason == BAD_REQUEST_BODY else self.reason,
+            info_reason=BAD_QUERY_PARAMETER,
+        )
 
 
 _INT_RANGES: dict[int, tuple[int, int]] = {
@@ -243,8 +271,9 @@ def _parses(target: Timestamp | Duration, text: str) -> bool:
     return True
 
 
-def _resolve(descriptor: Descriptor, dotted: str) -> list[FieldDescriptor]:
-    """The chain of fields a dotted path names (proto or JSON names), or BadRequestError."""
+def _resolve(descriptor: Descriptor, dotted: str, unknown: str = "") -> list[FieldDescriptor]:
+    """The chain of fields a dotted path names (proto or JSON names), or BadRequestError
+    (`unknown`: what to say when no field has the name)."""
     chain: list[FieldDescriptor] = []
     current: Descriptor | None = descriptor
     for part in dotted.split("."):
@@ -252,7 +281,7 @@ def _resolve(descriptor: Descriptor, dotted: str) -> list[FieldDescriptor]:
             raise BadRequestError(dotted, "is not a message field, cannot select into it")
         fld = field_named(current, part)
         if fld is None:
-            raise BadRequestError(dotted, f"no such field in {descriptor.name}")
+            raise BadRequestError(dotted, unknown or f"no such field in {descriptor.name}")
         chain.append(fld)
         current = fld.message_type
     return chain
@@ -350,10 +379,17 @@ class Transcoder:
                 self._parse_field_json(message, descriptor, fld, body)
         fields: dict[str, Any] = {}
         for key, raw in query:
-            chain = _resolve(descriptor, key)
-            if chain[0].name in bound:
-                raise BadRequestError(key, "is bound by the request body, not a query parameter")
-            _set_path(fields, chain, _scalar(chain[-1], raw, key), append=True)
+            try:
+                chain = _resolve(
+                    descriptor, key, f"unknown query parameter (no such field in {descriptor.name})"
+                )
+                if chain[0].name in bound:
+                    raise BadRequestError(
+                        key, "is bound by the request body, not a query parameter"
+                    )
+                _set_path(fields, chain, _scalar(chain[-1], raw, key), append=True)
+            except BadRequestError as exc:
+                raise exc.in_query() from None
         for path, raw in variables.items():
             chain = _resolve(descriptor, path)
             _set_path(fields, chain, _scalar(chain[-1], raw, path), append=False)

@@ -572,6 +572,7 @@ async def test_every_error_kind_carries_an_error_info_with_its_reason(
     """Clients switch on ErrorInfo.reason: every error the edge answers has one, specific to
     what went wrong (not `"details": []`)."""
     user = issuer.auth(_sub())
+    asker = issuer.auth(_sub())  # the query cases: another caller, so `user` stays in its burst
     json_user = {**user, "Content-Type": "application/json"}
     big = b'{"merchantId": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     duplicated = b'{"members": [{"displayName": "A"}], "members": [{"displayName": "B"}]}'
@@ -598,6 +599,8 @@ async def test_every_error_kind_carries_an_error_info_with_its_reason(
             "IDEMPOTENCY_KEY_INVALID",
         ),
         ("POST", f"/group/{SAMPLE_ID}/members", json_user, duplicated, 400, "BAD_REQUEST_BODY"),
+        ("GET", "/group?x=1", asker, None, 400, "BAD_QUERY_PARAMETER"),
+        ("GET", "/group?page_size=ten", asker, None, 400, "BAD_QUERY_PARAMETER"),
         ("GET", f"/order/{MISSING_ORDER}", user, None, 404, "ORDER_NOT_FOUND"),  # the service's
         ("GET", f"/order/{DOWN_ORDER}", user, None, 503, "SERVICE_UNAVAILABLE"),
         (
@@ -638,6 +641,12 @@ async def test_every_error_kind_carries_an_error_info_with_its_reason(
         f"{gateway.url}/group/{SAMPLE_ID}/members", headers=json_user, data=duplicated
     ) as reply:
         assert _violated(await reply.json()) == [("members", "DUPLICATE_FIELD")]
+    # a query parameter the RPC does not have: named as the client sent it, in plain words
+    async with http.get(f"{gateway.url}/group?x=1", headers=asker) as reply:
+        unknown = await reply.json()
+    assert _violated(unknown) == [("x", "BAD_QUERY_PARAMETER")]
+    assert unknown["message"].startswith("x: unknown query parameter"), unknown
+    assert "body" not in unknown["message"].lower()
     # 429: a caller past its burst
     hasty = issuer.auth(_sub())
     refused: dict[str, Any] = {}

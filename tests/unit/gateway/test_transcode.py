@@ -202,10 +202,36 @@ def test_bad_query_names_the_parameter(
     assert info.value.field == field
 
 
+def test_an_unknown_query_parameter_is_a_query_problem_not_a_body_one(mppo: Catalog) -> None:
+    with pytest.raises(BadRequestError) as info:
+        _request(mppo, "GET", "/group", query=[("x", "1")])
+    error = info.value
+    assert (error.field, error.reason, error.info_reason) == (
+        "x",
+        "BAD_QUERY_PARAMETER",
+        "BAD_QUERY_PARAMETER",
+    )
+    assert str(error) == "x: unknown query parameter (no such field in ListGroupsRequest)"
+
+
+def test_a_bad_query_value_keeps_its_own_reason_under_the_query_one(mppo: Catalog) -> None:
+    with pytest.raises(BadRequestError) as info:
+        _request(mppo, "GET", "/group", query=[("page_size", "ten")])
+    assert info.value.info_reason == "BAD_QUERY_PARAMETER"
+    assert info.value.reason not in ("BAD_REQUEST_BODY", "BAD_QUERY_PARAMETER")
+
+
+def test_a_body_problem_is_still_a_body_one(library: Catalog) -> None:
+    with pytest.raises(BadRequestError) as info:
+        _request(library, "POST", "/v1/shelves/s1/books", body=b'{"nope": 1}')
+    assert info.value.info_reason == "BAD_REQUEST_BODY"
+
+
 def test_body_star_refuses_query_parameters(library: Catalog) -> None:
     with pytest.raises(BadRequestError) as info:
         _request(library, "POST", "/v1/shelves/s1/books", query=[("shelf", "x")], body=b"{}")
     assert info.value.field == "shelf"
+    assert info.value.info_reason == "BAD_QUERY_PARAMETER"
 
 
 def test_http_body_takes_raw_bytes_and_content_type(mppo: Catalog) -> None:
