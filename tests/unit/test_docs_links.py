@@ -1,6 +1,8 @@
 """README.md and docs/*.md stand on their own in a fresh clone: no link or path leads out of the
-repository, every relative link resolves to a file that exists, every Markdown page they name
-exists, and the README still opens with the two set-up commands and links the lifecycle page."""
+repository, no http(s) link points at the web (a URL in code, such as a command's or a
+setting's, is text to type, not a link), every relative link resolves to a file that exists,
+every Markdown page they name exists, and the README still opens with the two set-up commands
+and links the lifecycle page."""
 
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ UP_PATH = re.compile(r"(?<![\w.])((?:\.\./)+[\w.<>*/-]*)")
 MARKDOWN_NAME = re.compile(r"(?<![\w./-])([\w./<>-]*[\w-]\.md)\b")
 MACHINE_PATHS = re.compile(r"(?<![\w.])(/work/|/home/|/root/|~/)")
 URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s)>`]*")
+#: fenced code blocks and inline code spans: what they hold is typed, never followed
+CODE_BLOCK = re.compile(r"^ {0,3}(```+|~~~+).*?^ {0,3}\1", re.S | re.M)
+CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
+WEB_LINK = re.compile(r"https?://[^\s)>\]]*", re.I)
 
 
 def pages() -> list[Path]:
@@ -69,6 +75,35 @@ def problems(page: Path, text: str) -> list[str]:
         if not exists and not any(f.endswith("/" + name) for f in markdown_files()):
             found.append(f"names a page the repository does not have: {name}")
     return found
+
+
+def web_links(text: str) -> list[str]:
+    """Every http(s) link of a Markdown text: inline (`[x](https://...)`), reference
+    (`[x]: https://...`), autolinks (`<https://...>`) and bare URLs a renderer would link;
+    those inside code are left out."""
+    return WEB_LINK.findall(CODE_SPAN.sub("", CODE_BLOCK.sub("", text)))
+
+
+def test_readme_and_docs_link_to_nothing_on_the_web() -> None:
+    found = {str(page.relative_to(REPO)): web_links(page.read_text()) for page in pages()}
+    assert {page: links for page, links in found.items() if links} == {}
+    assert len(found) >= 8, found
+
+
+def test_the_web_link_check_catches_every_form_and_leaves_code_alone() -> None:
+    assert web_links("with the [Stripe CLI](https://docs.stripe.com/stripe-cli) logged in") == [
+        "https://docs.stripe.com/stripe-cli"
+    ]
+    assert web_links("see <http://example.com/a>.") == ["http://example.com/a"]
+    assert web_links("[cli]: https://docs.stripe.com/stripe-cli") == [
+        "https://docs.stripe.com/stripe-cli"
+    ]
+    assert web_links("read HTTPS://Example.com/x first") == ["HTTPS://Example.com/x"]
+    fenced = "```sh\nexport MPPO_PAYMENT_RETURN_URL=http://127.0.0.1:8080/\n```\n"
+    assert web_links(fenced) == []
+    assert web_links("their page, `http://127.0.0.1:8080/g/<group id>`, and the Stripe CLI") == []
+    assert web_links("`stripe listen --forward-to localhost:8080/payments/webhook/stripe`") == []
+    assert web_links("OTLP over `http/protobuf`; see docs/payment.md") == []
 
 
 def test_readme_and_docs_point_only_inside_the_repository() -> None:
