@@ -32,7 +32,8 @@ class GroupStatus(StrEnum):
 TRANSITIONS: Mapping[GroupStatus, frozenset[GroupStatus]] = {
     GroupStatus.DRAFT: frozenset({GroupStatus.OPEN, GroupStatus.EXPIRED, GroupStatus.CANCELLED}),
     # OPEN → OPEN: the hold policy brings the deadline forward (`Group.hold_lapsing`, a history
-    # row by system:holds); the group stays OPEN
+    # row by system:holds), or HOST_PAYS_REMAINING hands the host the rest and their grace
+    # (`Group.apply_fallback`); the group stays OPEN
     GroupStatus.OPEN: frozenset(
         {GroupStatus.OPEN, GroupStatus.PENDING, GroupStatus.EXPIRED, GroupStatus.CANCELLED}
     ),

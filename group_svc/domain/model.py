@@ -31,6 +31,7 @@ from mppo.platform.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from mppo.platform.money import format_minor
 from mppo.platform.providers import ProviderChoice
 
 #: Most members a group may have, the host included (documented limit; requests over it get
@@ -867,7 +868,18 @@ class Group:
         host.move_to(MemberStatus.AWAITING_PAYMENT)
         self.fallback_at = now
         self.grace_deadline = now + grace
-        self.updated_at = now
+        # the group stays OPEN: the history says why it goes on and until when
+        covers = (
+            f"the host covers the rest ({format_minor(uncovered, self.currency_code)})"
+            if uncovered
+            else "the host's own share is still owed"
+        )
+        self.transition(
+            GroupStatus.OPEN,
+            f"{reason}: {covers} by {self.grace_deadline.strftime('%Y-%m-%d %H:%M:%S')} UTC",
+            actor,
+            now,
+        )
         return FallbackOutcome.HOST_COVERS
 
     def expire(self, reason: str, actor: str, now: datetime) -> None:

@@ -195,9 +195,12 @@ async def test_deadline_with_host_pays_remaining_confirms_the_order(api: Api) ->
     assert await order.statuses() == [
         ("UNSPECIFIED", "DRAFT"),
         ("DRAFT", "OPEN"),
+        ("OPEN", "OPEN"),  # the deadline passed: the host covers the rest
         ("OPEN", "PENDING"),
         ("PENDING", "CONFIRMED"),
     ]
+    covers = (await api.history(order.group_id, host.user))[2]
+    assert covers["reason"].startswith("deadline passed: the host covers the rest ("), covers
     confirmed = await api.wait_order(order.group_id, host.user, "CONFIRMED")
     assert minor(confirmed["total"]) == total
     assert sum(minor(s["amount"]) for s in confirmed["shares"]) == total

@@ -210,6 +210,11 @@ def test_host_pays_remaining_moves_unpaid_shares_to_the_host_then_expires_after_
     assert new is not None
     assert (new.attempt, new.amount_minor) == (2, 751)
     assert group.grace_deadline == NOW + timedelta(minutes=5)
+    # the history says why the group goes on, and until when
+    row = group.new_history[-1]
+    assert (row.from_status, row.to_status, row.actor) == (S.OPEN, S.OPEN, "system:scheduler")
+    grace_end = (NOW + timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M:%S")
+    assert row.reason == f"deadline: the host covers the rest (5.00 USD) by {grace_end} UTC"
     # a covered guest paying late is released; the host's old attempt is superseded
     late = group.current_attempt(g2)
     assert late is not None
