@@ -572,6 +572,13 @@ class Group:
         after = self._needs_after_due(margin, host_grace)
         latest = window - after
         if self.deadline - now > latest:
+            grace = after - margin
+            needs = (
+                f"the group must complete {_span(margin)} before a hold lapses"
+                if grace <= timedelta(0)
+                else f"after the deadline the host has {_span(grace)} of grace to pay the rest"
+                f" and the group must complete {_span(margin)} before a hold lapses"
+            )
             raise InvalidArgumentError(
                 f"the deadline is further away than {name} holds a payment ({_span(window)}),"
                 f" less {_span(after)} for the group to complete",
@@ -579,8 +586,7 @@ class Group:
                     FieldViolation(
                         field_name,
                         f"at most {_span(max(latest, timedelta(0)))} from now: {name} holds a"
-                        f" payment {_span(window)}, and the group must complete {_span(after)}"
-                        " before a hold lapses",
+                        f" payment {_span(window)}, and {needs}",
                     )
                 ],
                 reason="DEADLINE_BEYOND_HOLD",

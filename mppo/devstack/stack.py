@@ -356,7 +356,7 @@ class _Stack:
             common["MPPO_NATS_STREAM_REPLICAS"] = "3"
         if is_development(common):
             common |= _dev_identity_provider(self.state_dir)
-            common |= dev_simulated_providers(config.services, announced)
+            common |= dev_simulated_providers(config.services, announced, os.environ)
         db_urls: dict[str, str] = {}
         for svc in config.services:
             if svc.database:
@@ -490,21 +490,36 @@ SIMULATED_PROVIDERS = ("paypal", "razorpay")
 
 
 def dev_simulated_providers(
-    services: Sequence[ServiceDef], announced: Mapping[str, str]
+    services: Sequence[ServiceDef],
+    announced: Mapping[str, str],
+    exported: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """What makes the payment service offer the provider simulators among `services`
     (``payment_svc.simulators``) beside the sandbox: each provider's credentials, fresh for
     this run and shared by the simulator and the payment service through the variables the
     payment service reads for the real provider, its API base, and MPPO_PAYMENT_PROVIDERS (read
-    by the payment and group services). Empty when no simulator runs."""
-    running = [svc.name for svc in services if svc.name in SIMULATED_PROVIDERS]
+    by the payment and group services). Empty when no simulator runs.
+
+    What the user `exported` wins: a provider any of whose variables (``MPPO_PAYPAL_*``,
+    ``MPPO_RAZORPAY_*``) is set is theirs (its simulator still runs, unused), and an exported
+    MPPO_PAYMENT_PROVIDERS is what members may choose from (README, "Going live on Stripe
+    test mode")."""
+    given = {k: v for k, v in (exported or {}).items() if v.strip()}
+    running = [
+        svc.name
+        for svc in services
+        if svc.name in SIMULATED_PROVIDERS
+        and not any(k.startswith(f"MPPO_{svc.name.upper()}_") for k in given)
+    ]
     if not running:
         return {}
 
     def fresh() -> str:
         return secrets.token_urlsafe(18)
 
-    env = {"MPPO_PAYMENT_PROVIDERS": ",".join(["sandbox", *running])}
+    env = {}
+    if "MPPO_PAYMENT_PROVIDERS" not in given:
+        env["MPPO_PAYMENT_PROVIDERS"] = ",".join(["sandbox", *running])
     if "paypal" in running:
         env |= {
             "MPPO_PAYPAL_CLIENT_ID": f"dev-{fresh()}",

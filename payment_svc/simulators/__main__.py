@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,12 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _given(env: Mapping[str, str], name: str) -> str:
+    """`name`'s value, or a fresh one: with a credential unset nobody is sent here (`mppo dev
+    up` leaves a provider whose variables the user exported to them), so any value will do."""
+    return env.get(name, "").strip() or secrets.token_urlsafe(18)
+
+
 def build(name: str, env: Mapping[str, str]) -> tuple[SimulatorServer, str, int]:
     """The simulator `name` configured from `env`, and the host and port it listens on."""
     if not is_development(env):
@@ -43,16 +50,16 @@ def build(name: str, env: Mapping[str, str]) -> tuple[SimulatorServer, str, int]
     simulator: SimulatorServer
     if name == "paypal":
         simulator = PayPalSimulator(
-            client_id=_required(env, "MPPO_PAYPAL_CLIENT_ID"),
-            client_secret=_required(env, "MPPO_PAYPAL_CLIENT_SECRET"),
-            webhook_id=_required(env, "MPPO_PAYPAL_WEBHOOK_ID"),
-            signing_secret=_required(env, "MPPO_PAYPAL_SIMULATOR_SIGNING_SECRET"),
+            client_id=_given(env, "MPPO_PAYPAL_CLIENT_ID"),
+            client_secret=_given(env, "MPPO_PAYPAL_CLIENT_SECRET"),
+            webhook_id=_given(env, "MPPO_PAYPAL_WEBHOOK_ID"),
+            signing_secret=_given(env, "MPPO_PAYPAL_SIMULATOR_SIGNING_SECRET"),
         )
     elif name == "razorpay":
         simulator = RazorpaySimulator(
-            key_id=_required(env, "MPPO_RAZORPAY_KEY_ID"),
-            key_secret=_required(env, "MPPO_RAZORPAY_KEY_SECRET"),
-            webhook_secret=_required(env, "MPPO_RAZORPAY_WEBHOOK_SECRET"),
+            key_id=_given(env, "MPPO_RAZORPAY_KEY_ID"),
+            key_secret=_given(env, "MPPO_RAZORPAY_KEY_SECRET"),
+            webhook_secret=_given(env, "MPPO_RAZORPAY_WEBHOOK_SECRET"),
         )
     else:
         raise ConfigError(f"no simulator {name!r}; one of {', '.join(NAMES)}")

@@ -107,10 +107,16 @@ async def test_the_deadline_leaves_the_hold_policy_its_margin_and_the_host_his_g
     await create(
         handlers, uow, create_cmd(clock, policy=host_pays, deadline_in=7 * DAY - margin - grace)
     )
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(InvalidArgumentError) as refused:
         await create(
             handlers, uow, create_cmd(clock, policy=host_pays, deadline_in=7 * DAY - margin)
         )
+    (violation,) = refused.value.violations
+    assert violation.description == (
+        "at most 6 days 23 hours 49 minutes from now: sandbox holds a payment 7 days, and after"
+        " the deadline the host has 1 minute of grace to pay the rest and the group must"
+        " complete 10 minutes before a hold lapses"
+    )
 
 
 async def test_adding_a_member_whose_provider_holds_too_briefly_names_that_provider(

@@ -55,12 +55,24 @@ def test_no_simulator_no_setting() -> None:
     assert dev_simulated_providers(only_core, {}) == {}
 
 
-def test_a_simulator_refuses_to_run_outside_dev_or_with_a_setting_missing() -> None:
+def test_what_the_user_exported_wins_over_the_simulators() -> None:
+    exported = {"MPPO_PAYMENT_PROVIDERS": "stripe", "MPPO_PAYPAL_CLIENT_ID": "mine"}
+    env = dev_simulated_providers(DEFAULT_SERVICES, ANNOUNCED, exported)
+    assert "MPPO_PAYMENT_PROVIDERS" not in env  # members choose from what the user offers
+    assert not any(k.startswith("MPPO_PAYPAL_") for k in env)  # PayPal is the user's
+    assert env["MPPO_RAZORPAY_API_BASE"] == "http://127.0.0.1:18093"
+    # the PayPal simulator still starts (unused) with the user's variables and fresh others
+    paypal, _, _ = build("paypal", dev_env() | {"MPPO_PAYPAL_CLIENT_ID": "mine"})
+    assert isinstance(paypal, PayPalSimulator)
+    assert paypal.client_id == "mine"
+
+
+def test_a_simulator_refuses_to_run_outside_dev_or_without_an_address() -> None:
     with pytest.raises(ConfigError, match="MPPO_ENV"):
         build("paypal", dev_env() | {"MPPO_ENV": "prod"})
     env = dev_env()
-    del env["MPPO_RAZORPAY_KEY_SECRET"]
-    with pytest.raises(ConfigError, match="MPPO_RAZORPAY_KEY_SECRET"):
+    del env["MPPO_RAZORPAY_ADDR"]
+    with pytest.raises(ConfigError, match="MPPO_RAZORPAY_ADDR"):
         build("razorpay", env)
     with pytest.raises(ConfigError, match="no simulator"):
         build("stripe", dev_env())
