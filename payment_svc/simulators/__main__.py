@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 
-from mppo.platform.config import ConfigError
+from mppo.platform.config import ConfigError, require
 from mppo.platform.environment import is_development
 from mppo.platform.logs import configure_logging
 from payment_svc.simulators.paypal import PayPalSimulator
@@ -28,13 +28,6 @@ from payment_svc.simulators.server import SimulatorServer
 logger = logging.getLogger("mppo.simulator")
 
 NAMES = ("paypal", "razorpay")
-
-
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        raise ConfigError(f"{name} is not set")
-    return value
 
 
 def _given(env: Mapping[str, str], name: str) -> str:
@@ -63,7 +56,7 @@ def build(name: str, env: Mapping[str, str]) -> tuple[SimulatorServer, str, int]
         )
     else:
         raise ConfigError(f"no simulator {name!r}; one of {', '.join(NAMES)}")
-    addr = _required(env, f"MPPO_{name.upper()}_ADDR")
+    addr = require(env, f"MPPO_{name.upper()}_ADDR")
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"MPPO_{name.upper()}_ADDR={addr!r} is not host:port")
