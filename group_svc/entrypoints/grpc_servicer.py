@@ -382,7 +382,7 @@ class GroupServiceServicer(group_service_pb2_grpc.GroupServiceServicer):
         if request.page_token:
             key = paging.decode_token(request.page_token, listing, 1)[0]
             if not key.isdigit():
-                raise _bad_token()
+                raise paging.invalid_token()
             after = int(key)
         query = c.GetGroupHistory(caller, request.group_id, size, after)
         async with self._uow() as uow:
@@ -431,21 +431,13 @@ def _metadata(context: Ctx) -> tuple[tuple[str, Any], ...]:
     return tuple(context.invocation_metadata() or ())
 
 
-def _bad_token() -> InvalidArgumentError:
-    return InvalidArgumentError(
-        "bad page token",
-        [FieldViolation("page_token", "use a token from a response")],
-        reason="PAGE_TOKEN_INVALID",
-    )
-
-
 def _group_position(token: str, query: str) -> tuple[datetime, str]:
     """The (created, group id) position a ListGroups token continues from."""
     created, group_id = paging.decode_token(token, query, 2)
     try:
         when = datetime.fromisoformat(created)
     except ValueError:
-        raise _bad_token() from None
+        raise paging.invalid_token() from None
     if when.tzinfo is None:
-        raise _bad_token()
+        raise paging.invalid_token()
     return when, group_id

@@ -62,6 +62,16 @@ def encode_token(query: str, *key: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def invalid_token() -> InvalidArgumentError:
+    """The error for a page token that is not one of ours (also for a position a list finds
+    malformed after decoding, e.g. a timestamp that does not parse)."""
+    return InvalidArgumentError(
+        "bad page token",
+        [FieldViolation("page_token", "use a token from a response")],
+        reason="PAGE_TOKEN_INVALID",
+    )
+
+
 def decode_token(token: str, query: str, length: int) -> list[str]:
     """The keyset position in `token` (from `encode_token` for `query` with `length` parts).
 
@@ -79,11 +89,7 @@ def decode_token(token: str, query: str, length: int) -> list[str]:
         or len(key) != length
         or not all(isinstance(k, str) for k in key)
     ):
-        raise InvalidArgumentError(
-            "bad page token",
-            [FieldViolation("page_token", "use a token from a response")],
-            reason="PAGE_TOKEN_INVALID",
-        )
+        raise invalid_token()
     if body.get("q") != query:
         raise InvalidArgumentError(
             "the page token continues another listing",
